@@ -1,0 +1,12 @@
+# Writes the build-info header only when its content changes (keeps rebuilds minimal).
+execute_process(COMMAND git -C ${SRC} rev-parse HEAD OUTPUT_VARIABLE COMMIT OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+if(NOT COMMIT)
+  set(COMMIT "unknown")
+endif()
+set(CONTENT "#pragma once\n#define STRATA_VERSION \"${VERSION}\"\n#define STRATA_BUILD_COMMIT \"${COMMIT}\"\n#define STRATA_COMPILER \"${CXX_ID} ${CXX_VER}\"\n#define STRATA_SOURCE_DIR \"${SRC}\"\n")
+if(EXISTS ${OUT})
+  file(READ ${OUT} OLD)
+endif()
+if(NOT "${OLD}" STREQUAL "${CONTENT}")
+  file(WRITE ${OUT} "${CONTENT}")
+endif()

@@ -1,0 +1,162 @@
+#include "core/runtime.hpp"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include "core/error.hpp"
+#include "strata_build_info.hpp"
+
+namespace strata::runtime {
+namespace {
+
+template <class Fn>
+Fn find_symbol(const char* name) {
+  return reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, name));
+}
+
+std::string read_cpu_field(const std::string& key) {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key, 0) == 0) {
+      auto pos = line.find(':');
+      if (pos != std::string::npos) return line.substr(pos + 2);
+    }
+  }
+  return "";
+}
+
+std::string library_containing(const char* symbol) {
+  void* address = dlsym(RTLD_DEFAULT, symbol);
+  if (!address) return "";
+  Dl_info info;
+  if (dladdr(address, &info) && info.dli_fname) {
+    std::error_code ec;
+    auto resolved = std::filesystem::canonical(info.dli_fname, ec);
+    return ec ? std::string(info.dli_fname) : resolved.string();
+  }
+  return "";
+}
+
+// 0 = SSE only, 1 = AVX, 2 = AVX2, 3 = AVX-512. Unknown names count as capable (never downgrade).
+int core_level(const std::string& core) {
+  static const std::pair<const char*, int> levels[] = {
+      {"Prescott", 0}, {"Core2", 0},       {"Penryn", 0},    {"Dunnington", 0}, {"Nehalem", 0},
+      {"Atom", 0},     {"Katmai", 0},      {"Coppermine", 0}, {"Northwood", 0},  {"Banias", 0},
+      {"Sandybridge", 1}, {"Bulldozer", 1}, {"Piledriver", 1}, {"Steamroller", 1}, {"Excavator", 1},
+      {"Haswell", 2},  {"Zen", 2},         {"SkylakeX", 3},  {"Cooperlake", 3}, {"SapphireRapids", 3}};
+  for (const auto& [name, level] : levels)
+    if (core == name) return level;
+  return 3;
+}
+
+std::string env_or_empty(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+}  // namespace
+
+BlasInfo blas_info() {
+  BlasInfo info;
+  info.library = library_containing("sgemm_");
+  using NameFn = char* (*)();
+  if (auto corename = find_symbol<NameFn>("openblas_get_corename")) info.core = corename();
+  else info.core = "n/a";
+  if (auto config = find_symbol<NameFn>("openblas_get_config")) info.config = config();
+  std::string flags = read_cpu_field("flags");
+  info.avx512 = flags.find("avx512f") != std::string::npos;
+  info.avx2 = flags.find("avx2") != std::string::npos;
+  info.cpu_model = read_cpu_field("model name");
+  return info;
+}
+
+void ensure_blas_core(int /*argc*/, char** argv) {
+  // STRATA_BLAS_REEXEC marks the child, so a core that OpenBLAS refuses cannot cause a loop.
+  if (std::getenv("STRATA_NO_REEXEC") || std::getenv("STRATA_BLAS_REEXEC")) return;
+  BlasInfo info = blas_info();
+  if (info.core == "n/a") return;
+  int cpu_level = info.avx512 ? 3 : info.avx2 ? 2 : 0;
+  if (core_level(info.core) >= cpu_level) return;
+  const char* target = cpu_level == 3 ? "SkylakeX" : "Haswell";
+  if (const char* previous = std::getenv("OPENBLAS_CORETYPE")) setenv("STRATA_OPENBLAS_CORETYPE_WAS", previous, 1);
+  setenv("OPENBLAS_CORETYPE", target, 1);
+  setenv("STRATA_BLAS_REEXEC", "1", 1);
+  execv("/proc/self/exe", argv);
+  // exec failed: carry on with the slower core rather than not at all.
+}
+
+void set_threads(int n) {
+  if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(n);
+  using SetFn = void (*)(int);
+  if (auto openblas_set = find_symbol<SetFn>("openblas_set_num_threads")) openblas_set(n);
+}
+
+int threads() { return torch::get_num_threads(); }
+
+torch::Device parse_device(const std::string& spec) {
+  if (spec == "cpu") return torch::Device(torch::kCPU);
+  if (spec.rfind("cuda", 0) == 0) {
+    int index = 0;
+    if (spec.size() > 4) {
+      if (spec[4] != ':') fail("device '{}' is not valid: use cpu or cuda:N", spec);
+      try {
+        index = std::stoi(spec.substr(5));
+      } catch (...) {
+        fail("device '{}' is not valid: use cpu or cuda:N", spec);
+      }
+    }
+    if (!torch::cuda::is_available())
+      fail("device '{}' requested, but this LibTorch has no CUDA support (or no GPU is visible). "
+           "Use --device cpu, or rebuild strata against a CUDA-enabled LibTorch (see README, 'GPU').",
+           spec);
+    if (index >= static_cast<int>(torch::cuda::device_count()))
+      fail("device '{}' requested, but only {} CUDA device(s) are visible", spec, torch::cuda::device_count());
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  fail("device '{}' is not valid: use cpu or cuda:N", spec);
+}
+
+void apply_determinism() {
+  // Deterministic algorithms; warn-only so that ops without a deterministic variant still run.
+  at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/true);
+}
+
+nlohmann::json environment_json() {
+  BlasInfo blas = blas_info();
+  utsname un{};
+  uname(&un);
+  std::string os = std::string(un.sysname) + " " + un.release;
+  std::ifstream release("/etc/os-release");
+  std::string line;
+  while (std::getline(release, line))
+    if (line.rfind("PRETTY_NAME=", 0) == 0) os = line.substr(13, line.size() - 14) + " (" + os + ")";
+  return {
+      {"strata_version", STRATA_VERSION},
+      {"build_commit", STRATA_BUILD_COMMIT},
+      {"compiler", STRATA_COMPILER},
+      {"libtorch_version", TORCH_VERSION},
+      {"os", os},
+      {"cpu_model", blas.cpu_model},
+      {"hardware_threads", std::thread::hardware_concurrency()},
+      {"threads", threads()},
+      {"blas_library", blas.library},
+      {"blas_core", blas.core},
+      {"blas_config", blas.config},
+      {"openblas_coretype_env", env_or_empty("OPENBLAS_CORETYPE")},
+      {"openblas_coretype_before_reexec", env_or_empty("STRATA_OPENBLAS_CORETYPE_WAS")},
+  };
+}
+
+}  // namespace strata::runtime

@@ -1,0 +1,41 @@
+// The numerics backend: which BLAS LibTorch really calls, with which kernel core and how many threads.
+// Debian's libtorch calls the system libblas.so.3; OpenBLAS 0.3.21 misdetects recent Intel CPUs as
+// Prescott (SSE3, ~5x slower) and only honours OPENBLAS_CORETYPE when it is set before the process
+// starts, so strata re-executes itself with the right value when needed.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include <torch/types.h>
+
+namespace strata::runtime {
+
+struct BlasInfo {
+  std::string library;    // resolved path of the libblas in use
+  std::string core;       // openblas_get_corename(), or "n/a" for other BLAS
+  std::string config;     // openblas_get_config(), when available
+  std::string cpu_model;  // /proc/cpuinfo model name
+  bool avx512 = false, avx2 = false;
+};
+
+BlasInfo blas_info();
+
+// Call first thing in main(). If OpenBLAS runs a core below what the CPU supports and
+// OPENBLAS_CORETYPE is unset, re-executes argv with it set (SkylakeX for AVX-512, Haswell for AVX2).
+// Returns normally when no re-exec is needed. STRATA_NO_REEXEC=1 disables it.
+void ensure_blas_core(int argc, char** argv);
+
+// threads <= 0 means all cores. Applies to LibTorch intra-op threads and OpenBLAS.
+void set_threads(int threads);
+int threads();
+
+// Parses "cpu" or "cuda[:N]"; cuda on a CPU-only LibTorch is a clear error.
+torch::Device parse_device(const std::string& spec);
+
+// Deterministic algorithms on, fixed thread count; called by every step.
+void apply_determinism();
+
+// Environment description for the manifest: OS, CPU, compiler, LibTorch, BLAS, threads.
+nlohmann::json environment_json();
+
+}  // namespace strata::runtime

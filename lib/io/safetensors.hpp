@@ -1,0 +1,64 @@
+// safetensors: an 8-byte little-endian header length, a JSON header
+// {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then raw little-endian data.
+// The reader memory-maps the file and validates the whole header before any tensor is touched.
+#pragma once
+#include <torch/types.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace strata::io {
+
+enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
+
+struct TensorInfo {
+  DType dtype;
+  std::vector<int64_t> shape;
+  size_t begin = 0, end = 0;  // byte offsets relative to the data section
+};
+
+size_t dtype_size(DType dtype);
+const char* dtype_name(DType dtype);
+torch::ScalarType to_scalar_type(DType dtype);
+DType from_scalar_type(torch::ScalarType type);
+
+class SafetensorsFile {
+ public:
+  // Maps and validates; throws strata::Error naming the file and the defect.
+  explicit SafetensorsFile(const std::filesystem::path& file);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  bool contains(const std::string& name) const { return tensors_.count(name) > 0; }
+  const TensorInfo& info(const std::string& name) const;
+  std::vector<std::string> names() const;  // sorted
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  // A view of the mapped bytes (no copy; valid while this object lives). Not writable.
+  torch::Tensor view(const std::string& name) const;
+  // An owned copy, converted to `dtype` if given.
+  torch::Tensor load(const std::string& name, std::optional<torch::ScalarType> dtype = std::nullopt) const;
+  // Rows [row_begin, row_end) of the leading dimension, as an owned copy.
+  torch::Tensor load_rows(const std::string& name, int64_t row_begin, int64_t row_end,
+                          std::optional<torch::ScalarType> dtype = std::nullopt) const;
+
+ private:
+  std::filesystem::path path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  const uint8_t* data_ = nullptr;  // start of the data section
+  std::map<std::string, TensorInfo> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Writes tensors (made contiguous, any supported dtype, 0-dim allowed) in sorted-name order with
+// deterministic bytes; atomic (temp + fsync + rename).
+void save_safetensors(const std::filesystem::path& file, const std::map<std::string, torch::Tensor>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+}  // namespace strata::io
