@@ -21,10 +21,8 @@
 #include <vector>
 
 namespace strata::io {
-class SafetensorsFile;
-}
 
-namespace strata::capture {
+class SafetensorsFile;
 
 inline const char* const kIndexColumns[] = {"doc_id", "seq_id", "token_index", "byte_begin", "byte_end"};
 
@@ -95,4 +93,4 @@ class ActivationStore {
   nlohmann::json meta_ = nlohmann::json::object();
 };
 
-}  // namespace strata::capture
+}  // namespace strata::io

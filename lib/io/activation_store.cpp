@@ -1,4 +1,4 @@
-#include "capture/activation_store.hpp"
+#include "io/activation_store.hpp"
 
 #include <torch/torch.h>
 
@@ -6,7 +6,7 @@
 #include "core/fs.hpp"
 #include "io/safetensors.hpp"
 
-namespace strata::capture {
+namespace strata::io {
 namespace fs = std::filesystem;
 
 std::string store_base_name(const std::string& model, int layer) {
@@ -82,7 +82,7 @@ void ActivationStoreWriter::flush_shard() {
                                                {"byte_begin", cat64(beg)},
                                                {"byte_end", cat64(end)}};
   fs::path tmp = dir_ / fmt::format(".{}.shard{}.partial", base_, temp_shards_.size());
-  io::save_safetensors(tmp, tensors, {{"format", "pt"}});
+  save_safetensors(tmp, tensors, {{"format", "pt"}});
   temp_shards_.push_back(tmp);
   shard_rows_.push_back(pending_rows_);
   pending_acts_.clear();
@@ -160,12 +160,12 @@ ActivationStore ActivationStore::open(const fs::path& path, const std::string& t
     for (const auto& name : store.meta_["shards"]) {
       fs::path shard = meta_path.parent_path() / name.get<std::string>();
       if (!fs::exists(shard)) fail("activation store shard {} named in {} is missing", shard.string(), meta_path.string());
-      store.shards_.push_back(std::make_shared<io::SafetensorsFile>(shard));
+      store.shards_.push_back(std::make_shared<SafetensorsFile>(shard));
     }
     store.has_index_ = true;
   } else {
     if (!fs::exists(path)) fail("activations file {} does not exist", s);
-    store.shards_.push_back(std::make_shared<io::SafetensorsFile>(path));
+    store.shards_.push_back(std::make_shared<SafetensorsFile>(path));
     const auto& file = *store.shards_.front();
     if (!tensor.empty()) {
       store.tensor_ = tensor;
@@ -185,7 +185,7 @@ ActivationStore ActivationStore::open(const fs::path& path, const std::string& t
       fail("{}: no tensor named '{}'", shard->path().string(), store.tensor_);
     const auto& info = shard->info(store.tensor_);
     if (info.shape.size() != 2) fail("{}: tensor '{}' is not 2-D [rows, dim]", shard->path().string(), store.tensor_);
-    auto t = io::to_scalar_type(info.dtype);
+    auto t = to_scalar_type(info.dtype);
     if (t != torch::kFloat32 && t != torch::kFloat16 && t != torch::kBFloat16 && t != torch::kFloat64)
       fail("{}: tensor '{}' is not floating point", shard->path().string(), store.tensor_);
     if (store.dim_ == 0) store.dim_ = info.shape[1];
@@ -243,4 +243,4 @@ torch::Tensor ActivationStore::index_column(const std::string& column) const {
   return torch::cat(parts);
 }
 
-}  // namespace strata::capture
+}  // namespace strata::io

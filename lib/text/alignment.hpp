@@ -1,0 +1,22 @@
+// Cross-tokenizer alignment. Two tokenizations of the same document are paired at the byte offsets
+// where both end a token: there a causal LM has read exactly the same prefix of the text.
+#pragma once
+#include <torch/types.h>
+
+#include <functional>
+
+namespace strata::text {
+
+struct Alignment {
+  torch::Tensor rows_a, rows_b;  // I64 [m]: paired row indices into a and b, ordered by (doc_id, byte_end)
+  double retained_a = 0, retained_b = 0;  // m / rows of each side
+};
+
+// doc_*, end_*: I64 [n] per row (the activation store's doc_id and byte_end columns).
+// Rows of one side sharing a (doc_id, byte_end) key (e.g. a token emitted twice) keep the first.
+// keep(doc, byte_end), when given, further filters keys (e.g. only word ends).
+Alignment align_token_ends(const torch::Tensor& doc_a, const torch::Tensor& end_a, const torch::Tensor& doc_b,
+                           const torch::Tensor& end_b,
+                           const std::function<bool(int64_t doc, int64_t byte_end)>& keep = nullptr);
+
+}  // namespace strata::text
