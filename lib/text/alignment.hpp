@@ -3,7 +3,9 @@
 #pragma once
 #include <torch/types.h>
 
+#include <cstdint>
 #include <functional>
+#include <string_view>
 
 namespace strata::text {
 
@@ -18,5 +20,10 @@ struct Alignment {
 Alignment align_token_ends(const torch::Tensor& doc_a, const torch::Tensor& end_a, const torch::Tensor& doc_b,
                            const torch::Tensor& end_b,
                            const std::function<bool(int64_t doc, int64_t byte_end)>& keep = nullptr);
+
+// True when byte offset `byte_end` of the UTF-8 `text` ends a word: the code point before it is a letter,
+// number or combining mark (Unicode categories L, N, M), and the one after it (if any) is not. Use it as
+// `keep` to align only at word ends, where both models have seen whole words.
+bool is_word_end(std::string_view text, int64_t byte_end);
 
 }  // namespace strata::text
