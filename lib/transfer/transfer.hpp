@@ -1,0 +1,66 @@
+// Step 3 of the pipeline: the (model, layer) x (model, layer) transfer matrix.
+//
+// Every cell's SAE (source) is applied to every cell's activations (target) after mapping the target
+// into the source's space; definitions of every metric, with formulas, are in docs/transfer.md.
+//   - aligned tokens: within one model by row position; across models where both tokenizations end a
+//     token at the same byte of the same document (text::align_token_ends on doc_id, byte_end);
+//   - split by sequence (doc_id) into a map-fitting part and a disjoint evaluation part, from the seed;
+//   - each cell scaled so that E||x||^2 = d on the fitting split;
+//   - map target -> source: identity within a model; across models semi-orthogonal Procrustes
+//     (Q = U V^T of the thin SVD of Z^T Y, centred), rescaled to the source's total variance.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace strata::transfer {
+
+struct Cell {
+  std::string name;   // "<model>_layer<L>"
+  std::string model;  // cells of one model share rows (pair by position)
+  int layer = 0;
+  int n_layers = 0;   // relative depth = layer / n_layers
+  std::filesystem::path store;    // activation store (meta.json, .safetensors or any 2-D tensor file)
+  std::filesystem::path sae_dir;  // SAELens layout (sae/sae.hpp)
+  std::optional<std::filesystem::path> ceiling_sae_dir;  // a second-seed SAE of this cell, if any
+};
+
+struct TransferOptions {
+  double fit_fraction = 0.75;         // of sequences, for fitting maps; the rest is the evaluation split
+  int64_t top_k = 100;                // latents by source variance (feature_variance_ratio, spearman, decoder)
+  int64_t cka_permutations = 10000;   // permutation test of CKA (Gram matrices, O(N^2) each)
+  int64_t cka_max_tokens = 2048;      // N of the permutation test / CKA bootstrap (subsample of eval tokens)
+  int64_t bootstrap = 1000;           // resamples of evaluation sequences for the CIs
+  double ci_level = 0.95;
+  int64_t max_fit_tokens = 32768;     // caps (whole sequences, chosen by the seed); recorded in config
+  int64_t max_eval_tokens = 16384;
+  int64_t mmac_min_firings = 10;      // a latent is alive with at least this many firings on eval tokens
+  double ridge_lambda = 1e-2;         // map_r2: lambda = ridge_lambda * mean eigenvalue of Z^T Z
+  int64_t batch_size = 4096;          // rows per SAE encode
+  double high_threshold = 0.9, moderate_threshold = 0.6;  // q_excess -> evaluation label
+  bool aligned_rows = false;          // all stores hold the same tokens in the same row order
+  int64_t pseudo_sequence_rows = 128; // stores without doc_id: consecutive blocks act as sequences
+};
+
+struct TransferResult {
+  nlohmann::json matrix;                    // transfer_matrix.json contents
+  std::vector<std::filesystem::path> files; // every file written
+};
+
+// Computes every pair and writes transfer_matrix.json, per_model_transfer_analysis.json,
+// transfer_metrics.csv and transfer_matrices.safetensors into out_dir (atomically).
+TransferResult run_transfer(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed,
+                            const std::filesystem::path& out_dir);
+
+// Gate 3: exactly n_src x n_tgt pairs, every metric finite, q exactly 1 on the diagonal.
+// Returns {"passed": bool, "checks": [{"name", "passed", "detail"}...]}.
+nlohmann::json check_pair_matrix(const nlohmann::json& transfer_matrix, size_t n_src, size_t n_tgt);
+
+// "<src>__to__<tgt>"
+std::string pair_key(const std::string& source, const std::string& target);
+
+}  // namespace strata::transfer
