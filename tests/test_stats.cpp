@@ -1,0 +1,155 @@
+#define BOOST_TEST_MODULE stats
+#include <boost/test/unit_test.hpp>
+
+#include <torch/torch.h>
+
+#include <chrono>
+
+#include "core/error.hpp"
+#include "stats/cka.hpp"
+#include "stats/correlation.hpp"
+#include "stats/linalg.hpp"
+
+using namespace strata::stats;
+
+// Reference p-values: the two-sided Student-t tail of t = r sqrt((n-2)/(1-r^2)) with n-2 degrees of
+// freedom (what scipy.stats.spearmanr/pearsonr report), evaluated with mpmath at 30 digits as
+// betainc(df/2, 1/2, 0, df/(df+t^2), regularized=True). Ranks with average ties.
+BOOST_AUTO_TEST_CASE(spearman_matches_reference_values) {
+  Correlation a = spearman({1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {2, 1, 4, 3, 7, 5, 6, 9, 10, 8});
+  BOOST_CHECK_CLOSE(a.r, 0.90303030303030303, 1e-10);
+  BOOST_CHECK_CLOSE(a.p, 0.0003436121977632801, 1e-8);
+  std::vector<double> x = {3.1, 1.2, 4.4, 1.2, 5.0, 9.3, 2.6, 5.0, 3.5, 8.9, 7.9, 3.2};
+  std::vector<double> y = {2.0, 0.5, 3.3, 1.1, 2.0, 7.7, 1.9, 6.1, 1.0, 5.5, 9.9, 2.0};
+  Correlation ties = spearman(x, y);
+  BOOST_CHECK_CLOSE(ties.r, 0.84806183161532096, 1e-10);
+  BOOST_CHECK_CLOSE(ties.p, 0.00049126528995123562, 1e-8);
+  Correlation linear = pearson(x, y);
+  BOOST_CHECK_CLOSE(linear.r, 0.85718591084286996, 1e-10);
+  BOOST_CHECK_CLOSE(linear.p, 0.00036629472550669196, 1e-8);
+  Correlation weak = spearman({0.3, -1.2, 0.8, 2.5, -0.4, 1.1, 0.05}, {1.0, 0.2, -0.5, 0.9, -1.1, 0.4, 0.7});
+  BOOST_CHECK_CLOSE(weak.r, 0.42857142857142857, 1e-10);
+  BOOST_CHECK_CLOSE(weak.p, 0.33736831108582402, 1e-8);
+  Correlation reversed = spearman({1, 2, 3, 4}, {9, 7, 5, 1});
+  BOOST_CHECK_EQUAL(reversed.r, -1.0);
+  BOOST_CHECK_EQUAL(reversed.p, 0.0);
+  Correlation constant = spearman({1, 1, 1}, {1, 2, 3});
+  BOOST_CHECK_EQUAL(constant.r, 0.0);
+  BOOST_CHECK_EQUAL(constant.p, 1.0);
+  BOOST_CHECK_THROW(spearman({1, 2}, {1}), strata::Error);
+}
+
+BOOST_AUTO_TEST_CASE(average_ranks_share_ties) {
+  std::vector<double> ranks = average_ranks({10, 20, 10, 30, 20, 20});
+  std::vector<double> expected = {1.5, 4, 1.5, 6, 4, 4};
+  BOOST_CHECK_EQUAL_COLLECTIONS(ranks.begin(), ranks.end(), expected.begin(), expected.end());
+}
+
+// Reference: S = 27, Var(S) = (9*8*23 - 2*1*9)/18 = 91 (one tied pair), z = (S-1)/sqrt(91),
+// p = erfc(|z|/sqrt 2), tau_b = S / sqrt((36-1)*36); mpmath.
+BOOST_AUTO_TEST_CASE(mann_kendall_matches_reference) {
+  TrendTest t = mann_kendall({1, 3, 2, 5, 4, 6, 8, 7, 7});
+  BOOST_CHECK_EQUAL(t.s, 27.0);
+  BOOST_CHECK_CLOSE(t.variance, 91.0, 1e-12);
+  BOOST_CHECK_CLOSE(t.z, 2.7255405754769875, 1e-10);
+  BOOST_CHECK_CLOSE(t.p, 0.0064196285414336949, 1e-8);
+  BOOST_CHECK_CLOSE(t.tau, 0.76063882925566484, 1e-10);
+  TrendTest down = mann_kendall({5, 4, 3, 2, 1});
+  BOOST_CHECK_LT(down.z, 0);
+  BOOST_CHECK_CLOSE(down.tau, -1.0, 1e-12);
+  BOOST_CHECK_EQUAL(mann_kendall({1, 2}).p, 1.0);
+}
+
+BOOST_AUTO_TEST_CASE(benjamini_hochberg_known_example) {
+  std::vector<double> adjusted = benjamini_hochberg({0.01, 0.04, 0.03, 0.005});
+  std::vector<double> expected = {0.02, 0.04, 0.04, 0.02};
+  for (size_t i = 0; i < expected.size(); ++i) BOOST_CHECK_CLOSE(adjusted[i], expected[i], 1e-12);
+  std::vector<double> capped = benjamini_hochberg({0.9, 0.8});
+  BOOST_CHECK_CLOSE(capped[0], 0.9, 1e-12);
+  BOOST_CHECK_CLOSE(capped[1], 0.9, 1e-12);  // monotone step-up: min over larger ranks
+}
+
+BOOST_AUTO_TEST_CASE(percentile_interval_interpolates) {
+  std::vector<double> values;
+  for (int i = 0; i <= 100; ++i) values.push_back(i);
+  auto [lo, hi] = percentile_interval(values, 0.95);
+  BOOST_CHECK_CLOSE(lo, 2.5, 1e-12);
+  BOOST_CHECK_CLOSE(hi, 97.5, 1e-12);
+}
+
+BOOST_AUTO_TEST_CASE(cka_invariances) {
+  torch::manual_seed(1);
+  torch::Tensor x = torch::randn({300, 20}, torch::kFloat64) * torch::linspace(0.1, 3, 20, torch::kFloat64);
+  BOOST_CHECK_CLOSE(linear_cka(x, x), 1.0, 1e-10);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(7);
+  torch::Tensor rotation = random_orthonormal(20, 20, generator);
+  BOOST_CHECK_CLOSE(linear_cka(x, torch::mm(x, rotation)), 1.0, 1e-10);
+  BOOST_CHECK_CLOSE(linear_cka(x, 3.5 * torch::mm(x, rotation) + 2.0), 1.0, 1e-10);
+  // Embedding into a wider space with orthonormal columns is also an isometry.
+  torch::Tensor embed = random_orthonormal(32, 20, generator);
+  BOOST_CHECK_CLOSE(linear_cka(x, torch::mm(x, embed.t())), 1.0, 1e-10);
+  // Gram form agrees with the feature form.
+  torch::Tensor y = x.index({torch::indexing::Slice(), torch::indexing::Slice(0, 10)}) + torch::randn({300, 10}, torch::kFloat64);
+  GramCka gram(x, y);
+  BOOST_CHECK_CLOSE(gram.value(), linear_cka(x, y), 1e-9);
+}
+
+BOOST_AUTO_TEST_CASE(cka_permutation_test_and_weights) {
+  torch::manual_seed(2);
+  torch::Tensor x = torch::randn({400, 8}, torch::kFloat64);
+  torch::Tensor related = torch::mm(x, torch::randn({8, 6}, torch::kFloat64)) + 0.5 * torch::randn({400, 6}, torch::kFloat64);
+  torch::Tensor unrelated = torch::randn({400, 6}, torch::kFloat64);
+  GramCka strong(x, related), none(x, unrelated);
+  PermutationTest a = strong.permutation_test(2000, 11), b = none.permutation_test(2000, 11);
+  BOOST_CHECK_CLOSE(a.p, 1.0 / 2001.0, 1e-9);
+  BOOST_CHECK_GT(b.p, 0.01);
+  // The null of linear CKA for independent data: about dx*dy / ((dx+dy)... ) ~ d/N, small here.
+  BOOST_CHECK_LT(a.null_mean, 0.05);
+  BOOST_CHECK_LT(none.value(), 0.05);
+  // Same seed, same result (independent of the thread schedule).
+  BOOST_CHECK_EQUAL(strong.permutation_test(500, 3).null_mean, strong.permutation_test(500, 3).null_mean);
+  // Integer weights equal the CKA of the resampled matrix.
+  torch::Tensor counts = torch::zeros({2, 400}, torch::kFloat64);
+  counts[0] = 1.0;
+  std::vector<int64_t> picks;
+  for (int64_t i = 0; i < 400; ++i) picks.push_back((i * 37 + 11) % 400 / 2);  // each of 0..199 twice-ish
+  for (int64_t p : picks) counts[1][p] += 1.0;
+  std::vector<double> weighted = strong.weighted(counts);
+  BOOST_CHECK_CLOSE(weighted[0], strong.value(), 1e-9);
+  torch::Tensor index = torch::tensor(picks, torch::kInt64);
+  BOOST_CHECK_CLOSE(weighted[1], linear_cka(x.index_select(0, index), related.index_select(0, index)), 1e-8);
+}
+
+BOOST_AUTO_TEST_CASE(procrustes_recovers_planted_rotation) {
+  torch::manual_seed(3);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(5);
+  torch::Tensor z = torch::randn({500, 12}, torch::kFloat64);
+  z = z - z.mean(0, true);
+  torch::Tensor rotation = random_orthonormal(12, 12, generator);
+  torch::Tensor y = torch::mm(z, rotation) + 0.01 * torch::randn({500, 12}, torch::kFloat64);
+  y = y - y.mean(0, true);
+  torch::Tensor q = procrustes(z, y);
+  BOOST_CHECK_LT((q - rotation).abs().max().item<double>(), 1e-2);
+  // Semi-orthogonal: a 12-dim target placed in a 20-dim source by orthonormal columns.
+  torch::Tensor placement = random_orthonormal(20, 12, generator).t();  // [12, 20], orthonormal rows
+  torch::Tensor wide = torch::mm(z, placement);
+  torch::Tensor q_wide = procrustes(z, wide);
+  BOOST_CHECK_EQUAL(q_wide.size(0), 12);
+  BOOST_CHECK_EQUAL(q_wide.size(1), 20);
+  BOOST_CHECK_LT((q_wide - placement).abs().max().item<double>(), 1e-8);
+  // Ridge with a tiny penalty recovers a general linear map.
+  torch::Tensor general = torch::randn({12, 5}, torch::kFloat64);
+  torch::Tensor w = ridge(z, torch::mm(z, general), 1e-9);
+  BOOST_CHECK_LT((w - general).abs().max().item<double>(), 1e-6);
+}
+
+// Cost of one permutation at the default N, printed for the plan estimate (not a timing assertion).
+BOOST_AUTO_TEST_CASE(permutation_cost_figure) {
+  torch::manual_seed(4);
+  torch::Tensor x = torch::randn({2048, 16}), y = torch::randn({2048, 16});
+  GramCka gram(x, y);
+  auto start = std::chrono::steady_clock::now();
+  gram.permutation_test(200, 1);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  BOOST_TEST_MESSAGE("CKA permutation at N=2048: " << 1e3 * seconds / 200 << " ms each");
+}
