@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "text/unicode.hpp"
 
 namespace strata::text {
 namespace {
@@ -63,6 +64,22 @@ Alignment align_token_ends(const torch::Tensor& doc_a, const torch::Tensor& end_
   out.retained_a = doc_a.numel() ? double(rows_a.size()) / double(doc_a.numel()) : 0.0;
   out.retained_b = doc_b.numel() ? double(rows_b.size()) / double(doc_b.numel()) : 0.0;
   return out;
+}
+
+}  // namespace strata::text
+
+namespace strata::text {
+
+bool is_word_end(std::string_view text, int64_t byte_end) {
+  if (byte_end <= 0 || byte_end > int64_t(text.size())) return false;
+  size_t p = size_t(byte_end) - 1;  // start of the code point that ends before byte_end
+  while (p > 0 && (static_cast<unsigned char>(text[p]) & 0xC0) == 0x80) --p;
+  int len;
+  char32_t before = unicode::decode_at(text, p, len);
+  if (p + len != size_t(byte_end)) return false;  // byte_end falls inside a character
+  if (!unicode::is_word_char(before)) return false;
+  if (size_t(byte_end) == text.size()) return true;
+  return !unicode::is_word_char(unicode::decode_at(text, size_t(byte_end), len));
 }
 
 }  // namespace strata::text
