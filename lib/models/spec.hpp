@@ -39,6 +39,10 @@ struct ModelSpec {
   bool lm_head_bias = false;    // Phi
   bool tie_word_embeddings = true;
   bool scale_embedding = false; // Gemma: embed * sqrt(hidden_size), rounded to the compute dtype
+  bool scale_attention = true;  // scores * 1/sqrt(head_dim) (GPT-2 scale_attn_weights may turn it off)
+  bool scale_attention_by_inverse_layer = false;  // GPT-2 scale_attn_by_inverse_layer_idx: also / (i + 1)
+  double initializer_range = 0.02;  // std of the HF init (init_parameters)
+  int64_t pad_token_id = -1;        // Gemma's embedding zeroes this row at init; -1 = none
 
   nlohmann::json config;        // the config.json this spec came from (written back by save_checkpoint)
 };
