@@ -57,8 +57,8 @@ class Tokenizer {
 // vocabulary holds `vocab_size` entries, and writes a genuine HF tokenizer.json that Tokenizer::load and
 // HF tokenizers both read. Layout, as HF's BpeTrainer makes it: id 0 = <|endoftext|> (special, also the
 // eos), ids 1..256 = the 256 byte characters in code-point order, then one id per merge in merge order.
-// No BOS/EOS is added by default. Deterministic: ties between pair counts go to the pair whose
-// (left, right) token strings sort first.
+// No BOS/EOS is added by default. Deterministic: the most frequent pair is merged first, ties going to
+// the pair with the smallest (left id, right id), as in HF's trainer. Words are the GPT-2 regex pre-tokens.
 void train_byte_level_bpe(const std::vector<std::string>& texts, int64_t vocab_size,
                           const std::filesystem::path& out_tokenizer_json);
 

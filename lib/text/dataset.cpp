@@ -1,0 +1,274 @@
+#include "text/dataset.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "core/hash.hpp"
+
+namespace strata::text {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int64_t kDefaultSyntheticCount = 2000;
+
+// SplitMix64: a fixed, platform-independent generator (std:: distributions differ between libraries).
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL) {}
+  uint64_t next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  }
+  int64_t uniform(int64_t lo, int64_t hi) { return lo + int64_t(next() % uint64_t(hi - lo + 1)); }  // [lo, hi]
+  template <class T, size_t N>
+  const T& pick(const std::array<T, N>& items) { return items[next() % N]; }
+
+ private:
+  uint64_t state_;
+};
+
+struct Person {
+  const char* name;
+  const char* pronoun;  // subject pronoun, capitalised
+};
+constexpr std::array<Person, 16> kPeople{{{"Mia", "She"},   {"Leo", "He"},    {"Ava", "She"},  {"Noah", "He"},
+                                           {"Emma", "She"},  {"Liam", "He"},   {"Zoe", "She"},  {"Omar", "He"},
+                                           {"Nina", "She"},  {"Sam", "He"},    {"Ivy", "She"},  {"Ben", "He"},
+                                           {"Lucy", "She"},  {"Ravi", "He"},   {"Iris", "She"}, {"Tom", "He"}}};
+constexpr std::array<const char*, 14> kItems{"apples",  "marbles", "stickers", "books",   "pencils",
+                                             "cookies", "shells",  "coins",    "cards",   "stamps",
+                                             "eggs",    "flowers", "buttons",  "crayons"};
+constexpr std::array<const char*, 6> kGainVerbs{"buys", "finds", "gets", "receives", "picks up", "wins"};
+constexpr std::array<const char*, 4> kLoseVerbs{"gives", "sells", "hands", "lends"};
+
+std::string step_word(int k) {
+  static const std::array<const char*, 6> words{"First", "Next", "Then", "After that", "Then", "Finally"};
+  return words[std::min<size_t>(k, words.size() - 1)];
+}
+
+Problem make_problem(Rng& rng) {
+  const Person& who = rng.pick(kPeople);
+  Person friend_ = rng.pick(kPeople);
+  while (std::string(friend_.name) == who.name) friend_ = rng.pick(kPeople);
+  const std::string items = rng.pick(kItems);
+  int64_t value = rng.uniform(2, 30);
+  const int steps = int(rng.uniform(2, 4));
+
+  std::string question = fmt::format("{} has {} {}.", who.name, value, items);
+  std::string solution = fmt::format("{} starts with {} {}.", who.name, value, items);
+  for (int k = 0; k < steps; ++k) {
+    // Keep numbers small enough for tiny models: multiply only small values, divide only exactly.
+    std::vector<int> ops{0, 1};  // 0 add, 1 subtract, 2 multiply, 3 divide
+    if (value <= 20) ops.push_back(2);
+    for (int d = 2; d <= 5; ++d)
+      if (value % d == 0 && value >= 2 * d) {
+        ops.push_back(3);
+        break;
+      }
+    if (value < 2) ops = {0};
+    int op = ops[rng.next() % ops.size()];
+    int64_t before = value;
+    std::string sentence, work;
+    if (op == 0) {
+      int64_t b = rng.uniform(1, 20);
+      value = before + b;
+      sentence = fmt::format("{} {} {} more {}.", who.pronoun, rng.pick(kGainVerbs), b, items);
+      work = fmt::format("{} + {} = {}", before, b, value);
+    } else if (op == 1) {
+      int64_t b = rng.uniform(1, before - 1);
+      value = before - b;
+      sentence = fmt::format("{} {} {} {} to {}.", who.pronoun, rng.pick(kLoseVerbs), b, items, friend_.name);
+      work = fmt::format("{} - {} = {}", before, b, value);
+    } else if (op == 2) {
+      int64_t k2 = rng.uniform(2, 4);
+      value = before * k2;
+      static const std::array<const char*, 5> times{"", "", "doubles", "triples", "quadruples"};
+      sentence = fmt::format("{} {} the number of {}.", who.pronoun, times[k2], items);
+      work = fmt::format("{} * {} = {}", before, k2, value);
+    } else {
+      std::vector<int64_t> divisors;
+      for (int64_t d = 2; d <= 5; ++d)
+        if (before % d == 0 && before >= 2 * d) divisors.push_back(d);
+      int64_t d = divisors[rng.next() % divisors.size()];
+      value = before / d;
+      sentence = fmt::format("{} shares the {} equally among {} friends and keeps one share.", who.pronoun, items, d);
+      work = fmt::format("{} / {} = {}", before, d, value);
+    }
+    question += " " + sentence;
+    solution += fmt::format(" {}, {}, so {} has {}.", step_word(k == steps - 1 ? 5 : k), work, who.name, value);
+  }
+  question += fmt::format(" How many {} does {} have now?", items, who.name);
+  return {question, solution, std::to_string(value)};
+}
+
+std::string field_text(const nlohmann::json& record, const std::string& field, const fs::path& file, int64_t line) {
+  if (!record.is_object() || !record.contains(field))
+    fail("{}:{}: the record has no field {:?} (choose one with jsonl:PATH:FIELD)", file.string(), line, field);
+  const auto& v = record[field];
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
+
+std::string apply_template(const std::string& tmpl, const nlohmann::json& record, const fs::path& file, int64_t line) {
+  std::string out;
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    if (tmpl[i] == '{') {
+      size_t close = tmpl.find('}', i);
+      if (close == std::string::npos) fail("jsonl template {:?}: unclosed '{{'", tmpl);
+      out += field_text(record, tmpl.substr(i + 1, close - i - 1), file, line);
+      i = close;
+    } else {
+      out += tmpl[i];
+    }
+  }
+  return out;
+}
+
+std::vector<Document> load_jsonl(const std::string& rest, int64_t max_docs, const std::string& tmpl) {
+  fs::path path = rest;
+  std::string field = "text";
+  if (!fs::exists(path)) {
+    size_t colon = rest.rfind(':');
+    if (colon != std::string::npos) path = rest.substr(0, colon), field = rest.substr(colon + 1);
+  }
+  std::ifstream in(path);
+  if (!in) fail("{}: cannot open the JSONL dataset", path.string());
+  std::vector<Document> docs;
+  std::string line;
+  int64_t line_no = 0;
+  while (std::getline(in, line) && (max_docs == 0 || int64_t(docs.size()) < max_docs)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}:{}: invalid JSON ({})", path.string(), line_no, e.what());
+    }
+    std::string text = tmpl.empty() ? field_text(record, field, path, line_no) : apply_template(tmpl, record, path, line_no);
+    docs.push_back({int64_t(docs.size()), std::move(text)});
+  }
+  return docs;
+}
+
+std::vector<Document> load_text(const fs::path& path, int64_t max_docs) {
+  if (!fs::exists(path)) fail("{}: cannot open the text dataset", path.string());
+  std::istringstream in(read_text_file(path));
+  std::vector<Document> docs;
+  std::string line, paragraph;
+  auto flush = [&] {
+    if (!paragraph.empty() && (max_docs == 0 || int64_t(docs.size()) < max_docs))
+      docs.push_back({int64_t(docs.size()), paragraph});
+    paragraph.clear();
+  };
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) {
+      flush();
+    } else {
+      if (!paragraph.empty()) paragraph += '\n';
+      paragraph += line;
+    }
+  }
+  flush();
+  return docs;
+}
+
+}  // namespace
+
+std::vector<Problem> synthetic_problems(uint64_t seed, int64_t count) {
+  Rng rng(seed);
+  std::vector<Problem> out;
+  out.reserve(count);
+  for (int64_t i = 0; i < count; ++i) out.push_back(make_problem(rng));
+  return out;
+}
+
+std::string format_problem(const Problem& p) {
+  return "Question: " + p.question + "\nSolution: " + p.solution + "\n" + kAnswerMarker + " " + p.answer + "\n";
+}
+
+std::string problem_prompt(const Problem& p) {
+  std::string text = format_problem(p);
+  return text.substr(0, text.rfind(kAnswerMarker) + std::string_view(kAnswerMarker).size());
+}
+
+std::vector<Document> load_dataset(const std::string& spec, int64_t max_docs, const std::string& jsonl_template) {
+  if (max_docs < 0) fail("dataset {:?}: max_docs must be >= 0", spec);
+  if (spec == "synthetic" || spec.rfind("synthetic:", 0) == 0) {
+    uint64_t seed = 0;
+    if (spec.size() > 10) {
+      const std::string s = spec.substr(10);
+      size_t used = 0;
+      try {
+        seed = std::stoull(s, &used);
+      } catch (...) {
+        used = 0;
+      }
+      if (used != s.size() || s.empty()) fail("dataset {:?}: the seed must be a non-negative integer", spec);
+    }
+    auto problems = synthetic_problems(seed, max_docs ? max_docs : kDefaultSyntheticCount);
+    std::vector<Document> docs;
+    docs.reserve(problems.size());
+    for (const auto& p : problems) docs.push_back({int64_t(docs.size()), format_problem(p)});
+    return docs;
+  }
+  if (spec.rfind("jsonl:", 0) == 0) return load_jsonl(spec.substr(6), max_docs, jsonl_template);
+  if (spec.rfind("text:", 0) == 0) return load_text(spec.substr(5), max_docs);
+  fail("dataset {:?} is not understood: use synthetic[:SEED], jsonl:PATH[:FIELD] or text:PATH", spec);
+}
+
+std::string dataset_sha256(const std::vector<Document>& docs) {
+  Sha256 h;
+  for (const auto& d : docs) {
+    h.update(fmt::format("{}\t{}\n", d.id, d.text.size()));
+    h.update(d.text);
+  }
+  return h.hex();
+}
+
+PackingPolicy parse_packing_policy(const std::string& name) {
+  if (name == "truncate") return PackingPolicy::Truncate;
+  if (name == "pack") return PackingPolicy::Pack;
+  fail("packing policy {:?} is not understood: use truncate or pack", name);
+}
+
+std::string to_string(PackingPolicy policy) { return policy == PackingPolicy::Truncate ? "truncate" : "pack"; }
+
+std::vector<Sequence> make_sequences(const Tokenizer& tokenizer, const std::vector<Document>& docs, int64_t seq_len,
+                                     PackingPolicy policy, bool add_special_tokens) {
+  if (seq_len <= 0) fail("make_sequences: seq_len must be positive, got {}", seq_len);
+  std::vector<Sequence> out;
+  auto append = [](Sequence& s, const Document& d, const Encoding& e, size_t i) {
+    s.ids.push_back(e.ids[i]);
+    s.doc_id.push_back(d.id);
+    s.byte_begin.push_back(e.offsets[i].first);
+    s.byte_end.push_back(e.offsets[i].second);
+    s.special.push_back(e.special[i]);
+  };
+  Sequence current;
+  for (const auto& doc : docs) {
+    Encoding enc = tokenizer.encode(doc.text, add_special_tokens);
+    if (enc.ids.empty()) continue;
+    if (policy == PackingPolicy::Truncate) {
+      Sequence s;
+      for (size_t i = 0; i < enc.ids.size() && int64_t(i) < seq_len; ++i) append(s, doc, enc, i);
+      out.push_back(std::move(s));
+    } else {
+      for (size_t i = 0; i < enc.ids.size(); ++i) {
+        append(current, doc, enc, i);
+        if (int64_t(current.ids.size()) == seq_len) out.push_back(std::exchange(current, Sequence{}));
+      }
+    }
+  }
+  if (!current.ids.empty()) out.push_back(std::move(current));
+  return out;
+}
+
+}  // namespace strata::text
