@@ -54,7 +54,32 @@ std::string step_word(int k) {
   return words[std::min<size_t>(k, words.size() - 1)];
 }
 
+// A shopping problem: a price times a quantity, taken from a budget, sometimes with money earned.
+Problem make_shopping_problem(Rng& rng) {
+  static constexpr std::array<const char*, 8> kGoods{"pens", "notebooks", "tickets", "candles",
+                                                      "mugs", "plants", "kites", "puzzles"};
+  const Person& who = rng.pick(kPeople);
+  const std::string goods = rng.pick(kGoods);
+  int64_t price = rng.uniform(2, 9), count = rng.uniform(2, 6);
+  int64_t cost = price * count;
+  int64_t money = cost + rng.uniform(1, 40);
+  std::string question = fmt::format("{} has {} dollars. Each of the {} costs {} dollars, and {} buys {} {}.", who.name,
+                                     money, goods, price, who.pronoun == std::string("She") ? "she" : "he", count, goods);
+  std::string solution = fmt::format("The {} cost {} * {} = {} dollars. {} has {} - {} = {} dollars left.", goods, count,
+                                     price, cost, who.name, money, cost, money - cost);
+  int64_t value = money - cost;
+  if (rng.next() % 2) {
+    int64_t earned = rng.uniform(1, 20);
+    question += fmt::format(" Then {} earns {} dollars.", who.pronoun == std::string("She") ? "she" : "he", earned);
+    solution += fmt::format(" After earning {}, {} has {} + {} = {} dollars.", earned, who.name, value, earned, value + earned);
+    value += earned;
+  }
+  question += fmt::format(" How many dollars does {} have now?", who.name);
+  return {question, solution, std::to_string(value)};
+}
+
 Problem make_problem(Rng& rng) {
+  if (rng.next() % 4 == 0) return make_shopping_problem(rng);
   const Person& who = rng.pick(kPeople);
   Person friend_ = rng.pick(kPeople);
   while (std::string(friend_.name) == who.name) friend_ = rng.pick(kPeople);
