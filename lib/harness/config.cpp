@@ -1,0 +1,666 @@
+#include "harness/config.hpp"
+
+#include <toml++/toml.h>
+
+#include <cmath>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "core/hash.hpp"
+#include "strata_build_info.hpp"
+
+namespace strata::harness {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+fs::path repo_root() { return fs::path(STRATA_SOURCE_DIR); }
+
+namespace {
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    default: return "a date/time";
+  }
+}
+
+// Reads one TOML table, remembering every key it was asked about, so that whatever is left over is an
+// unknown key. Every error names file:line:column and the dotted key.
+class TableReader {
+ public:
+  TableReader(const toml::table& table, std::string prefix, std::string file)
+      : table_(table), prefix_(std::move(prefix)), file_(std::move(file)) {}
+
+  std::string dotted(std::string_view key) const { return prefix_.empty() ? std::string(key) : prefix_ + "." + std::string(key); }
+
+  std::string where(const toml::source_region& region) const {
+    if (region.begin.line == 0) return file_;
+    return fmt::format("{}:{}:{}", file_, region.begin.line, region.begin.column);
+  }
+
+  [[noreturn]] void fail_at(const toml::node& node, std::string_view key, const std::string& message) const {
+    fail("{}: '{}' {}", where(node.source()), dotted(key), message);
+  }
+  [[noreturn]] void fail_table(const std::string& message) const { fail("{}: {}", where(table_.source()), message); }
+
+  const toml::node* find(std::string_view key) {
+    known_.insert(std::string(key));
+    return table_.get(key);
+  }
+  bool has(std::string_view key) {
+    known_.insert(std::string(key));
+    return table_.contains(key);
+  }
+  const toml::table& table() const { return table_; }
+
+  void read(std::string_view key, std::string& out) {
+    if (auto* node = find(key)) {
+      if (!node->is_string()) fail_at(*node, key, "must be a string, got " + type_name(*node));
+      out = node->as_string()->get();
+    }
+  }
+  void read(std::string_view key, bool& out) {
+    if (auto* node = find(key)) {
+      if (!node->is_boolean()) fail_at(*node, key, "must be true or false, got " + type_name(*node));
+      out = node->as_boolean()->get();
+    }
+  }
+  void read(std::string_view key, int64_t& out) {
+    if (auto* node = find(key)) out = integer(*node, key);
+  }
+  void read(std::string_view key, int& out) {
+    if (auto* node = find(key)) {
+      int64_t v = integer(*node, key);
+      if (v < INT32_MIN || v > INT32_MAX) fail_at(*node, key, "is out of range");
+      out = static_cast<int>(v);
+    }
+  }
+  void read(std::string_view key, double& out) {
+    if (auto* node = find(key)) out = number(*node, key);
+  }
+  void read(std::string_view key, std::vector<int64_t>& out) {
+    if (auto* node = find(key)) {
+      auto* array = node->as_array();
+      if (!array) fail_at(*node, key, "must be an array of integers, got " + type_name(*node));
+      out.clear();
+      for (const auto& element : *array) out.push_back(integer(element, key));
+    }
+  }
+  void read(std::string_view key, std::vector<double>& out) {
+    if (auto* node = find(key)) {
+      auto* array = node->as_array();
+      if (!array) fail_at(*node, key, "must be an array of numbers, got " + type_name(*node));
+      out.clear();
+      for (const auto& element : *array) out.push_back(number(element, key));
+    }
+  }
+
+  // Checks a constraint on a key's value; the error points at the value (or the table if absent).
+  void require(bool ok, std::string_view key, const std::string& message) const {
+    if (ok) return;
+    if (auto* node = table_.get(key)) fail_at(*node, key, message);
+    fail("{}: '{}' {} (default value; set it explicitly)", where(table_.source()), dotted(key), message);
+  }
+
+  // Errors on the first key that no read()/find() asked about, suggesting the closest known key.
+  void reject_unknown() const {
+    for (const auto& [key, node] : table_) {
+      if (known_.count(std::string(key.str()))) continue;
+      std::string suggestion;
+      size_t best = 3;
+      for (const auto& candidate : known_) {
+        size_t d = edit_distance(key.str(), candidate);
+        if (d < best) best = d, suggestion = candidate;
+      }
+      std::string known_list;
+      for (const auto& k : known_) known_list += (known_list.empty() ? "" : ", ") + k;
+      fail("{}: unknown key '{}'{} (known keys{}: {})", where(key.source()), dotted(key.str()),
+           suggestion.empty() ? "" : fmt::format(" (did you mean '{}'?)", suggestion),
+           prefix_.empty() ? "" : " in [" + prefix_ + "]", known_list);
+    }
+  }
+
+ private:
+  int64_t integer(const toml::node& node, std::string_view key) const {
+    if (!node.is_integer()) fail_at(node, key, "must be an integer, got " + type_name(node));
+    return node.as_integer()->get();
+  }
+  double number(const toml::node& node, std::string_view key) const {
+    if (node.is_integer()) return static_cast<double>(node.as_integer()->get());
+    if (!node.is_floating_point()) fail_at(node, key, "must be a number, got " + type_name(node));
+    double v = node.as_floating_point()->get();
+    if (!std::isfinite(v)) fail_at(node, key, "must be finite");
+    return v;
+  }
+
+  const toml::table& table_;
+  std::string prefix_, file_;
+  std::set<std::string> known_;
+};
+
+// A sub-table ([name]) of the root; an absent section reads as empty.
+const toml::table& section_table(TableReader& root, std::string_view name, const toml::table& empty) {
+  auto* node = root.find(name);
+  if (!node) return empty;
+  if (!node->is_table()) root.fail_at(*node, name, "must be a table ([" + std::string(name) + "]), got " + type_name(*node));
+  return *node->as_table();
+}
+
+bool one_of(const std::string& value, std::initializer_list<const char*> options) {
+  for (auto* o : options)
+    if (value == o) return true;
+  return false;
+}
+
+std::string options_text(std::initializer_list<const char*> options) {
+  std::string out;
+  for (auto* o : options) out += (out.empty() ? "\"" : ", \"") + std::string(o) + "\"";
+  return out;
+}
+
+void check_choice(const TableReader& r, std::string_view key, const std::string& value,
+                  std::initializer_list<const char*> options) {
+  r.require(one_of(value, options), key, fmt::format("must be one of {}, got \"{}\"", options_text(options), value));
+}
+
+// A path as written in the config: absolute stays; relative is tried against the TOML file's directory,
+// then the repository root; if neither exists, the TOML-relative path is kept (the step reports it).
+fs::path resolve_path(const std::string& written, const fs::path& base_dir) {
+  fs::path p(written);
+  if (p.is_absolute()) return p.lexically_normal();
+  fs::path near = (base_dir / p).lexically_normal();
+  if (fs::exists(near)) return near;
+  fs::path in_repo = (repo_root() / p).lexically_normal();
+  if (fs::exists(in_repo)) return in_repo;
+  return near;
+}
+
+void read_experiment(TableReader& r, ExperimentInfo& e) {
+  r.read("name", e.name);
+  int64_t seed = 0;
+  r.read("seed", seed);
+  r.require(seed >= 0, "seed", "must be >= 0");
+  e.seed = static_cast<uint64_t>(seed);
+  r.read("device", e.device);
+  static const std::regex device_re("cpu|cuda(:[0-9]+)?");
+  r.require(std::regex_match(e.device, device_re), "device", fmt::format("must be \"cpu\" or \"cuda:N\", got \"{}\"", e.device));
+  r.read("threads", e.threads);
+  r.require(e.threads >= 0 && e.threads <= 4096, "threads", "must be 0 (all cores) or a positive thread count");
+  r.read("output_root", e.output_root);
+  r.require(!e.output_root.empty(), "output_root", "must not be empty");
+  static const std::regex name_re("[A-Za-z0-9._-]+");
+  r.require(std::regex_match(e.name, name_re), "name", "must be non-empty and use only letters, digits, '.', '_' and '-'");
+  r.reject_unknown();
+}
+
+void read_dataset(TableReader& r, DatasetConfig& d, const fs::path& base_dir) {
+  r.read("spec", d.spec);
+  r.read("template", d.jsonl_template);
+  r.read("num_documents", d.num_documents);
+  r.read("seq_len", d.seq_len);
+  r.read("batch_size", d.batch_size);
+  r.read("num_batches", d.num_batches);
+  r.read("tokens", d.tokens);
+  r.read("packing", d.packing);
+  r.reject_unknown();
+
+  // spec: synthetic[:SEED] | jsonl:PATH[:FIELD] | text:PATH
+  static const std::regex synthetic_re("synthetic(:[0-9]+)?");
+  if (std::regex_match(d.spec, synthetic_re)) {
+    d.resolved_spec = d.spec;
+  } else if (d.spec.rfind("jsonl:", 0) == 0) {
+    std::string rest = d.spec.substr(6);
+    std::string field;
+    // The field is whatever follows the last ':' when that does not look like part of the path.
+    if (auto colon = rest.rfind(':'); colon != std::string::npos && rest.find('/', colon) == std::string::npos) {
+      field = rest.substr(colon + 1);
+      rest = rest.substr(0, colon);
+    }
+    r.require(!rest.empty(), "spec", "jsonl needs a path: \"jsonl:PATH[:FIELD]\"");
+    fs::path path = resolve_path(rest, base_dir);
+    r.require(fs::is_regular_file(path), "spec", fmt::format("names a file that does not exist: {}", path.string()));
+    d.resolved_spec = "jsonl:" + path.string() + (field.empty() ? "" : ":" + field);
+  } else if (d.spec.rfind("text:", 0) == 0) {
+    r.require(d.spec.size() > 5, "spec", "text needs a path: \"text:PATH\"");
+    fs::path path = resolve_path(d.spec.substr(5), base_dir);
+    r.require(fs::is_regular_file(path), "spec", fmt::format("names a file that does not exist: {}", path.string()));
+    d.resolved_spec = "text:" + path.string();
+  } else {
+    r.require(false, "spec",
+              fmt::format("must be \"synthetic[:SEED]\", \"jsonl:PATH[:FIELD]\" or \"text:PATH\", got \"{}\"", d.spec));
+  }
+  r.require(d.jsonl_template.empty() || d.spec.rfind("jsonl:", 0) == 0, "template", "applies only to jsonl datasets");
+  r.require(d.num_documents >= 0, "num_documents", "must be >= 0 (0 = all)");
+  r.require(d.seq_len >= 2 && d.seq_len <= 1 << 20, "seq_len", "must be between 2 and 1048576");
+  r.require(d.batch_size >= 1, "batch_size", "must be >= 1");
+  r.require(d.num_batches >= 0, "num_batches", "must be >= 0 (0 = all)");
+  r.require(d.tokens >= 0, "tokens", "must be >= 0 (0 = no token budget)");
+  r.require(d.num_batches == 0 || d.tokens == 0, "tokens", "and 'dataset.num_batches' are alternatives; set only one");
+  check_choice(r, "packing", d.packing, {"truncate", "pack"});
+}
+
+void read_capture(TableReader& r, CaptureConfig& c) {
+  r.read("store_dtype", c.store_dtype);
+  r.read("keep_special", c.keep_special);
+  r.read("norm_outlier_factor", c.norm_outlier_factor);
+  r.read("shard_size_mb", c.shard_size_mb);
+  r.reject_unknown();
+  check_choice(r, "store_dtype", c.store_dtype, {"f32", "f16", "bf16"});
+  r.require(c.norm_outlier_factor == 0 || c.norm_outlier_factor > 1, "norm_outlier_factor",
+            "must be 0 (off) or greater than 1 (a multiple of the median norm)");
+  r.require(c.shard_size_mb > 0, "shard_size_mb", "must be > 0");
+}
+
+void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
+  r.read("name", m.name);
+  r.read("checkpoint", m.checkpoint);
+  r.read("layers", m.layers);
+  r.read("depths", m.depths);
+  r.read("tokenizer", m.tokenizer);
+  r.read("dtype", m.dtype);
+  r.reject_unknown();
+  static const std::regex name_re("[A-Za-z0-9._-]+");
+  if (!r.has("name")) r.fail_table("[[models]] entry needs a 'name'");
+  r.require(std::regex_match(m.name, name_re), "name", "must use only letters, digits, '.', '_' and '-'");
+  if (!r.has("checkpoint")) r.fail_table(fmt::format("model '{}' needs a 'checkpoint' (local path or hf://org/name[@rev])", m.name));
+  static const std::regex hf_re("hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+(@[A-Za-z0-9._/-]+)?");
+  if (m.is_hf()) {
+    r.require(std::regex_match(m.checkpoint, hf_re), "checkpoint",
+              fmt::format("must look like hf://org/name[@revision], got \"{}\"", m.checkpoint));
+  } else {
+    r.require(!m.checkpoint.empty(), "checkpoint", "must not be empty");
+    m.checkpoint_path = resolve_path(m.checkpoint, base_dir);
+  }
+  if (!m.tokenizer.empty()) m.tokenizer_path = resolve_path(m.tokenizer, base_dir);
+  bool has_layers = r.has("layers"), has_depths = r.has("depths");
+  if (has_layers == has_depths)
+    r.fail_table(fmt::format("model '{}' needs exactly one of 'layers' (1-based list) or 'depths' (relative, in (0, 1])", m.name));
+  if (has_layers) {
+    r.require(!m.layers.empty(), "layers", "must list at least one layer");
+    for (int64_t l : m.layers) r.require(l >= 0, "layers", fmt::format("must be >= 0 (1-based blocks, 0 = embeddings), got {}", l));
+    std::set<int64_t> unique(m.layers.begin(), m.layers.end());
+    r.require(unique.size() == m.layers.size(), "layers", "lists a layer twice");
+    m.layers.assign(unique.begin(), unique.end());
+  } else {
+    r.require(!m.depths.empty(), "depths", "must list at least one depth");
+    for (double d : m.depths) r.require(d > 0 && d <= 1, "depths", fmt::format("must lie in (0, 1], got {}", d));
+    std::set<double> unique(m.depths.begin(), m.depths.end());
+    r.require(unique.size() == m.depths.size(), "depths", "lists a depth twice");
+    m.depths.assign(unique.begin(), unique.end());
+  }
+  check_choice(r, "dtype", m.dtype, {"f32", "f16", "bf16"});
+}
+
+void read_sae_fields(TableReader& r, SaeConfig& s) {
+  r.read("architecture", s.architecture);
+  r.read("expansion", s.expansion);
+  r.read("k", s.k);
+  r.read("lr", s.lr);
+  r.read("l1", s.l1);
+  r.read("epochs", s.epochs);
+  r.read("batch_size", s.batch_size);
+  r.read("lr_warmup_steps", s.lr_warmup_steps);
+  r.read("l1_warmup_steps", s.l1_warmup_steps);
+  r.read("heldout_fraction", s.heldout_fraction);
+  r.read("shuffle_buffer", s.shuffle_buffer);
+  r.read("b_dec_init", s.b_dec_init);
+  r.read("convergence_tolerance", s.convergence_tolerance);
+  r.read("patience", s.patience);
+  r.read("dead_after_tokens", s.dead_after_tokens);
+  r.read("resample_dead", s.resample_dead);
+  r.read("aux_k", s.aux_k);
+  r.read("aux_k_coefficient", s.aux_k_coefficient);
+  r.read("checkpoint_every_steps", s.checkpoint_every_steps);
+}
+
+void validate_sae(const TableReader& r, const SaeConfig& s) {
+  check_choice(r, "architecture", s.architecture, {"relu", "topk"});
+  r.require(s.expansion >= 1 && s.expansion <= 1024, "expansion", "must be between 1 and 1024");
+  r.require(s.k >= 1, "k", "must be >= 1");
+  r.require(s.lr > 0 && s.lr < 1, "lr", "must lie in (0, 1)");
+  r.require(s.l1 >= 0, "l1", "must be >= 0");
+  r.require(s.epochs >= 1, "epochs", "must be >= 1");
+  r.require(s.batch_size >= 1, "batch_size", "must be >= 1");
+  r.require(s.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0");
+  r.require(s.l1_warmup_steps >= 0, "l1_warmup_steps", "must be >= 0");
+  r.require(s.heldout_fraction > 0 && s.heldout_fraction <= 0.5, "heldout_fraction", "must lie in (0, 0.5]");
+  r.require(s.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0");
+  check_choice(r, "b_dec_init", s.b_dec_init, {"geometric_median", "mean"});
+  r.require(s.convergence_tolerance >= 0, "convergence_tolerance", "must be >= 0");
+  r.require(s.patience >= 1, "patience", "must be >= 1");
+  r.require(s.dead_after_tokens >= 0, "dead_after_tokens", "must be >= 0");
+  r.require(s.aux_k >= 0, "aux_k", "must be >= 0");
+  r.require(s.aux_k_coefficient >= 0, "aux_k_coefficient", "must be >= 0");
+  r.require(s.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0");
+}
+
+json sae_to_json(const SaeConfig& s) {
+  return {{"architecture", s.architecture}, {"expansion", s.expansion}, {"k", s.k}, {"lr", s.lr}, {"l1", s.l1},
+          {"epochs", s.epochs}, {"batch_size", s.batch_size}, {"lr_warmup_steps", s.lr_warmup_steps},
+          {"l1_warmup_steps", s.l1_warmup_steps}, {"heldout_fraction", s.heldout_fraction},
+          {"shuffle_buffer", s.shuffle_buffer}, {"b_dec_init", s.b_dec_init},
+          {"convergence_tolerance", s.convergence_tolerance}, {"patience", s.patience},
+          {"dead_after_tokens", s.dead_after_tokens}, {"resample_dead", s.resample_dead}, {"aux_k", s.aux_k},
+          {"aux_k_coefficient", s.aux_k_coefficient}, {"checkpoint_every_steps", s.checkpoint_every_steps}};
+}
+
+void apply_sae_json(SaeConfig& s, const json& j) {
+  auto set = [&](const char* key, auto& field) {
+    if (j.contains(key)) j.at(key).get_to(field);
+  };
+  set("architecture", s.architecture);
+  set("expansion", s.expansion);
+  set("k", s.k);
+  set("lr", s.lr);
+  set("l1", s.l1);
+  set("epochs", s.epochs);
+  set("batch_size", s.batch_size);
+  set("lr_warmup_steps", s.lr_warmup_steps);
+  set("l1_warmup_steps", s.l1_warmup_steps);
+  set("heldout_fraction", s.heldout_fraction);
+  set("shuffle_buffer", s.shuffle_buffer);
+  set("b_dec_init", s.b_dec_init);
+  set("convergence_tolerance", s.convergence_tolerance);
+  set("patience", s.patience);
+  set("dead_after_tokens", s.dead_after_tokens);
+  set("resample_dead", s.resample_dead);
+  set("aux_k", s.aux_k);
+  set("aux_k_coefficient", s.aux_k_coefficient);
+  set("checkpoint_every_steps", s.checkpoint_every_steps);
+}
+
+void read_sae(TableReader& r, Experiment& exp, const std::string& file) {
+  read_sae_fields(r, exp.sae);
+  const toml::node* overrides = r.find("overrides");
+  r.reject_unknown();
+  validate_sae(r, exp.sae);
+  if (!overrides) return;
+  if (!overrides->is_array_of_tables())
+    r.fail_at(*overrides, "overrides", "must be an array of tables ([[sae.overrides]]), got " + type_name(*overrides));
+  const json base = sae_to_json(exp.sae);
+  for (const auto& element : *overrides->as_array()) {
+    TableReader o(*element.as_table(), "sae.overrides", file);
+    SaeOverride entry;
+    o.read("min_depth", entry.min_depth);
+    o.read("max_depth", entry.max_depth);
+    SaeConfig applied = exp.sae;
+    read_sae_fields(o, applied);
+    o.reject_unknown();
+    o.require(entry.min_depth >= 0 && entry.min_depth <= 1, "min_depth", "must lie in [0, 1]");
+    o.require(entry.max_depth >= 0 && entry.max_depth <= 1, "max_depth", "must lie in [0, 1]");
+    o.require(entry.min_depth <= entry.max_depth, "max_depth", "must be >= min_depth");
+    validate_sae(o, applied);
+    json values = sae_to_json(applied);
+    entry.values = json::object();
+    for (const auto& [key, node] : o.table())
+      if (key.str() != "min_depth" && key.str() != "max_depth") entry.values[std::string(key.str())] = values.at(std::string(key.str()));
+    if (entry.values.empty()) o.fail_table("a [[sae.overrides]] entry sets no [sae] key");
+    exp.sae_overrides.push_back(std::move(entry));
+  }
+}
+
+void read_transfer(TableReader& r, TransferConfig& t) {
+  r.read("fit_fraction", t.fit_fraction);
+  r.read("top_k", t.top_k);
+  r.read("cka_permutations", t.cka_permutations);
+  r.read("bootstrap", t.bootstrap);
+  r.read("high_universality", t.high_universality);
+  r.read("moderate_universality", t.moderate_universality);
+  r.read("ceiling", t.ceiling);
+  r.read("word_ends_only", t.word_ends_only);
+  r.read("mmac_min_firings", t.mmac_min_firings);
+  r.read("ridge", t.ridge);
+  r.read("max_eval_tokens", t.max_eval_tokens);
+  r.reject_unknown();
+  r.require(t.fit_fraction > 0 && t.fit_fraction < 1, "fit_fraction", "must lie in (0, 1)");
+  r.require(t.top_k >= 1, "top_k", "must be >= 1");
+  r.require(t.cka_permutations >= 0, "cka_permutations", "must be >= 0");
+  r.require(t.bootstrap >= 0, "bootstrap", "must be >= 0");
+  r.require(t.high_universality > 0 && t.high_universality <= 1, "high_universality", "must lie in (0, 1]");
+  r.require(t.moderate_universality >= 0 && t.moderate_universality <= t.high_universality, "moderate_universality",
+            "must lie in [0, high_universality]");
+  r.require(t.mmac_min_firings >= 1, "mmac_min_firings", "must be >= 1");
+  r.require(t.ridge >= 0, "ridge", "must be >= 0");
+  r.require(t.max_eval_tokens >= 0, "max_eval_tokens", "must be >= 0 (0 = all)");
+}
+
+void read_gates(TableReader& r, GatesConfig& g) {
+  r.read("max_fvu", g.max_fvu);
+  r.read("early_transfer", g.early_transfer);
+  r.read("early_max_depth", g.early_max_depth);
+  r.read("spread", g.spread);
+  r.read("divergence_threshold", g.divergence_threshold);
+  r.read("trend_alpha", g.trend_alpha);
+  r.read("min_dpi", g.min_dpi);
+  r.reject_unknown();
+  r.require(g.max_fvu > 0, "max_fvu", "must be > 0");
+  r.require(g.early_transfer >= 0 && g.early_transfer <= 1, "early_transfer", "must lie in [0, 1]");
+  r.require(g.early_max_depth > 0 && g.early_max_depth <= 1, "early_max_depth", "must lie in (0, 1]");
+  r.require(g.spread >= 0, "spread", "must be >= 0");
+  r.require(g.divergence_threshold >= 0 && g.divergence_threshold <= 1, "divergence_threshold", "must lie in [0, 1]");
+  r.require(g.trend_alpha > 0 && g.trend_alpha < 1, "trend_alpha", "must lie in (0, 1)");
+  r.require(g.min_dpi >= 1, "min_dpi", "must be >= 1");
+}
+
+}  // namespace
+
+std::vector<int64_t> ModelConfig::resolve_layers(int64_t n_layers) const {
+  std::vector<int64_t> out;
+  if (!layers.empty()) {
+    for (int64_t l : layers)
+      if (l > n_layers)
+        fail("model '{}': layer {} does not exist: {} has {} layers (valid: 0 = embeddings, 1..{}); fix 'layers' in the "
+             "experiment config",
+             name, l, checkpoint, n_layers, n_layers);
+    out = layers;
+  } else {
+    for (double d : depths) {
+      int64_t l = std::max<int64_t>(1, std::llround(d * static_cast<double>(n_layers)));
+      if (std::find(out.begin(), out.end(), l) != out.end())
+        fail("model '{}': depths {} land on layer {} twice ({} has {} layers); use fewer depths or explicit 'layers'", name,
+             fmt::join(depths, ", "), l, checkpoint, n_layers);
+      out.push_back(l);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+SaeConfig Experiment::sae_for(double relative_depth) const {
+  SaeConfig s = sae;
+  for (const auto& o : sae_overrides)
+    if (relative_depth >= o.min_depth - 1e-12 && relative_depth <= o.max_depth + 1e-12) apply_sae_json(s, o.values);
+  return s;
+}
+
+const ModelConfig& Experiment::model(const std::string& name) const {
+  for (const auto& m : models)
+    if (m.name == name) return m;
+  fail("experiment '{}' has no model named '{}'", experiment.name, name);
+}
+
+json Experiment::section(const std::string& name) const {
+  if (name == "experiment")
+    return {{"name", experiment.name}, {"seed", experiment.seed}, {"device", experiment.device},
+            {"threads", experiment.threads}, {"output_root", experiment.output_root}};
+  if (name == "dataset")
+    return {{"spec", dataset.spec}, {"resolved_spec", dataset.resolved_spec}, {"template", dataset.jsonl_template},
+            {"num_documents", dataset.num_documents}, {"seq_len", dataset.seq_len}, {"batch_size", dataset.batch_size},
+            {"num_batches", dataset.num_batches}, {"tokens", dataset.tokens}, {"packing", dataset.packing}};
+  if (name == "capture")
+    return {{"store_dtype", capture.store_dtype}, {"keep_special", capture.keep_special},
+            {"norm_outlier_factor", capture.norm_outlier_factor}, {"shard_size_mb", capture.shard_size_mb}};
+  if (name == "models") {
+    json out = json::array();
+    for (const auto& m : models) {
+      json j = {{"name", m.name}, {"checkpoint", m.checkpoint}, {"dtype", m.dtype}, {"tokenizer", m.tokenizer}};
+      j["checkpoint_path"] = m.checkpoint_path.string();
+      j["tokenizer_path"] = m.tokenizer_path.string();
+      if (!m.layers.empty()) j["layers"] = m.layers;
+      if (!m.depths.empty()) j["depths"] = m.depths;
+      out.push_back(std::move(j));
+    }
+    return out;
+  }
+  if (name == "sae") {
+    json j = sae_to_json(sae);
+    j["overrides"] = json::array();
+    for (const auto& o : sae_overrides) {
+      json entry = o.values;
+      entry["min_depth"] = o.min_depth;
+      entry["max_depth"] = o.max_depth;
+      j["overrides"].push_back(std::move(entry));
+    }
+    return j;
+  }
+  if (name == "transfer")
+    return {{"fit_fraction", transfer.fit_fraction}, {"top_k", transfer.top_k},
+            {"cka_permutations", transfer.cka_permutations}, {"bootstrap", transfer.bootstrap},
+            {"high_universality", transfer.high_universality}, {"moderate_universality", transfer.moderate_universality},
+            {"ceiling", transfer.ceiling}, {"word_ends_only", transfer.word_ends_only},
+            {"mmac_min_firings", transfer.mmac_min_firings}, {"ridge", transfer.ridge},
+            {"max_eval_tokens", transfer.max_eval_tokens}};
+  if (name == "gates")
+    return {{"max_fvu", gates.max_fvu}, {"early_transfer", gates.early_transfer},
+            {"early_max_depth", gates.early_max_depth}, {"spread", gates.spread},
+            {"divergence_threshold", gates.divergence_threshold}, {"trend_alpha", gates.trend_alpha},
+            {"min_dpi", gates.min_dpi}};
+  fail("internal: unknown config section '{}'", name);
+}
+
+json Experiment::to_json() const {
+  json out;
+  for (const char* name : {"experiment", "dataset", "capture", "models", "sae", "transfer", "gates"}) out[name] = section(name);
+  return out;
+}
+
+std::string Experiment::sha256() const { return sha256_hex(to_json().dump()); }
+
+Experiment parse_experiment(const std::string& toml_text, const std::string& display_name, const fs::path& base_dir) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, display_name);
+  } catch (const toml::parse_error& e) {
+    fail("{}:{}:{}: TOML syntax error: {}", display_name, e.source().begin.line, e.source().begin.column, e.description());
+  }
+  Experiment exp;
+  exp.base_dir = base_dir;
+  exp.experiment.name = fs::path(display_name).stem().string();
+  const toml::table empty;
+  TableReader r(root, "", display_name);
+
+  TableReader experiment(section_table(r, "experiment", empty), "experiment", display_name);
+  read_experiment(experiment, exp.experiment);
+  TableReader dataset(section_table(r, "dataset", empty), "dataset", display_name);
+  read_dataset(dataset, exp.dataset, base_dir);
+  TableReader capture(section_table(r, "capture", empty), "capture", display_name);
+  read_capture(capture, exp.capture);
+
+  const toml::node* models = r.find("models");
+  if (!models) fail("{}: no [[models]] entries: an experiment needs at least one model", display_name);
+  if (!models->is_array_of_tables())
+    r.fail_at(*models, "models", "must be an array of tables ([[models]]), got " + type_name(*models));
+  for (const auto& element : *models->as_array()) {
+    TableReader m(*element.as_table(), "models", display_name);
+    ModelConfig model;
+    read_model(m, model, base_dir);
+    for (const auto& other : exp.models)
+      if (other.name == model.name) m.require(false, "name", fmt::format("\"{}\" is used by two models", model.name));
+    exp.models.push_back(std::move(model));
+  }
+
+  TableReader sae(section_table(r, "sae", empty), "sae", display_name);
+  read_sae(sae, exp, display_name);
+  TableReader transfer(section_table(r, "transfer", empty), "transfer", display_name);
+  read_transfer(transfer, exp.transfer);
+  TableReader gates(section_table(r, "gates", empty), "gates", display_name);
+  read_gates(gates, exp.gates);
+  r.reject_unknown();
+  return exp;
+}
+
+Experiment load_experiment(const fs::path& file, std::optional<fs::path> base_dir) {
+  if (!fs::is_regular_file(file)) fail("experiment file {} does not exist", file.string());
+  fs::path absolute = fs::absolute(file).lexically_normal();
+  Experiment exp = parse_experiment(read_text_file(file), file.string(), base_dir.value_or(absolute.parent_path()));
+  exp.source_file = absolute;
+  return exp;
+}
+
+namespace {
+
+void insert_json(toml::table& table, const std::string& key, const json& value);
+
+toml::array json_array(const json& value) {
+  toml::array out;
+  for (const auto& element : value) {
+    if (element.is_object()) {
+      toml::table t;
+      for (const auto& [k, v] : element.items()) insert_json(t, k, v);
+      out.push_back(std::move(t));
+    } else if (element.is_array()) {
+      out.push_back(json_array(element));
+    } else if (element.is_boolean()) {
+      out.push_back(element.get<bool>());
+    } else if (element.is_number_integer()) {
+      out.push_back(element.get<int64_t>());
+    } else if (element.is_number_float()) {
+      out.push_back(element.get<double>());
+    } else {
+      out.push_back(element.get<std::string>());
+    }
+  }
+  return out;
+}
+
+void insert_json(toml::table& table, const std::string& key, const json& value) {
+  if (value.is_object()) {
+    toml::table t;
+    for (const auto& [k, v] : value.items()) insert_json(t, k, v);
+    table.insert(key, std::move(t));
+  } else if (value.is_array()) {
+    table.insert(key, json_array(value));
+  } else if (value.is_boolean()) {
+    table.insert(key, value.get<bool>());
+  } else if (value.is_number_integer()) {
+    table.insert(key, value.get<int64_t>());
+  } else if (value.is_number_float()) {
+    table.insert(key, value.get<double>());
+  } else if (value.is_string()) {
+    table.insert(key, value.get<std::string>());
+  }
+}
+}  // namespace
+
+std::string to_toml(const json& resolved) {
+  toml::table root;
+  for (const auto& [k, v] : resolved.items()) insert_json(root, k, v);
+  std::ostringstream out;
+  out << toml::toml_formatter(root);
+  return out.str();
+}
+
+}  // namespace strata::harness

@@ -1,0 +1,195 @@
+#include "harness/manifest.hpp"
+
+#include <cstdio>
+#include <ctime>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "strata_build_info.hpp"
+
+namespace strata::harness {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+json ArtifactRecord::to_json() const {
+  return {{"size", size}, {"sha256", sha256}, {"step", step}, {"inputs", inputs}, {"recorded_at", recorded_at}};
+}
+
+ArtifactRecord ArtifactRecord::from_json(const std::string& path, const json& j) {
+  ArtifactRecord r;
+  r.path = path;
+  r.size = j.at("size").get<uint64_t>();
+  r.sha256 = j.at("sha256").get<std::string>();
+  r.step = j.at("step").get<std::string>();
+  r.inputs = j.value("inputs", std::map<std::string, std::string>{});
+  r.recorded_at = j.value("recorded_at", "");
+  return r;
+}
+
+json StepRecord::to_json() const {
+  json j = {{"status", status},           {"config_sha256", config_sha256}, {"inputs_sha256", inputs_sha256},
+            {"started_at", started_at},   {"finished_at", finished_at},     {"seconds", seconds},
+            {"failures", failures},       {"summary", summary}};
+  if (!error.empty()) j["error"] = error;
+  return j;
+}
+
+StepRecord StepRecord::from_json(const std::string& name, const json& j) {
+  StepRecord r;
+  r.name = name;
+  r.status = j.at("status").get<std::string>();
+  r.config_sha256 = j.value("config_sha256", "");
+  r.inputs_sha256 = j.value("inputs_sha256", "");
+  r.started_at = j.value("started_at", "");
+  r.finished_at = j.value("finished_at", "");
+  r.seconds = j.value("seconds", 0.0);
+  r.error = j.value("error", "");
+  r.failures = j.value("failures", json::array());
+  r.summary = j.value("summary", json::object());
+  return r;
+}
+
+Manifest::Manifest() {
+  header_["format"] = kManifestFormat;
+  header_["strata_version"] = STRATA_VERSION;
+  header_["created_at"] = now_iso8601();
+}
+
+const json& Manifest::section(const std::string& name) const {
+  static const json null_json;
+  auto it = header_.find(name);
+  return it == header_.end() ? null_json : *it;
+}
+
+void Manifest::record_artifact(ArtifactRecord record) {
+  std::string path = record.path;
+  artifacts_[path] = std::move(record);
+}
+
+const ArtifactRecord* Manifest::artifact(const std::string& path) const {
+  auto it = artifacts_.find(path);
+  return it == artifacts_.end() ? nullptr : &it->second;
+}
+
+std::vector<ArtifactRecord> Manifest::artifacts_of(const std::string& step) const {
+  std::vector<ArtifactRecord> out;
+  for (const auto& [path, record] : artifacts_)
+    if (record.step == step) out.push_back(record);
+  return out;
+}
+
+void Manifest::remove_artifacts_of(const std::string& step) {
+  std::erase_if(artifacts_, [&](const auto& entry) { return entry.second.step == step; });
+}
+
+const StepRecord* Manifest::step(const std::string& name) const {
+  auto it = steps_.find(name);
+  return it == steps_.end() ? nullptr : &it->second;
+}
+
+void Manifest::set_step(StepRecord record) {
+  std::string name = record.name;
+  steps_[name] = std::move(record);
+}
+
+json Manifest::to_json() const {
+  json j = header_;
+  json derived = json::object();
+  for (const auto& [key, seed] : seeds_) derived[key] = seed;
+  j["seeds"] = {{"master", master_seed_}, {"derived", derived}};
+  json steps = json::object();
+  for (const auto& [name, record] : steps_) steps[name] = record.to_json();
+  j["steps"] = steps;
+  json artifacts = json::object();
+  for (const auto& [path, record] : artifacts_) artifacts[path] = record.to_json();
+  j["artifacts"] = artifacts;
+  j["invocations"] = invocations_;
+  return j;
+}
+
+Manifest Manifest::from_json(const json& j, const std::string& source_for_errors) {
+  if (!j.is_object() || j.value("format", "") != kManifestFormat)
+    fail("{} is not a strata run manifest (expected \"format\": \"{}\")", source_for_errors, kManifestFormat);
+  Manifest m;
+  try {
+    m.header_ = json::object();
+    for (const auto& [key, value] : j.items())
+      if (key != "seeds" && key != "steps" && key != "artifacts" && key != "invocations") m.header_[key] = value;
+    // Named copies: iterating items() of a temporary would outlive it.
+    const json seeds = j.value("seeds", json::object());
+    m.master_seed_ = seeds.value("master", uint64_t{0});
+    const json derived = seeds.value("derived", json::object());
+    for (const auto& [key, seed] : derived.items()) m.seeds_[key] = seed.get<uint64_t>();
+    const json steps = j.value("steps", json::object());
+    for (const auto& [name, step] : steps.items()) m.steps_[name] = StepRecord::from_json(name, step);
+    const json artifacts = j.value("artifacts", json::object());
+    for (const auto& [path, artifact] : artifacts.items()) m.artifacts_[path] = ArtifactRecord::from_json(path, artifact);
+    m.invocations_ = j.value("invocations", json::array());
+  } catch (const json::exception& e) {
+    fail("{}: malformed manifest: {}", source_for_errors, e.what());
+  }
+  return m;
+}
+
+Manifest Manifest::load(const fs::path& file) {
+  json j;
+  try {
+    j = json::parse(read_text_file(file));
+  } catch (const json::parse_error& e) {
+    fail("{}: invalid JSON ({}); the run directory's manifest is damaged", file.string(), e.what());
+  }
+  return from_json(j, file.string());
+}
+
+void Manifest::save(const fs::path& file) {
+  header_["updated_at"] = now_iso8601();
+  atomic_write_text(file, to_json().dump(2) + "\n");
+}
+
+std::string now_iso8601() {
+  std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return buffer;
+}
+
+namespace {
+// stdout of a shell command, trailing whitespace stripped; nullopt when it fails.
+std::optional<std::string> command_output(const std::string& command) {
+  FILE* pipe = popen((command + " 2>/dev/null").c_str(), "r");
+  if (!pipe) return std::nullopt;
+  std::string out;
+  char buffer[4096];
+  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) out.append(buffer, n);
+  if (pclose(pipe) != 0) return std::nullopt;
+  while (!out.empty() && std::isspace(static_cast<unsigned char>(out.back()))) out.pop_back();
+  return out;
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+}  // namespace
+
+json git_state() {
+  std::string dir = STRATA_SOURCE_DIR;
+  std::string git = "git -C " + shell_quote(dir);
+  json state = {{"source_dir", dir}, {"build_commit", STRATA_BUILD_COMMIT}};
+  auto commit = command_output(git + " rev-parse HEAD");
+  if (!commit) {
+    state["commit"] = "unknown";
+    state["dirty"] = nullptr;
+    return state;
+  }
+  state["commit"] = *commit;
+  // Tracked files only: build directories and run outputs inside the tree do not make it dirty.
+  auto status = command_output(git + " status --porcelain --untracked-files=no");
+  state["dirty"] = status ? json(!status->empty()) : json(nullptr);
+  return state;
+}
+
+}  // namespace strata::harness

@@ -1,0 +1,39 @@
+// `strata run`: executes the selected steps of an experiment in a run directory, in canonical order,
+// recording everything in the manifest; on resume, a step whose recorded config and input hashes still
+// match (and whose artifacts are intact) is skipped.
+#pragma once
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness/steps.hpp"
+
+namespace strata::harness {
+
+struct RunOptions {
+  std::filesystem::path experiment_file;  // may be empty with resume_dir: the run's own config.toml
+  std::vector<std::string> steps;         // empty = every step; always run in kStepOrder
+  std::filesystem::path resume_dir;       // continue this run
+  std::filesystem::path out_dir;          // new run here (default <output_root>/<name>-<UTC time>)
+  std::optional<int> threads;             // overrides [experiment] threads (reproduce: the recorded count)
+  std::string command_line;               // recorded in the manifest's invocations
+  // Reproduce: load the experiment from this config file, resolving relative paths against base_dir.
+  std::optional<std::filesystem::path> base_dir;
+};
+
+struct RunSummary {
+  std::filesystem::path run_dir;
+  std::vector<std::string> completed, skipped, unavailable;
+  std::string failed_step, error;
+  bool ok() const { return failed_step.empty(); }
+};
+
+// Never throws for a failing step (it is recorded and reported in the summary); throws strata::Error
+// for a bad config, a locked or invalid run directory, or an unknown step name.
+RunSummary run_experiment(const RunOptions& options, const StepRegistry& registry = global_steps());
+
+// "capture,train" -> {"capture", "train"}; unknown names are an error listing the valid ones.
+std::vector<std::string> parse_step_list(const std::string& csv);
+
+}  // namespace strata::harness
