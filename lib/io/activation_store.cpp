@@ -1,6 +1,13 @@
 #include "io/activation_store.hpp"
 
+#include <fcntl.h>
 #include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <regex>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -24,101 +31,190 @@ std::string dtype_label(torch::ScalarType t) {
 }
 }  // namespace
 
+namespace {
+// The safetensors header of one shard of `rows` rows, tensors in sorted-name order (as save_safetensors).
+std::string shard_header(int64_t rows, int64_t dim, torch::ScalarType dtype) {
+  nlohmann::ordered_json header;
+  header["__metadata__"] = {{"format", "pt"}};
+  struct Entry {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+  };
+  std::vector<Entry> entries{{"activations", from_scalar_type(dtype), {rows, dim}}};
+  for (const char* column : kIndexColumns) entries.push_back({column, DType::I64, {rows}});
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.name < b.name; });
+  size_t offset = 0;
+  for (const auto& e : entries) {
+    size_t bytes = dtype_size(e.dtype);
+    for (int64_t d : e.shape) bytes *= static_cast<size_t>(d);
+    header[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  return header.dump();
+}
+}  // namespace
+
 ActivationStoreWriter::ActivationStoreWriter(fs::path dir, std::string base_name, int64_t dim,
                                              torch::ScalarType store_dtype, int64_t max_shard_bytes)
     : dir_(std::move(dir)), base_(std::move(base_name)), dim_(dim), dtype_(store_dtype) {
   dtype_label(store_dtype);
+  if (dim <= 0) fail("activation store {}: dimension must be positive, got {}", base_, dim);
   int64_t row_bytes = dim * static_cast<int64_t>(c10::elementSize(store_dtype));
-  max_shard_rows_ = std::max<int64_t>(1, max_shard_bytes / std::max<int64_t>(1, row_bytes));
+  max_shard_rows_ = std::max<int64_t>(1, max_shard_bytes / row_bytes);
+  // Every number in the header grows with the row count, so the header of a full shard is the longest.
+  header_capacity_ = shard_header(max_shard_rows_, dim_, dtype_).size();
+  header_capacity_ += (8 - header_capacity_ % 8) % 8;
   sum_ = torch::zeros({dim}, torch::kFloat64);
   sum_sq_ = torch::zeros({dim}, torch::kFloat64);
   fs::create_directories(dir_);
 }
 
 ActivationStoreWriter::~ActivationStoreWriter() {
+  if (fd_ >= 0) ::close(fd_);
   if (finished_) return;
   std::error_code ec;
   for (const auto& tmp : temp_shards_) fs::remove(tmp, ec);
 }
 
+void ActivationStoreWriter::write_bytes(const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd_, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      failed_ = true;
+      fail("activation store {}: cannot write shard {}: {}", base_, temp_shards_.back().string(), std::strerror(errno));
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+}
+
+void ActivationStoreWriter::open_shard() {
+  fs::path tmp = dir_ / fmt::format(".{}.shard{}.partial", base_, temp_shards_.size());
+  fd_ = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("activation store {}: cannot create {}: {}", base_, tmp.string(), std::strerror(errno));
+  temp_shards_.push_back(tmp);
+  // Activations start right after the reserved header; the header is written when the shard closes.
+  if (::lseek(fd_, static_cast<off_t>(8 + header_capacity_), SEEK_SET) < 0)
+    fail("activation store {}: cannot seek in {}: {}", base_, tmp.string(), std::strerror(errno));
+  shard_open_rows_ = 0;
+}
+
+void ActivationStoreWriter::close_shard() {
+  if (fd_ < 0) return;
+  // Data in the header's order: sorted by tensor name.
+  std::vector<int> order{0, 1, 2, 3, 4};
+  std::sort(order.begin(), order.end(),
+            [](int a, int b) { return std::string_view(kIndexColumns[a]) < std::string_view(kIndexColumns[b]); });
+  for (int c : order) write_bytes(index_[c].data(), index_[c].size() * sizeof(int64_t));
+  std::string header = shard_header(shard_open_rows_, dim_, dtype_);
+  header.resize(header_capacity_, ' ');  // safetensors allows trailing whitespace padding
+  uint8_t length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
+  if (::lseek(fd_, 0, SEEK_SET) < 0) fail("activation store {}: cannot seek: {}", base_, std::strerror(errno));
+  write_bytes(length, 8);
+  write_bytes(header.data(), header.size());
+  if (::fsync(fd_) != 0) fail("activation store {}: fsync failed: {}", base_, std::strerror(errno));
+  ::close(fd_);
+  fd_ = -1;
+  shard_rows_.push_back(shard_open_rows_);
+  for (auto& column : index_) column = {};  // release the memory, not just the size
+  shard_open_rows_ = 0;
+}
+
 void ActivationStoreWriter::append(const torch::Tensor& activations, const RowIndex& index) {
+  if (finished_) fail("activation store {}: append after finish", base_);
   if (activations.dim() != 2 || activations.size(1) != dim_)
     fail("activation store {}: rows must be [n, {}], got [{}]", base_, dim_, fmt::join(activations.sizes(), ", "));
-  int64_t n = activations.size(0);
-  auto acts64 = activations.detach().to(torch::kCPU, torch::kFloat64);
-  sum_ += acts64.sum(0);
-  sum_sq_ += (acts64 * acts64).sum(0);
-  norm_sum_ += acts64.norm(2, {1}).sum().item<double>();
+  if (!activations.is_floating_point()) fail("activation store {}: activations must be floating point", base_);
+  const int64_t n = activations.size(0);
+  const torch::Tensor* columns[5] = {&index.doc_id, &index.seq_id, &index.token_index, &index.byte_begin,
+                                     &index.byte_end};
+  std::vector<torch::Tensor> index64;
+  for (int c = 0; c < 5; ++c) {
+    if (!columns[c]->defined() || columns[c]->dim() != 1 || columns[c]->size(0) != n)
+      fail("activation store {}: index column {} must be [{}]", base_, kIndexColumns[c], n);
+    index64.push_back(columns[c]->to(torch::kCPU, torch::kInt64).contiguous());
+  }
+  if (n == 0) return;
+  // Statistics and the non-finite check run on the values as stored, after conversion.
+  const torch::Tensor stored = activations.detach().to(torch::kCPU, dtype_).contiguous();
+  const torch::Tensor stored64 = stored.to(torch::kFloat64);
+  const int64_t nonfinite = stored64.isfinite().logical_not().sum().item<int64_t>();
+  if (nonfinite > 0) {
+    failed_ = true;
+    const bool source_finite = activations.isfinite().all().item<bool>();
+    fail("activation store {}: {} NaN/Inf values in rows {}..{}{}", base_, nonfinite, rows_, rows_ + n - 1,
+         source_finite ? fmt::format(" after conversion to {} (the values overflow it; store f32 or bf16)",
+                                     dtype_label(dtype_))
+                       : "");
+  }
+  sum_ += stored64.sum(0);
+  sum_sq_ += stored64.square().sum(0);
+  norm_sum_ += stored64.norm(2, {1}).sum().item<double>();
+  const size_t row_bytes = static_cast<size_t>(dim_) * stored.element_size();
+  const char* bytes = static_cast<const char*>(stored.data_ptr());
   int64_t offset = 0;
   while (offset < n) {
-    int64_t take = std::min(n - offset, max_shard_rows_ - pending_rows_);
-    pending_acts_.push_back(activations.detach().slice(0, offset, offset + take).to(torch::kCPU, dtype_));
-    RowIndex part;
-    part.doc_id = index.doc_id.slice(0, offset, offset + take);
-    part.seq_id = index.seq_id.slice(0, offset, offset + take);
-    part.token_index = index.token_index.slice(0, offset, offset + take);
-    part.byte_begin = index.byte_begin.slice(0, offset, offset + take);
-    part.byte_end = index.byte_end.slice(0, offset, offset + take);
-    pending_index_.push_back(part);
-    pending_rows_ += take;
+    if (fd_ < 0) open_shard();
+    const int64_t take = std::min(n - offset, max_shard_rows_ - shard_open_rows_);
+    write_bytes(bytes + static_cast<size_t>(offset) * row_bytes, static_cast<size_t>(take) * row_bytes);
+    for (int c = 0; c < 5; ++c) {
+      const int64_t* src = index64[c].data_ptr<int64_t>() + offset;
+      index_[c].insert(index_[c].end(), src, src + take);
+    }
+    shard_open_rows_ += take;
     offset += take;
-    if (pending_rows_ == max_shard_rows_) flush_shard();
+    if (shard_open_rows_ == max_shard_rows_) close_shard();
   }
   rows_ += n;
 }
 
-void ActivationStoreWriter::flush_shard() {
-  if (pending_rows_ == 0) return;
-  std::vector<torch::Tensor> doc, seq, tok, beg, end;
-  for (const auto& p : pending_index_) {
-    doc.push_back(p.doc_id), seq.push_back(p.seq_id), tok.push_back(p.token_index);
-    beg.push_back(p.byte_begin), end.push_back(p.byte_end);
-  }
-  auto cat64 = [](std::vector<torch::Tensor>& v) { return torch::cat(v).to(torch::kInt64).contiguous(); };
-  std::map<std::string, torch::Tensor> tensors{{"activations", torch::cat(pending_acts_)},
-                                               {"doc_id", cat64(doc)},
-                                               {"seq_id", cat64(seq)},
-                                               {"token_index", cat64(tok)},
-                                               {"byte_begin", cat64(beg)},
-                                               {"byte_end", cat64(end)}};
-  fs::path tmp = dir_ / fmt::format(".{}.shard{}.partial", base_, temp_shards_.size());
-  save_safetensors(tmp, tensors, {{"format", "pt"}});
-  temp_shards_.push_back(tmp);
-  shard_rows_.push_back(pending_rows_);
-  pending_acts_.clear();
-  pending_index_.clear();
-  pending_rows_ = 0;
-}
-
 std::vector<fs::path> ActivationStoreWriter::finish(nlohmann::json meta) {
-  flush_shard();
+  if (failed_) fail("activation store {}: an earlier write failed; the store is not finished", base_);
+  if (finished_) fail("activation store {}: finish called twice", base_);
   if (rows_ == 0) fail("activation store {}: no rows were captured (every position was masked?)", base_);
+  close_shard();
   std::vector<fs::path> written;
   std::vector<std::string> shard_names;
-  size_t n = temp_shards_.size();
+  const size_t n = temp_shards_.size();
   for (size_t i = 0; i < n; ++i) {
     std::string name = n == 1 ? base_ + ".safetensors"
                               : fmt::format("{}-{:05d}-of-{:05d}.safetensors", base_, i + 1, n);
-    fs::rename(temp_shards_[i], dir_ / name);
-    fsync_path(dir_);
     shard_names.push_back(name);
     written.push_back(dir_ / name);
   }
+  // Shards of an earlier store under this name that the new one will not overwrite (another shard count).
+  fs::path meta_path = dir_ / (base_ + ".meta.json");
+  std::error_code ec;
+  fs::remove(meta_path, ec);
+  for (const auto& entry : fs::directory_iterator(dir_)) {
+    const std::string name = entry.path().filename().string();
+    static const std::regex shard_suffix(R"(-\d{5}-of-\d{5}\.safetensors)");
+    const bool ours = name == base_ + ".safetensors" ||
+                      (name.rfind(base_, 0) == 0 && std::regex_match(name.substr(base_.size()), shard_suffix));
+    if (ours && std::find(shard_names.begin(), shard_names.end(), name) == shard_names.end())
+      fs::remove(entry.path());
+  }
+  for (size_t i = 0; i < n; ++i) fs::rename(temp_shards_[i], written[i]);
+  fsync_path(dir_);
   temp_shards_.clear();
   auto mean = sum_ / double(rows_);
   auto var = (sum_sq_ / double(rows_) - mean * mean).clamp_min(0.0);
+  auto as_vector = [&](const torch::Tensor& t) {
+    return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + dim_);
+  };
   meta["rows"] = rows_;
   meta["dim"] = dim_;
   meta["store_dtype"] = dtype_label(dtype_);
   meta["shards"] = shard_names;
   meta["shard_rows"] = shard_rows_;
-  meta["mean"] = std::vector<double>(mean.data_ptr<double>(), mean.data_ptr<double>() + dim_);
-  meta["std"] = [&] {
-    auto s = var.sqrt();
-    return std::vector<double>(s.data_ptr<double>(), s.data_ptr<double>() + dim_);
-  }();
+  meta["mean"] = as_vector(mean);
+  meta["std"] = as_vector(var.sqrt().contiguous());
   meta["mean_norm"] = norm_sum_ / double(rows_);
-  fs::path meta_path = dir_ / (base_ + ".meta.json");
+  meta["nonfinite_count"] = 0;  // append() refuses NaN/Inf, so a finished store never holds any
   atomic_write_text(meta_path, meta.dump(1));
   written.push_back(meta_path);
   finished_ = true;

@@ -32,34 +32,47 @@ struct RowIndex {
   torch::Tensor doc_id, seq_id, token_index, byte_begin, byte_end;  // I64 [n] each
 };
 
+// Streams rows to disk: activations go straight into the current shard file (the safetensors header is
+// written last, into space reserved for the largest possible shard), so memory holds only the current
+// shard's row index (5 x 8 bytes per row), never activations beyond the rows of one append() call.
 class ActivationStoreWriter {
  public:
   // Shards roll over once a shard's activation bytes reach max_shard_bytes.
   ActivationStoreWriter(std::filesystem::path dir, std::string base_name, int64_t dim, torch::ScalarType store_dtype,
                         int64_t max_shard_bytes);
   ~ActivationStoreWriter();  // removes unfinished temporary shards
-  // activations: [n, dim] float (any float dtype; converted to the store dtype).
+  ActivationStoreWriter(const ActivationStoreWriter&) = delete;
+  ActivationStoreWriter& operator=(const ActivationStoreWriter&) = delete;
+  // activations: [n, dim] float (any float dtype, any device; converted to the store dtype). A NaN or
+  // Inf in the converted rows (e.g. an f16 overflow) throws; the writer then refuses to finish.
   void append(const torch::Tensor& activations, const RowIndex& index);
   int64_t rows() const { return rows_; }
-  // Renames shards to their final names and writes meta.json (all atomically). `meta` is extended with
-  // rows, dim, store_dtype, shards, mean/std per dimension, mean_norm. Returns every file written.
+  int64_t max_shard_rows() const { return max_shard_rows_; }
+  // Renames shards to their final names, removes shards of an earlier store under the same base name
+  // that this one does not overwrite, and writes meta.json last (all atomically). `meta` is extended
+  // with rows, dim, store_dtype, shards, shard_rows, mean/std per dimension, mean_norm and
+  // nonfinite_count. Returns every file written.
   std::vector<std::filesystem::path> finish(nlohmann::json meta);
 
  private:
-  void flush_shard();
+  void open_shard();
+  void close_shard();
+  void write_bytes(const void* data, size_t size);
   std::filesystem::path dir_;
   std::string base_;
   int64_t dim_;
   torch::ScalarType dtype_;
   int64_t max_shard_rows_;
+  size_t header_capacity_ = 0;  // bytes reserved after the 8-byte length for the JSON header
   int64_t rows_ = 0;
-  std::vector<torch::Tensor> pending_acts_;
-  std::vector<RowIndex> pending_index_;
-  int64_t pending_rows_ = 0;
+  int fd_ = -1;                 // the open temporary shard, or -1
+  int64_t shard_open_rows_ = 0;
+  std::vector<int64_t> index_[5];  // the open shard's row index, in kIndexColumns order
   std::vector<std::filesystem::path> temp_shards_;
   std::vector<int64_t> shard_rows_;
   torch::Tensor sum_, sum_sq_;  // fp64 [dim]
   double norm_sum_ = 0.0;
+  bool failed_ = false;
   bool finished_ = false;
 };
 

@@ -1,0 +1,318 @@
+#include "capture/capture.hpp"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "core/log.hpp"
+#include "io/activation_store.hpp"
+#include "models/spec.hpp"
+#include "models/transformer.hpp"
+#include "text/tokenizer.hpp"
+
+namespace strata::capture {
+namespace fs = std::filesystem;
+
+std::vector<int> resolve_layers(const std::vector<int>& layers, const std::vector<double>& depths, int n_layers,
+                                const std::string& model_name) {
+  if (layers.empty() && depths.empty())
+    fail("capture {}: no layers requested; give layers (1..{}, 0 = embeddings) or relative depths in (0, 1]",
+         model_name, n_layers);
+  std::vector<int> out;
+  for (int layer : layers) {
+    if (layer < 0 || layer > n_layers)
+      fail("capture {}: layer {} does not exist; the model has {} layers (1..{}, 0 = embeddings)", model_name, layer,
+           n_layers, n_layers);
+    out.push_back(layer);
+  }
+  for (double depth : depths) {
+    if (!(depth > 0.0 && depth <= 1.0))
+      fail("capture {}: relative depth {} is outside (0, 1]; it maps to layer round(depth * {})", model_name, depth,
+           n_layers);
+    out.push_back(std::clamp(static_cast<int>(std::lround(depth * n_layers)), 1, n_layers));
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+namespace {
+
+// Model-input sequences made lazily, a few documents at a time, so that memory does not grow with the
+// dataset. The result equals text::make_sequences over all documents: Pack's cut runs across chunks.
+class SequenceStream {
+ public:
+  SequenceStream(const text::Tokenizer& tokenizer, const std::vector<text::Document>& docs, int64_t seq_len,
+                 text::PackingPolicy packing)
+      : tokenizer_(tokenizer), docs_(docs), seq_len_(seq_len), packing_(packing) {}
+
+  bool next(text::Sequence& out) {
+    while (ready_.empty() && next_doc_ < docs_.size()) refill();
+    if (ready_.empty() && !carry_.ids.empty()) ready_.push_back(std::exchange(carry_, text::Sequence{}));
+    if (ready_.empty()) return false;
+    out = std::move(ready_.front());
+    ready_.pop_front();
+    return true;
+  }
+
+ private:
+  static constexpr size_t kChunkDocs = 16;
+
+  void refill() {
+    const size_t end = std::min(docs_.size(), next_doc_ + kChunkDocs);
+    std::vector<text::Document> chunk(docs_.begin() + static_cast<std::ptrdiff_t>(next_doc_),
+                                      docs_.begin() + static_cast<std::ptrdiff_t>(end));
+    next_doc_ = end;
+    std::vector<text::Sequence> made = text::make_sequences(tokenizer_, chunk, seq_len_, packing_, true);
+    if (packing_ == text::PackingPolicy::Truncate) {
+      for (auto& s : made) ready_.push_back(std::move(s));
+      return;
+    }
+    for (const auto& s : made) {  // re-cut after the previous chunk's short tail
+      for (size_t i = 0; i < s.ids.size(); ++i) {
+        carry_.ids.push_back(s.ids[i]);
+        carry_.doc_id.push_back(s.doc_id[i]);
+        carry_.byte_begin.push_back(s.byte_begin[i]);
+        carry_.byte_end.push_back(s.byte_end[i]);
+        carry_.special.push_back(s.special[i]);
+        if (static_cast<int64_t>(carry_.ids.size()) == seq_len_) ready_.push_back(std::exchange(carry_, {}));
+      }
+    }
+  }
+
+  const text::Tokenizer& tokenizer_;
+  const std::vector<text::Document>& docs_;
+  int64_t seq_len_;
+  text::PackingPolicy packing_;
+  size_t next_doc_ = 0;
+  std::deque<text::Sequence> ready_;
+  text::Sequence carry_;
+};
+
+void cut_sequence(text::Sequence& s, size_t n) {
+  s.ids.resize(n), s.doc_id.resize(n), s.byte_begin.resize(n), s.byte_end.resize(n), s.special.resize(n);
+}
+
+const char* store_dtype_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "f32";
+    case torch::kFloat16: return "f16";
+    case torch::kBFloat16: return "bf16";
+    default: fail("capture: store dtype must be f32, f16 or bf16, got {}", c10::toString(t));
+  }
+}
+
+text::Tokenizer load_tokenizer(const std::string& model_name, const fs::path& checkpoint_dir,
+                               const std::string& tokenizer_dir) {
+  if (!tokenizer_dir.empty()) return text::Tokenizer::load(tokenizer_dir);
+  for (const char* name : {"tokenizer.json", "tokenizer.json.gz", "vocab.json"})
+    if (fs::exists(checkpoint_dir / name)) return text::Tokenizer::load(checkpoint_dir);
+  fail("capture {}: checkpoint {} has no tokenizer (tokenizer.json, tokenizer.json.gz or vocab.json + merges.txt); "
+       "pass --tokenizer DIR",
+       model_name, checkpoint_dir.string());
+}
+
+// One batch of model input plus, for every stored position, its flat index into [B*T] and its row index.
+struct Batch {
+  torch::Tensor input_ids, attention_mask;  // [B, T] int64
+  torch::Tensor keep;                       // [n] int64 flat positions b*T+t that are stored
+  io::RowIndex index;                       // [n] each
+  int64_t tokens = 0;                       // real tokens in the batch
+  int64_t special_excluded = 0;
+};
+
+Batch make_batch(const std::vector<text::Sequence>& seqs, int64_t first_seq_id, bool keep_special,
+                 const models::ModelSpec& spec, const std::string& model_name, const text::Tokenizer& tokenizer) {
+  Batch batch;
+  const int64_t B = static_cast<int64_t>(seqs.size());
+  int64_t T = 0;
+  for (const auto& s : seqs) T = std::max<int64_t>(T, static_cast<int64_t>(s.ids.size()));
+  batch.input_ids = torch::zeros({B, T}, torch::kInt64);
+  batch.attention_mask = torch::zeros({B, T}, torch::kInt64);
+  auto ids = batch.input_ids.accessor<int64_t, 2>();
+  auto mask = batch.attention_mask.accessor<int64_t, 2>();
+  std::vector<int64_t> keep, doc, seq, pos, begin, end;
+  for (int64_t b = 0; b < B; ++b) {
+    const text::Sequence& s = seqs[static_cast<size_t>(b)];
+    for (int64_t t = 0; t < static_cast<int64_t>(s.ids.size()); ++t) {
+      const int32_t id = s.ids[static_cast<size_t>(t)];
+      if (id < 0 || id >= spec.vocab_size)
+        fail("capture {}: tokenizer {} produced token id {} (document {}) outside the model's vocabulary of {}; "
+             "use the model's own tokenizer",
+             model_name, tokenizer.source().string(), id, s.doc_id[static_cast<size_t>(t)], spec.vocab_size);
+      ids[b][t] = id;
+      mask[b][t] = 1;
+      ++batch.tokens;
+      if (s.special[static_cast<size_t>(t)] && !keep_special) {
+        ++batch.special_excluded;
+        continue;
+      }
+      keep.push_back(b * T + t);
+      doc.push_back(s.doc_id[static_cast<size_t>(t)]);
+      seq.push_back(first_seq_id + b);
+      pos.push_back(t);
+      begin.push_back(s.byte_begin[static_cast<size_t>(t)]);
+      end.push_back(s.byte_end[static_cast<size_t>(t)]);
+    }
+  }
+  auto column = [](const std::vector<int64_t>& v) { return torch::tensor(v, torch::kInt64); };
+  batch.keep = column(keep);
+  batch.index = {column(doc), column(seq), column(pos), column(begin), column(end)};
+  return batch;
+}
+
+io::RowIndex select_rows(const io::RowIndex& index, const torch::Tensor& rows) {
+  return {index.doc_id.index_select(0, rows), index.seq_id.index_select(0, rows),
+          index.token_index.index_select(0, rows), index.byte_begin.index_select(0, rows),
+          index.byte_end.index_select(0, rows)};
+}
+
+}  // namespace
+
+CaptureResult capture_model(const std::string& model_name, const fs::path& checkpoint_dir,
+                            const std::vector<text::Document>& docs, const std::string& dataset_spec,
+                            const CaptureOptions& options, const fs::path& out_dir) {
+  if (model_name.empty() || model_name.find('/') != std::string::npos)
+    fail("capture: model name {:?} must be non-empty and contain no '/' (it names the store files)", model_name);
+  if (options.batch_size <= 0) fail("capture {}: batch size must be positive, got {}", model_name, options.batch_size);
+  if (options.seq_len <= 0) fail("capture {}: seq_len must be positive, got {}", model_name, options.seq_len);
+  if (options.max_tokens <= 0 && options.num_batches <= 0)
+    fail("capture {}: give a positive number of batches or tokens", model_name);
+  if (options.norm_outlier_factor < 0)
+    fail("capture {}: norm outlier factor must be >= 0 (0 = off), got {}", model_name, options.norm_outlier_factor);
+  const char* dtype_name = store_dtype_name(options.store_dtype);
+
+  // The config alone settles the layers, so a bad request fails before any weight is read.
+  const fs::path config_path = checkpoint_dir / "config.json";
+  if (!fs::exists(config_path))
+    fail("capture {}: {} not found; --model must name a Hugging Face checkpoint directory", model_name,
+         config_path.string());
+  const models::ModelSpec config_spec = models::parse_config(
+      nlohmann::json::parse(read_text_file(config_path), nullptr, true), config_path.string());
+  const int n_layers = static_cast<int>(config_spec.n_layers);
+  CaptureResult result;
+  result.layers = resolve_layers(options.layers, options.depths, n_layers, model_name);
+  if (config_spec.positions == models::PositionKind::Learned && options.seq_len > config_spec.max_positions)
+    fail("capture {}: seq_len {} exceeds the model's {} learned positions", model_name, options.seq_len,
+         config_spec.max_positions);
+
+  const text::Tokenizer tokenizer = load_tokenizer(model_name, checkpoint_dir, options.tokenizer_dir);
+  log::info("capture {}: loading {}", model_name, checkpoint_dir.string());
+  const models::Transformer model = models::Transformer::load(checkpoint_dir, torch::kFloat32, options.device);
+  const models::ModelSpec& spec = model.spec();
+  const int64_t H = spec.hidden_size;
+
+  models::ForwardRequest request;
+  for (int layer : result.layers) {
+    if (layer == 0)
+      request.embed = true;
+    else
+      request.blocks.push_back(layer - 1);
+  }
+  std::vector<std::unique_ptr<io::ActivationStoreWriter>> writers;
+  for (int layer : result.layers)
+    writers.push_back(std::make_unique<io::ActivationStoreWriter>(
+        out_dir, io::store_base_name(model_name, layer), H, options.store_dtype, options.shard_size_bytes));
+  std::vector<int64_t> outliers_excluded(result.layers.size(), 0);
+
+  SequenceStream stream(tokenizer, docs, options.seq_len, options.packing);
+  const bool by_tokens = options.max_tokens > 0;
+  log::Progress progress(fmt::format("capture {} layers {}", model_name, fmt::join(result.layers, ",")),
+                         by_tokens ? options.max_tokens : options.num_batches);
+  int64_t sequences = 0, special_excluded = 0, batches = 0;
+  torch::NoGradGuard no_grad;
+  while (by_tokens ? result.tokens < options.max_tokens : batches < options.num_batches) {
+    std::vector<text::Sequence> seqs;
+    int64_t planned = result.tokens;
+    text::Sequence s;
+    while (static_cast<int64_t>(seqs.size()) < options.batch_size && (!by_tokens || planned < options.max_tokens) &&
+           stream.next(s)) {
+      if (by_tokens && planned + static_cast<int64_t>(s.ids.size()) > options.max_tokens)
+        cut_sequence(s, static_cast<size_t>(options.max_tokens - planned));
+      planned += static_cast<int64_t>(s.ids.size());
+      seqs.push_back(std::move(s));
+    }
+    if (seqs.empty()) {
+      log::warn("capture {}: the dataset ran out after {} batches ({} tokens)", model_name, batches, result.tokens);
+      break;
+    }
+    ++batches;
+    const Batch batch = make_batch(seqs, sequences, options.keep_special, spec, model_name, tokenizer);
+    sequences += static_cast<int64_t>(seqs.size());
+    result.tokens += batch.tokens;
+    special_excluded += batch.special_excluded;
+
+    const models::ForwardOutput out =
+        model.forward(batch.input_ids.to(options.device), batch.attention_mask.to(options.device), request);
+    const torch::Tensor keep = batch.keep.to(options.device);
+    for (size_t i = 0; i < result.layers.size(); ++i) {
+      const int layer = result.layers[i];
+      const torch::Tensor& hidden = layer == 0 ? out.embed : out.resid_post.at(layer - 1);
+      torch::Tensor rows = hidden.reshape({-1, H}).index_select(0, keep).to(torch::kCPU);
+      if (!rows.isfinite().all().item<bool>())
+        fail("capture {}: layer {} batch {}: {} NaN/Inf activation values; the model's activations are not finite "
+             "(no store was written)",
+             model_name, layer, batches, rows.isfinite().logical_not().sum().item<int64_t>());
+      io::RowIndex index = batch.index;
+      if (options.norm_outlier_factor > 0 && rows.size(0) > 0) {
+        const torch::Tensor norms = rows.norm(2, {1});
+        const double limit = options.norm_outlier_factor * norms.median().item<double>();
+        const torch::Tensor kept = (norms <= limit).nonzero().squeeze(1);
+        outliers_excluded[i] += rows.size(0) - kept.size(0);
+        rows = rows.index_select(0, kept);
+        index = select_rows(index, kept);
+      }
+      writers[i]->append(rows, index);
+    }
+    progress.advance(by_tokens ? batch.tokens : 1);
+  }
+  progress.finish();
+
+  const std::string checkpoint_sha = model.checkpoint_sha256();
+  const std::string dataset_sha = text::dataset_sha256(docs);
+  for (size_t i = 0; i < result.layers.size(); ++i) {
+    const int layer = result.layers[i];
+    nlohmann::json meta = {
+        {"model", model_name},
+        {"checkpoint", checkpoint_dir.string()},
+        {"checkpoint_sha256", checkpoint_sha},
+        {"model_type", spec.model_type},
+        {"layer", layer},
+        {"n_layers", n_layers},
+        {"relative_depth", static_cast<double>(layer) / n_layers},
+        {"hook", layer == 0 ? std::string("embed") : fmt::format("resid_post.{}", layer - 1)},
+        {"hidden_size", H},
+        {"store_dtype", dtype_name},
+        {"dataset", dataset_spec},
+        {"dataset_sha256", dataset_sha},
+        {"tokenizer", tokenizer.source().string()},
+        {"tokenizer_sha256", tokenizer.sha256()},
+        {"seq_len", options.seq_len},
+        {"packing", text::to_string(options.packing)},
+        {"batch_size", options.batch_size},
+        {"batches", batches},
+        {"sequences", sequences},
+        {"tokens", result.tokens},
+        {"mask_policy",
+         {{"exclude_special", !options.keep_special},
+          {"norm_outlier_factor", options.norm_outlier_factor},
+          {"norm_outlier_reference", "median row norm of the layer within each batch"},
+          {"padding", "excluded"},
+          {"special_excluded", options.keep_special ? 0 : special_excluded},
+          {"norm_outliers_excluded", outliers_excluded[i]}}},
+    };
+    std::vector<fs::path> files = writers[i]->finish(std::move(meta));
+    const nlohmann::json written = nlohmann::json::parse(read_text_file(files.back()));
+    result.metas[std::to_string(layer)] = written;
+    result.files.insert(result.files.end(), files.begin(), files.end());
+    log::info("capture {}: layer {} -> {} rows in {} file(s)", model_name, layer, written["rows"].get<int64_t>(),
+              files.size() - 1);
+  }
+  return result;
+}
+
+}  // namespace strata::capture
