@@ -1,0 +1,34 @@
+// The figures step: publication figures from a run directory (docs/report.md lists them).
+// Each figure is figures/<name>.png (300 DPI, pHYs set), figures/<name>.pdf (vector) and
+// figures/<name>.caption.txt (one line); figures/figures.json indexes them for the report and Gate 4.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "report/analysis.hpp"
+
+namespace strata::report {
+
+struct FigureOptions {
+  int dpi = 300;
+  double font_pt = 9;
+  int max_annotated_cells = 20;  // values are printed in heatmap cells up to this many rows/columns
+  AnalysisOptions analysis;      // bands and divergence threshold drawn on the figures
+};
+
+struct FigureRecord {
+  std::string name, caption, title, xlabel, ylabel;
+  double width_in = 0, height_in = 0;
+  int dpi = 0;
+  std::filesystem::path png, pdf, caption_file;  // relative to the run directory
+  nlohmann::json to_json() const;
+};
+
+// Renders every figure whose inputs exist (the transfer figures need transfer/transfer_matrix.json,
+// the SAE figures saes/*/cfg.json). Throws if nothing could be rendered.
+std::vector<FigureRecord> render_figures(const std::filesystem::path& run_dir, const FigureOptions& options = {});
+
+}  // namespace strata::report
