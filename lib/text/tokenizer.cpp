@@ -357,7 +357,8 @@ struct Tokenizer::Impl {
   MergeTable merges;
   bool byte_level = false;           // symbols start as bytes mapped through GPT-2's byte table
   std::array<int32_t, 256> byte_ids;  // byte-level: byte -> id of its character (-1 if absent)
-  std::unordered_map<char32_t, int32_t> char_ids;  // otherwise: single-character pieces
+  std::vector<int32_t> bmp_char_ids;                // otherwise: single-character pieces in the BMP (-1: none)
+  std::unordered_map<char32_t, int32_t> char_ids;  // ... and beyond it
   bool byte_fallback = false;
   std::array<int32_t, 256> fallback_ids;  // <0xXX> pieces
   int32_t unk_id = -1;
@@ -427,29 +428,30 @@ void merge_large(std::vector<Piece>& syms, const MergeTable& merges) {
   struct Candidate {
     int32_t rank;
     int pos;
-    int32_t merged;
+    int32_t left, right, merged;  // the pair as it was when queued; a changed pair makes the entry stale
     bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
-  for (int i = 0; i + 1 < n; ++i)
-    if (const auto* m = merges.find(syms[i].id, syms[i + 1].id)) heap.push({m->rank, i, m->merged});
+  std::vector<Candidate> storage;
+  storage.reserve(2 * n);
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap(std::greater<>{}, std::move(storage));
+  auto queue_pair = [&](int i, int j) {
+    if (const auto* m = merges.find(syms[i].id, syms[j].id)) heap.push({m->rank, i, syms[i].id, syms[j].id, m->merged});
+  };
+  for (int i = 0; i + 1 < n; ++i) queue_pair(i, i + 1);
   while (!heap.empty()) {
     Candidate top = heap.top();
     heap.pop();
     int i = top.pos;
     if (!alive[i] || next[i] < 0) continue;
     int j = next[i];
-    const auto* m = merges.find(syms[i].id, syms[j].id);
-    if (!m || m->merged != top.merged || m->rank != top.rank) continue;  // stale entry
-    syms[i].id = m->merged;
+    if (syms[i].id != top.left || syms[j].id != top.right) continue;  // stale entry
+    syms[i].id = top.merged;
     syms[i].end = syms[j].end;
     alive[j] = 0;
     next[i] = next[j];
     if (next[j] >= 0) prev[next[j]] = i;
-    if (prev[i] >= 0)
-      if (const auto* l = merges.find(syms[prev[i]].id, syms[i].id)) heap.push({l->rank, prev[i], l->merged});
-    if (next[i] >= 0)
-      if (const auto* r = merges.find(syms[i].id, syms[next[i]].id)) heap.push({r->rank, i, r->merged});
+    if (prev[i] >= 0) queue_pair(prev[i], i);
+    if (next[i] >= 0) queue_pair(i, next[i]);
   }
   size_t w = 0;
   for (int i = 0; i < n; ++i)
@@ -485,9 +487,14 @@ void Tokenizer::Impl::bpe(std::string_view word, std::vector<Piece>& out) const 
     for (size_t i = 0; i < word.size();) {
       int len;
       char32_t cp = unicode::decode_at(word, i, len);
-      auto it = char_ids.find(cp);
-      if (it != char_ids.end()) {
-        syms.push_back({it->second, int32_t(i), int32_t(i + len)});
+      int32_t id = -1;
+      if (cp < bmp_char_ids.size()) {
+        id = bmp_char_ids[cp];
+      } else if (auto it = char_ids.find(cp); it != char_ids.end()) {
+        id = it->second;
+      }
+      if (id >= 0) {
+        syms.push_back({id, int32_t(i), int32_t(i + len)});
       } else if (byte_fallback && [&] {
                    for (int k = 0; k < len; ++k)
                      if (fallback_ids[static_cast<unsigned char>(word[i + k])] < 0) return false;
@@ -728,7 +735,13 @@ void Tokenizer::Impl::finish_model(const std::vector<std::pair<std::string, std:
     if (token.empty()) continue;
     int len;
     char32_t cp = unicode::decode_at(token, 0, len);
-    if (size_t(len) == token.size()) char_ids.emplace(cp, id);
+    if (size_t(len) != token.size()) continue;
+    if (cp < 0x10000) {
+      if (bmp_char_ids.empty()) bmp_char_ids.assign(0x10000, -1);
+      bmp_char_ids[cp] = id;
+    } else {
+      char_ids.emplace(cp, id);
+    }
   }
 }
 
