@@ -16,6 +16,7 @@
 #include <mutex>
 #include <queue>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -364,6 +365,10 @@ struct Tokenizer::Impl {
   int32_t unk_id = -1;
   bool fuse_unk = false;
   bool ignore_merges = false;
+  // Code points that some vocab token has right before U+2581 '▁'. A BPE merge only ever creates vocab
+  // tokens, so no token can span a boundary "x▁" with x outside this set: without a pre-tokenizer
+  // (Gemma) the text splits there exactly, and the pieces can be cached like pre-token words.
+  std::unordered_set<char32_t> joins_before_space_mark;
 
   // Pipeline
   std::vector<AddedToken> added;
@@ -553,6 +558,22 @@ void Tokenizer::Impl::encode_normalized_piece(const Normalized& n, size_t b, siz
     }
     std::swap(ranges, next);
   }
+  if (pre_tokenizers.empty() && !byte_level) {
+    // Split before each '▁' (E2 96 81) that no vocab token can join to the character before it.
+    const std::string_view text(n.text);
+    size_t word = b;
+    for (size_t i = text.find("\xE2\x96\x81", b); i != std::string_view::npos && i < e; i = text.find("\xE2\x96\x81", i + 3)) {
+      if (i == word) continue;
+      size_t p = i - 1;
+      while (p > word && (static_cast<unsigned char>(text[p]) & 0xC0) == 0x80) --p;
+      int len;
+      if (joins_before_space_mark.count(unicode::decode_at(text, p, len))) continue;
+      emit_word(word, i);
+      word = i;
+    }
+    if (word < e) emit_word(word, e);
+    return;
+  }
   for (auto [wb, we] : ranges) emit_word(wb, we);
 }
 
@@ -733,6 +754,12 @@ void Tokenizer::Impl::finish_model(const std::vector<std::pair<std::string, std:
   }
   for (const auto& [token, id] : vocab) {
     if (token.empty()) continue;
+    for (size_t at = token.find("\xE2\x96\x81", 1); at != std::string::npos; at = token.find("\xE2\x96\x81", at + 1)) {
+      size_t p = at - 1;
+      while (p > 0 && (static_cast<unsigned char>(token[p]) & 0xC0) == 0x80) --p;
+      int cp_len;
+      joins_before_space_mark.insert(unicode::decode_at(token, p, cp_len));
+    }
     int len;
     char32_t cp = unicode::decode_at(token, 0, len);
     if (size_t(len) != token.size()) continue;
