@@ -1,0 +1,120 @@
+// `strata transfer`: the (model, layer) x (model, layer) transfer matrix (lib/transfer, docs/transfer.md).
+#include <regex>
+
+#include "command.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "core/log.hpp"
+#include "transfer/transfer.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct TransferArgs {
+  std::vector<std::string> saes, activations, ceilings;
+  bool aligned = false;
+  std::string out;
+  uint64_t seed = 0;
+  strata::transfer::TransferOptions options;
+};
+
+std::map<std::string, std::string> parse_pairs(const std::vector<std::string>& values, const char* flag) {
+  std::map<std::string, std::string> out;
+  for (const std::string& value : values) {
+    auto eq = value.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == value.size())
+      strata::fail("{} expects NAME=PATH, got '{}'", flag, value);
+    if (!out.emplace(value.substr(0, eq), value.substr(eq + 1)).second)
+      strata::fail("{}: name '{}' given twice", flag, value.substr(0, eq));
+  }
+  return out;
+}
+
+// model, layer and n_layers of a cell: from the store's meta.json when it has them, else from the NAME
+// "<model>_layer<L>" (n_layers = the largest layer given for that model).
+std::vector<strata::transfer::Cell> build_cells(const TransferArgs& args) {
+  auto saes = parse_pairs(args.saes, "--sae");
+  auto stores = parse_pairs(args.activations, "--activations");
+  auto ceilings = parse_pairs(args.ceilings, "--ceiling-sae");
+  if (saes.empty()) strata::fail("transfer: give at least one --sae NAME=DIR and --activations NAME=PATH");
+  for (auto& [name, _] : saes)
+    if (!stores.count(name)) strata::fail("transfer: --sae {} has no matching --activations {}=PATH", name, name);
+  for (auto& [name, _] : stores)
+    if (!saes.count(name)) strata::fail("transfer: --activations {} has no matching --sae {}=DIR", name, name);
+  for (auto& [name, _] : ceilings)
+    if (!saes.count(name)) strata::fail("transfer: --ceiling-sae {} names no cell", name);
+  std::vector<strata::transfer::Cell> cells;
+  std::map<std::string, int> max_layer;
+  const std::regex pattern(R"((.+)_layer(\d+))");
+  for (auto& [name, store] : stores) {
+    strata::transfer::Cell cell;
+    cell.name = name;
+    cell.store = store;
+    cell.sae_dir = saes.at(name);
+    if (ceilings.count(name)) cell.ceiling_sae_dir = fs::path(ceilings.at(name));
+    nlohmann::json meta = nlohmann::json::object();
+    fs::path meta_path = cell.store;
+    if (meta_path.extension() != ".json") {
+      std::string stem = meta_path.filename().string();
+      stem = std::regex_replace(stem, std::regex(R"((-\d+-of-\d+)?\.safetensors$)"), "");
+      meta_path = meta_path.parent_path() / (stem + ".meta.json");
+    }
+    if (fs::exists(meta_path)) meta = nlohmann::json::parse(strata::read_text_file(meta_path), nullptr, false);
+    std::smatch match;
+    bool named = std::regex_match(name, match, pattern);
+    if (meta.is_object() && meta.contains("model") && meta.contains("layer")) {
+      cell.model = meta["model"].get<std::string>();
+      cell.layer = meta["layer"].get<int>();
+      cell.n_layers = meta.value("n_layers", 0);
+    } else if (named) {
+      cell.model = match[1];
+      cell.layer = std::stoi(match[2]);
+    } else {
+      strata::fail("transfer: cannot tell the model and layer of '{}': name it <model>_layer<L> or give a store "
+                   "with meta.json",
+                   name);
+    }
+    max_layer[cell.model] = std::max(max_layer[cell.model], cell.layer);
+    cells.push_back(cell);
+  }
+  for (auto& cell : cells)
+    if (cell.n_layers <= 0) cell.n_layers = max_layer[cell.model];
+  std::sort(cells.begin(), cells.end(), [](const auto& a, const auto& b) {
+    return a.model != b.model ? a.model < b.model : a.layer < b.layer;
+  });
+  return cells;
+}
+
+void setup(strata::cli::Commands& commands) {
+  auto args = std::make_shared<TransferArgs>();
+  auto* cmd = commands.root().add_subcommand("transfer", "Transfer matrix: every cell's SAE on every cell's activations");
+  cmd->add_option("--sae", args->saes, "NAME=DIR of an SAE (SAELens layout), one per cell")->required();
+  cmd->add_option("--activations", args->activations, "NAME=PATH of the cell's activation store")->required();
+  cmd->add_option("--ceiling-sae", args->ceilings, "NAME=DIR of a second-seed SAE of a cell (seed-to-seed ceiling)");
+  cmd->add_flag("--aligned", args->aligned, "all activation files hold the same tokens in the same row order");
+  cmd->add_option("--out", args->out, "output directory")->required();
+  cmd->add_option("--seed", args->seed, "seed of the split, nulls, permutations and bootstrap")->capture_default_str();
+  auto& o = args->options;
+  cmd->add_option("--fit-fraction", o.fit_fraction, "fraction of sequences for fitting maps")->capture_default_str();
+  cmd->add_option("--top-k", o.top_k, "latents by source variance")->capture_default_str();
+  cmd->add_option("--cka-permutations", o.cka_permutations, "CKA permutation test size")->capture_default_str();
+  cmd->add_option("--cka-max-tokens", o.cka_max_tokens, "tokens in the CKA permutation test")->capture_default_str();
+  cmd->add_option("--bootstrap", o.bootstrap, "bootstrap resamples of sequences")->capture_default_str();
+  cmd->add_option("--max-fit-tokens", o.max_fit_tokens, "cap on fitting tokens per model pair")->capture_default_str();
+  cmd->add_option("--max-eval-tokens", o.max_eval_tokens, "cap on evaluation tokens per model pair")->capture_default_str();
+  cmd->add_option("--batch-size", o.batch_size, "rows per SAE encode")->capture_default_str();
+  cmd->add_option("--high-threshold", o.high_threshold, "q_excess for HIGH_UNIVERSALITY")->capture_default_str();
+  cmd->add_option("--moderate-threshold", o.moderate_threshold, "q_excess for MODERATE_UNIVERSALITY")->capture_default_str();
+  commands.bind(cmd, [args]() {
+    args->options.aligned_rows = args->aligned;
+    auto cells = build_cells(*args);
+    auto result = strata::transfer::run_transfer(cells, args->options, args->seed, args->out);
+    for (const auto& file : result.files) fmt::print("{}\n", file.string());
+    return 0;
+  });
+}
+
+STRATA_REGISTER_COMMAND(setup);
+
+}  // namespace
