@@ -256,9 +256,9 @@ void read_dataset(TableReader& r, DatasetConfig& d, const fs::path& base_dir) {
   r.require(d.num_documents >= 0, "num_documents", "must be >= 0 (0 = all)");
   r.require(d.seq_len >= 2 && d.seq_len <= 1 << 20, "seq_len", "must be between 2 and 1048576");
   r.require(d.batch_size >= 1, "batch_size", "must be >= 1");
-  r.require(d.num_batches >= 0, "num_batches", "must be >= 0 (0 = all)");
-  r.require(d.tokens >= 0, "tokens", "must be >= 0 (0 = no token budget)");
-  r.require(d.num_batches == 0 || d.tokens == 0, "tokens", "and 'dataset.num_batches' are alternatives; set only one");
+  r.require(d.num_batches >= 1, "num_batches", "must be >= 1");
+  r.require(d.tokens >= 0, "tokens", "must be >= 0 (0 = use num_batches)");
+  r.require(!(r.has("num_batches") && r.has("tokens")), "tokens", "and 'dataset.num_batches' are alternatives; set only one");
   check_choice(r, "packing", d.packing, {"truncate", "pack"});
 }
 
@@ -314,26 +314,13 @@ void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
   check_choice(r, "dtype", m.dtype, {"f32", "f16", "bf16"});
 }
 
+// The [sae] keys, in one list: read, written to JSON and applied from overrides alike.
+#define STRATA_SAE_FIELDS(X) X(architecture) X(expansion) X(k) X(lr) X(l1) X(adam_beta1) X(adam_beta2) X(adam_eps) X(lr_warmup_steps) X(l1_warmup_steps) X(epochs) X(min_epochs) X(convergence_tolerance) X(batch_size) X(heldout_fraction) X(b_dec_init) X(b_dec_init_rows) X(shuffle_buffer_rows) X(dead_window_tokens) X(aux_k) X(aux_coefficient) X(resample_interval_steps) X(dense_threshold) X(checkpoint_interval_steps)
+
 void read_sae_fields(TableReader& r, SaeConfig& s) {
-  r.read("architecture", s.architecture);
-  r.read("expansion", s.expansion);
-  r.read("k", s.k);
-  r.read("lr", s.lr);
-  r.read("l1", s.l1);
-  r.read("epochs", s.epochs);
-  r.read("batch_size", s.batch_size);
-  r.read("lr_warmup_steps", s.lr_warmup_steps);
-  r.read("l1_warmup_steps", s.l1_warmup_steps);
-  r.read("heldout_fraction", s.heldout_fraction);
-  r.read("shuffle_buffer", s.shuffle_buffer);
-  r.read("b_dec_init", s.b_dec_init);
-  r.read("convergence_tolerance", s.convergence_tolerance);
-  r.read("patience", s.patience);
-  r.read("dead_after_tokens", s.dead_after_tokens);
-  r.read("resample_dead", s.resample_dead);
-  r.read("aux_k", s.aux_k);
-  r.read("aux_k_coefficient", s.aux_k_coefficient);
-  r.read("checkpoint_every_steps", s.checkpoint_every_steps);
+#define STRATA_READ(field) r.read(#field, s.field);
+  STRATA_SAE_FIELDS(STRATA_READ)
+#undef STRATA_READ
 }
 
 void validate_sae(const TableReader& r, const SaeConfig& s) {
@@ -342,54 +329,40 @@ void validate_sae(const TableReader& r, const SaeConfig& s) {
   r.require(s.k >= 1, "k", "must be >= 1");
   r.require(s.lr > 0 && s.lr < 1, "lr", "must lie in (0, 1)");
   r.require(s.l1 >= 0, "l1", "must be >= 0");
-  r.require(s.epochs >= 1, "epochs", "must be >= 1");
-  r.require(s.batch_size >= 1, "batch_size", "must be >= 1");
+  r.require(s.adam_beta1 >= 0 && s.adam_beta1 < 1, "adam_beta1", "must lie in [0, 1)");
+  r.require(s.adam_beta2 >= 0 && s.adam_beta2 < 1, "adam_beta2", "must lie in [0, 1)");
+  r.require(s.adam_eps > 0, "adam_eps", "must be > 0");
   r.require(s.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0");
   r.require(s.l1_warmup_steps >= 0, "l1_warmup_steps", "must be >= 0");
-  r.require(s.heldout_fraction > 0 && s.heldout_fraction <= 0.5, "heldout_fraction", "must lie in (0, 0.5]");
-  r.require(s.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0");
-  check_choice(r, "b_dec_init", s.b_dec_init, {"geometric_median", "mean"});
+  r.require(s.epochs >= 1, "epochs", "must be >= 1");
+  r.require(s.min_epochs >= 1 && s.min_epochs <= s.epochs, "min_epochs", "must lie in [1, epochs]");
   r.require(s.convergence_tolerance >= 0, "convergence_tolerance", "must be >= 0");
-  r.require(s.patience >= 1, "patience", "must be >= 1");
-  r.require(s.dead_after_tokens >= 0, "dead_after_tokens", "must be >= 0");
-  r.require(s.aux_k >= 0, "aux_k", "must be >= 0");
-  r.require(s.aux_k_coefficient >= 0, "aux_k_coefficient", "must be >= 0");
-  r.require(s.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0");
+  r.require(s.batch_size >= 1, "batch_size", "must be >= 1");
+  r.require(s.heldout_fraction > 0 && s.heldout_fraction <= 0.5, "heldout_fraction", "must lie in (0, 0.5]");
+  check_choice(r, "b_dec_init", s.b_dec_init, {"geometric_median", "mean", "zeros"});
+  r.require(s.b_dec_init_rows >= 1, "b_dec_init_rows", "must be >= 1");
+  r.require(s.shuffle_buffer_rows >= 0, "shuffle_buffer_rows", "must be >= 0");
+  r.require(s.dead_window_tokens >= 1, "dead_window_tokens", "must be >= 1");
+  r.require(s.aux_k >= 0, "aux_k", "must be >= 0 (0 = d_in / 2)");
+  r.require(s.aux_coefficient >= 0, "aux_coefficient", "must be >= 0");
+  r.require(s.resample_interval_steps >= 0, "resample_interval_steps", "must be >= 0 (0 = never)");
+  r.require(s.dense_threshold > 0 && s.dense_threshold <= 1, "dense_threshold", "must lie in (0, 1]");
+  r.require(s.checkpoint_interval_steps >= 0, "checkpoint_interval_steps", "must be >= 0");
 }
 
 json sae_to_json(const SaeConfig& s) {
-  return {{"architecture", s.architecture}, {"expansion", s.expansion}, {"k", s.k}, {"lr", s.lr}, {"l1", s.l1},
-          {"epochs", s.epochs}, {"batch_size", s.batch_size}, {"lr_warmup_steps", s.lr_warmup_steps},
-          {"l1_warmup_steps", s.l1_warmup_steps}, {"heldout_fraction", s.heldout_fraction},
-          {"shuffle_buffer", s.shuffle_buffer}, {"b_dec_init", s.b_dec_init},
-          {"convergence_tolerance", s.convergence_tolerance}, {"patience", s.patience},
-          {"dead_after_tokens", s.dead_after_tokens}, {"resample_dead", s.resample_dead}, {"aux_k", s.aux_k},
-          {"aux_k_coefficient", s.aux_k_coefficient}, {"checkpoint_every_steps", s.checkpoint_every_steps}};
+  json j;
+#define STRATA_WRITE(field) j[#field] = s.field;
+  STRATA_SAE_FIELDS(STRATA_WRITE)
+#undef STRATA_WRITE
+  return j;
 }
 
 void apply_sae_json(SaeConfig& s, const json& j) {
-  auto set = [&](const char* key, auto& field) {
-    if (j.contains(key)) j.at(key).get_to(field);
-  };
-  set("architecture", s.architecture);
-  set("expansion", s.expansion);
-  set("k", s.k);
-  set("lr", s.lr);
-  set("l1", s.l1);
-  set("epochs", s.epochs);
-  set("batch_size", s.batch_size);
-  set("lr_warmup_steps", s.lr_warmup_steps);
-  set("l1_warmup_steps", s.l1_warmup_steps);
-  set("heldout_fraction", s.heldout_fraction);
-  set("shuffle_buffer", s.shuffle_buffer);
-  set("b_dec_init", s.b_dec_init);
-  set("convergence_tolerance", s.convergence_tolerance);
-  set("patience", s.patience);
-  set("dead_after_tokens", s.dead_after_tokens);
-  set("resample_dead", s.resample_dead);
-  set("aux_k", s.aux_k);
-  set("aux_k_coefficient", s.aux_k_coefficient);
-  set("checkpoint_every_steps", s.checkpoint_every_steps);
+#define STRATA_APPLY(field) \
+  if (j.contains(#field)) j.at(#field).get_to(s.field);
+  STRATA_SAE_FIELDS(STRATA_APPLY)
+#undef STRATA_APPLY
 }
 
 void read_sae(TableReader& r, Experiment& exp, const std::string& file) {
@@ -426,68 +399,71 @@ void read_transfer(TableReader& r, TransferConfig& t) {
   r.read("fit_fraction", t.fit_fraction);
   r.read("top_k", t.top_k);
   r.read("cka_permutations", t.cka_permutations);
+  r.read("cka_max_tokens", t.cka_max_tokens);
   r.read("bootstrap", t.bootstrap);
-  r.read("high_universality", t.high_universality);
-  r.read("moderate_universality", t.moderate_universality);
-  r.read("ceiling", t.ceiling);
-  r.read("word_ends_only", t.word_ends_only);
-  r.read("mmac_min_firings", t.mmac_min_firings);
-  r.read("ridge", t.ridge);
+  r.read("ci_level", t.ci_level);
+  r.read("max_fit_tokens", t.max_fit_tokens);
   r.read("max_eval_tokens", t.max_eval_tokens);
+  r.read("mmac_min_firings", t.mmac_min_firings);
+  r.read("ridge_lambda", t.ridge_lambda);
+  r.read("batch_size", t.batch_size);
+  r.read("high_threshold", t.high_threshold);
+  r.read("moderate_threshold", t.moderate_threshold);
+  r.read("diverging_threshold", t.diverging_threshold);
+  r.read("ceiling", t.ceiling);
   r.reject_unknown();
   r.require(t.fit_fraction > 0 && t.fit_fraction < 1, "fit_fraction", "must lie in (0, 1)");
   r.require(t.top_k >= 1, "top_k", "must be >= 1");
   r.require(t.cka_permutations >= 0, "cka_permutations", "must be >= 0");
+  r.require(t.cka_max_tokens >= 4, "cka_max_tokens", "must be >= 4");
   r.require(t.bootstrap >= 0, "bootstrap", "must be >= 0");
-  r.require(t.high_universality > 0 && t.high_universality <= 1, "high_universality", "must lie in (0, 1]");
-  r.require(t.moderate_universality >= 0 && t.moderate_universality <= t.high_universality, "moderate_universality",
-            "must lie in [0, high_universality]");
+  r.require(t.ci_level > 0 && t.ci_level < 1, "ci_level", "must lie in (0, 1)");
+  r.require(t.max_fit_tokens >= 1, "max_fit_tokens", "must be >= 1");
+  r.require(t.max_eval_tokens >= 1, "max_eval_tokens", "must be >= 1");
   r.require(t.mmac_min_firings >= 1, "mmac_min_firings", "must be >= 1");
-  r.require(t.ridge >= 0, "ridge", "must be >= 0");
-  r.require(t.max_eval_tokens >= 0, "max_eval_tokens", "must be >= 0 (0 = all)");
+  r.require(t.ridge_lambda >= 0, "ridge_lambda", "must be >= 0");
+  r.require(t.batch_size >= 1, "batch_size", "must be >= 1");
+  r.require(t.high_threshold > 0 && t.high_threshold <= 1, "high_threshold", "must lie in (0, 1]");
+  r.require(t.moderate_threshold >= 0 && t.moderate_threshold <= t.high_threshold, "moderate_threshold",
+            "must lie in [0, high_threshold]");
+  r.require(t.diverging_threshold >= 0 && t.diverging_threshold <= t.moderate_threshold, "diverging_threshold",
+            "must lie in [0, moderate_threshold]");
+}
+
+void read_figures(TableReader& r, FiguresConfig& f) {
+  r.read("dpi", f.dpi);
+  r.read("font_pt", f.font_pt);
+  r.read("max_annotated_cells", f.max_annotated_cells);
+  r.reject_unknown();
+  r.require(f.dpi >= 50 && f.dpi <= 2400, "dpi", "must lie in [50, 2400]");
+  r.require(f.font_pt >= 4 && f.font_pt <= 48, "font_pt", "must lie in [4, 48]");
+  r.require(f.max_annotated_cells >= 0, "max_annotated_cells", "must be >= 0");
 }
 
 void read_gates(TableReader& r, GatesConfig& g) {
   r.read("max_fvu", g.max_fvu);
+  r.read("stream_store_check", g.stream_store_check);
+  r.read("pixel_tolerance", g.pixel_tolerance);
   r.read("early_transfer", g.early_transfer);
   r.read("early_max_depth", g.early_max_depth);
   r.read("spread", g.spread);
   r.read("divergence_threshold", g.divergence_threshold);
   r.read("trend_alpha", g.trend_alpha);
   r.read("min_dpi", g.min_dpi);
+  r.read("significance_alpha", g.significance_alpha);
   r.reject_unknown();
   r.require(g.max_fvu > 0, "max_fvu", "must be > 0");
+  r.require(g.pixel_tolerance >= 0, "pixel_tolerance", "must be >= 0");
   r.require(g.early_transfer >= 0 && g.early_transfer <= 1, "early_transfer", "must lie in [0, 1]");
   r.require(g.early_max_depth > 0 && g.early_max_depth <= 1, "early_max_depth", "must lie in (0, 1]");
   r.require(g.spread >= 0, "spread", "must be >= 0");
   r.require(g.divergence_threshold >= 0 && g.divergence_threshold <= 1, "divergence_threshold", "must lie in [0, 1]");
   r.require(g.trend_alpha > 0 && g.trend_alpha < 1, "trend_alpha", "must lie in (0, 1)");
   r.require(g.min_dpi >= 1, "min_dpi", "must be >= 1");
+  r.require(g.significance_alpha > 0 && g.significance_alpha < 1, "significance_alpha", "must lie in (0, 1)");
 }
 
 }  // namespace
-
-std::vector<int64_t> ModelConfig::resolve_layers(int64_t n_layers) const {
-  std::vector<int64_t> out;
-  if (!layers.empty()) {
-    for (int64_t l : layers)
-      if (l > n_layers)
-        fail("model '{}': layer {} does not exist: {} has {} layers (valid: 0 = embeddings, 1..{}); fix 'layers' in the "
-             "experiment config",
-             name, l, checkpoint, n_layers, n_layers);
-    out = layers;
-  } else {
-    for (double d : depths) {
-      int64_t l = std::max<int64_t>(1, std::llround(d * static_cast<double>(n_layers)));
-      if (std::find(out.begin(), out.end(), l) != out.end())
-        fail("model '{}': depths {} land on layer {} twice ({} has {} layers); use fewer depths or explicit 'layers'", name,
-             fmt::join(depths, ", "), l, checkpoint, n_layers);
-      out.push_back(l);
-    }
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
 
 SaeConfig Experiment::sae_for(double relative_depth) const {
   SaeConfig s = sae;
@@ -537,23 +513,33 @@ json Experiment::section(const std::string& name) const {
     return j;
   }
   if (name == "transfer")
-    return {{"fit_fraction", transfer.fit_fraction}, {"top_k", transfer.top_k},
-            {"cka_permutations", transfer.cka_permutations}, {"bootstrap", transfer.bootstrap},
-            {"high_universality", transfer.high_universality}, {"moderate_universality", transfer.moderate_universality},
-            {"ceiling", transfer.ceiling}, {"word_ends_only", transfer.word_ends_only},
-            {"mmac_min_firings", transfer.mmac_min_firings}, {"ridge", transfer.ridge},
-            {"max_eval_tokens", transfer.max_eval_tokens}};
+    return {{"fit_fraction", transfer.fit_fraction},     {"top_k", transfer.top_k},
+            {"cka_permutations", transfer.cka_permutations}, {"cka_max_tokens", transfer.cka_max_tokens},
+            {"bootstrap", transfer.bootstrap},           {"ci_level", transfer.ci_level},
+            {"max_fit_tokens", transfer.max_fit_tokens}, {"max_eval_tokens", transfer.max_eval_tokens},
+            {"mmac_min_firings", transfer.mmac_min_firings}, {"ridge_lambda", transfer.ridge_lambda},
+            {"batch_size", transfer.batch_size},         {"high_threshold", transfer.high_threshold},
+            {"moderate_threshold", transfer.moderate_threshold}, {"diverging_threshold", transfer.diverging_threshold},
+            {"ceiling", transfer.ceiling}};
+  if (name == "figures")
+    return {{"dpi", figures.dpi}, {"font_pt", figures.font_pt}, {"max_annotated_cells", figures.max_annotated_cells}};
   if (name == "gates")
-    return {{"max_fvu", gates.max_fvu}, {"early_transfer", gates.early_transfer},
-            {"early_max_depth", gates.early_max_depth}, {"spread", gates.spread},
-            {"divergence_threshold", gates.divergence_threshold}, {"trend_alpha", gates.trend_alpha},
-            {"min_dpi", gates.min_dpi}};
+    return {{"max_fvu", gates.max_fvu},
+            {"stream_store_check", gates.stream_store_check},
+            {"pixel_tolerance", gates.pixel_tolerance},
+            {"early_transfer", gates.early_transfer},
+            {"early_max_depth", gates.early_max_depth},
+            {"spread", gates.spread},
+            {"divergence_threshold", gates.divergence_threshold},
+            {"trend_alpha", gates.trend_alpha},
+            {"min_dpi", gates.min_dpi},
+            {"significance_alpha", gates.significance_alpha}};
   fail("internal: unknown config section '{}'", name);
 }
 
 json Experiment::to_json() const {
   json out;
-  for (const char* name : {"experiment", "dataset", "capture", "models", "sae", "transfer", "gates"}) out[name] = section(name);
+  for (const char* name : {"experiment", "dataset", "capture", "models", "sae", "transfer", "figures", "gates"}) out[name] = section(name);
   return out;
 }
 
@@ -596,6 +582,8 @@ Experiment parse_experiment(const std::string& toml_text, const std::string& dis
   read_sae(sae, exp, display_name);
   TableReader transfer(section_table(r, "transfer", empty), "transfer", display_name);
   read_transfer(transfer, exp.transfer);
+  TableReader figures(section_table(r, "figures", empty), "figures", display_name);
+  read_figures(figures, exp.figures);
   TableReader gates(section_table(r, "gates", empty), "gates", display_name);
   read_gates(gates, exp.gates);
   r.reject_unknown();

@@ -8,6 +8,7 @@
 //   [sae]         architecture, expansion, k, lr, l1, epochs, batch_size, ... and
 //   [[sae.overrides]]  min_depth / max_depth plus any [sae] key, applied by relative depth
 //   [transfer]    fit_fraction, top_k, cka_permutations, bootstrap, thresholds, ceiling, ...
+//   [figures]     dpi, font_pt, max_annotated_cells
 //   [gates]       max_fvu, early_transfer, spread, ...
 //
 // Loading is strict: an unknown key, a value of the wrong type or an impossible value is a strata::Error
@@ -40,24 +41,26 @@ struct DatasetConfig {
   int64_t num_documents = 0;       // 0 = all documents (synthetic: its default count)
   int64_t seq_len = 128;
   int64_t batch_size = 8;          // sequences per forward pass
-  int64_t num_batches = 0;         // 0 = until the documents (or `tokens`) run out
-  int64_t tokens = 0;              // 0 = no token budget; otherwise stop once this many rows are stored
+  int64_t num_batches = 50;        // batches to capture (ignored when `tokens` is set)
+  int64_t tokens = 0;              // > 0: exactly this many real input tokens per model instead of num_batches
   std::string packing = "truncate";  // "truncate" | "pack"
 };
 
 struct CaptureConfig {
   std::string store_dtype = "f32";  // "f32" | "f16" | "bf16"
   bool keep_special = false;        // store BOS and other special tokens too
-  double norm_outlier_factor = 0;   // 0 = off; else drop rows whose norm exceeds factor x median norm
-  double shard_size_mb = 256;       // activation bytes per shard before a new shard starts
+  double norm_outlier_factor = 0;   // 0 = off; else drop rows whose norm exceeds factor x the batch's median norm
+  double shard_size_mb = 512;       // activation bytes per shard before a new shard starts
 };
 
 struct ModelConfig {
   std::string name;                      // cell prefix: <name>_layer<L>; [A-Za-z0-9._-]+
   std::string checkpoint;                // as written
   std::filesystem::path checkpoint_path; // resolved local directory; empty for hf://
-  std::vector<int64_t> layers;           // 1-based blocks (0 = embeddings); empty when `depths` is used
-  std::vector<double> depths;            // relative depths in (0, 1]; empty when `layers` is used
+  // Exactly one of these is set. They are checked against the real depth when capture reads the model's
+  // config.json (capture::resolve_layers), not here.
+  std::vector<int64_t> layers;           // 1-based blocks (0 = embeddings)
+  std::vector<double> depths;            // relative depths in (0, 1]: layer round(depth * n_layers)
   std::string tokenizer;                 // as written; empty = the checkpoint's own
   std::filesystem::path tokenizer_path;  // resolved; empty = the checkpoint's own
   std::string dtype = "f32";             // compute dtype: "f32" | "f16" | "bf16"
@@ -65,32 +68,32 @@ struct ModelConfig {
   bool is_hf() const { return checkpoint.rfind("hf://", 0) == 0; }
   // What io::resolve_checkpoint accepts: the absolute local path, or the hf:// spec unchanged.
   std::string checkpoint_spec() const { return is_hf() ? checkpoint : checkpoint_path.string(); }
-  // The layers to capture once the real depth is known (from config.json): explicit layers are checked
-  // against n_layers (error naming the real depth); depths become round(depth * n_layers), at least 1.
-  // Sorted ascending; two depths landing on one layer is an error.
-  std::vector<int64_t> resolve_layers(int64_t n_layers) const;
 };
 
+// Field names and defaults are sae::TrainOptions' (lib/sae/train.hpp), so the pipeline maps them 1:1.
 struct SaeConfig {
   std::string architecture = "relu";  // "relu" (SAELens "standard", L1 penalty) | "topk"
   int64_t expansion = 8;              // d_sae = expansion * d_in
-  int64_t k = 32;                     // topk only
+  int64_t k = 32;                     // topk only: active latents per token
   double lr = 1e-4;
   double l1 = 1e-4;                   // relu only: L1 coefficient (SAELens convention)
-  int64_t epochs = 10;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
+  int64_t lr_warmup_steps = 1000;     // linear warm-up (the trainer clamps it to 10% of all steps)
+  int64_t l1_warmup_steps = 1000;
+  int64_t epochs = 10;                // maximum; training stops early once converged
+  int64_t min_epochs = 2;
+  double convergence_tolerance = 0.01;  // converged: held-out loss changed by < this fraction over an epoch
   int64_t batch_size = 4096;          // rows per optimizer step
-  int64_t lr_warmup_steps = 100;
-  int64_t l1_warmup_steps = 100;
-  double heldout_fraction = 0.1;      // rows (by sequence) kept out for metrics and convergence
-  int64_t shuffle_buffer = 65536;     // rows in the in-memory shuffle buffer
-  std::string b_dec_init = "geometric_median";  // "geometric_median" | "mean"
-  double convergence_tolerance = 1e-3;  // converged when held-out loss improves by less than this (relative)
-  int64_t patience = 2;                 // ... for this many consecutive epochs
-  int64_t dead_after_tokens = 1000000;  // a latent silent for this many tokens counts as dead
-  bool resample_dead = true;            // relu: resample dead latents
-  int64_t aux_k = 256;                  // topk: AuxK latents (0 = off)
-  double aux_k_coefficient = 1.0 / 32;
-  int64_t checkpoint_every_steps = 1000;  // training checkpoints for exact resume (0 = off)
+  double heldout_fraction = 0.1;      // rows kept out for metrics and convergence
+  std::string b_dec_init = "geometric_median";  // "geometric_median" | "mean" | "zeros"
+  int64_t b_dec_init_rows = 16384;
+  int64_t shuffle_buffer_rows = 65536;
+  int64_t dead_window_tokens = 1000000;  // a latent silent for this many tokens counts as dead
+  int64_t aux_k = 0;                     // topk: AuxK latents (0 = d_in / 2)
+  double aux_coefficient = 1.0 / 32;
+  int64_t resample_interval_steps = 2500;  // relu: resample dead latents this often in the first half (0 = never)
+  double dense_threshold = 0.1;            // a latent active on more than this fraction of tokens is dense
+  int64_t checkpoint_interval_steps = 1000;  // training checkpoints for exact resume
 };
 
 // Applied, in file order, to SAEs whose relative depth d satisfies min_depth <= d <= max_depth.
@@ -99,28 +102,45 @@ struct SaeOverride {
   nlohmann::json values;  // only the [sae] keys this override sets
 };
 
+// Field names and defaults are transfer::TransferOptions' (lib/transfer/transfer.hpp), plus `ceiling`
+// (train step) and `diverging_threshold` (the lowest band of figures and report).
 struct TransferConfig {
-  double fit_fraction = 0.75;        // share of aligned sequences used to fit maps; the rest evaluates
-  int64_t top_k = 100;               // latents for feature_variance_ratio, top_k_spearman, decoder_similarity
+  double fit_fraction = 0.75;         // share of aligned sequences used to fit maps; the rest evaluates
+  int64_t top_k = 100;                // latents for feature_variance_ratio, top_k_spearman, decoder_similarity
   int64_t cka_permutations = 10000;
-  int64_t bootstrap = 1000;          // bootstrap resamples (over sequences) for confidence intervals
-  double high_universality = 0.9;    // q_excess >= this: HIGH_UNIVERSALITY
-  double moderate_universality = 0.6;  // q_excess >= this: MODERATE_UNIVERSALITY, else LOW
-  bool ceiling = true;               // train a second-seed SAE for one cell per model (seed-to-seed ceiling)
-  bool word_ends_only = false;       // align tokens only at word ends
+  int64_t cka_max_tokens = 2048;      // tokens of the CKA permutation test / bootstrap
+  int64_t bootstrap = 1000;           // bootstrap resamples (over sequences) for confidence intervals
+  double ci_level = 0.95;
+  int64_t max_fit_tokens = 32768;
+  int64_t max_eval_tokens = 16384;
   int64_t mmac_min_firings = 10;
-  double ridge = 1e-3;               // ridge strength of the map_r2 baseline
-  int64_t max_eval_tokens = 0;       // 0 = all evaluation tokens
+  double ridge_lambda = 1e-2;         // map_r2 baseline: lambda = ridge_lambda * mean eigenvalue
+  int64_t batch_size = 4096;          // rows per SAE encode
+  double high_threshold = 0.9;        // q_excess >= this: HIGH_UNIVERSALITY ("universal" band)
+  double moderate_threshold = 0.6;    // q_excess >= this: MODERATE_UNIVERSALITY ("partial" band), else LOW
+  double diverging_threshold = 0.4;   // figure/report band: [this, moderate) diverging, below model-specific
+  bool ceiling = true;                // train a second-seed SAE for one cell per model (seed-to-seed ceiling)
 };
 
+// Field names and defaults are validation::GateThresholds' (validation/gates.hpp).
 struct GatesConfig {
   double max_fvu = 0.5;               // Gate 2: every SAE's held-out FVU below this
+  bool stream_store_check = true;     // Gate 1: read every shard looking for NaN/Inf
+  int64_t pixel_tolerance = 1;        // Gate 4: |PNG pixels - inches * dpi|
   double early_transfer = 0.8;        // should-pass: mean cross-model q_excess of early layers above this
   double early_max_depth = 0.34;      // relative depth up to which a layer counts as early
   double spread = 0.15;               // should-pass: cross-model spread per layer below this
   double divergence_threshold = 0.6;  // divergence point: first depth where q_excess falls below this
   double trend_alpha = 0.05;          // significance level of the monotonic-decline trend test
-  int64_t min_dpi = 300;              // publication-ready: figure resolution
+  int64_t min_dpi = 300;              // Gate 4 / publication-ready: figure resolution
+  double significance_alpha = 0.05;   // BH-adjusted p-values count as significant below this
+};
+
+// report::FigureOptions (lib/report/figures.hpp).
+struct FiguresConfig {
+  int64_t dpi = 300;
+  double font_pt = 9;
+  int64_t max_annotated_cells = 20;   // heatmap values printed in cells up to this many rows/columns
 };
 
 struct Experiment {
@@ -133,6 +153,7 @@ struct Experiment {
   SaeConfig sae;
   std::vector<SaeOverride> sae_overrides;
   TransferConfig transfer;
+  FiguresConfig figures;
   GatesConfig gates;
 
   // The [sae] settings for a cell at relative depth `relative_depth` (= layer / n_layers).
@@ -141,7 +162,8 @@ struct Experiment {
 
   // The resolved config: every section, every default filled in. Keys are sorted (nlohmann::json).
   nlohmann::json to_json() const;
-  // One section of to_json() ("experiment", "dataset", "capture", "models", "sae", "transfer", "gates").
+  // One section of to_json() ("experiment", "dataset", "capture", "models", "sae", "transfer", "figures",
+  // "gates").
   nlohmann::json section(const std::string& name) const;
   // SHA-256 of to_json().dump(): identifies the resolved config.
   std::string sha256() const;

@@ -21,6 +21,14 @@ uint64_t StepContext::seed_for(std::string_view model, int64_t layer) {
   return seed;
 }
 
+uint64_t StepContext::shared_seed(std::string_view purpose) {
+  uint64_t seed = derive_seed(exp.experiment.seed, purpose);
+  std::lock_guard lock(run.mutex());
+  run.manifest().record_seed(seed_key(purpose), seed);
+  run.save_manifest();
+  return seed;
+}
+
 ArtifactRecord StepContext::write_artifact(const std::string& relative, const std::function<void(const fs::path&)>& write,
                                            const std::vector<std::string>& inputs) {
   return run.write_artifact(relative, step, write, inputs);

@@ -31,6 +31,9 @@ class StepContext {
   // The seed of (this step, model, layer), derived from the master seed (seeds.hpp) and recorded in
   // the manifest. Use model "" / layer -1 for step-wide randomness.
   uint64_t seed_for(std::string_view model = "", int64_t layer = -1);
+  // A seed shared by several steps that must draw the same numbers (e.g. the bootstrap behind both the
+  // figures and the report): derived from (master, purpose) alone, recorded as "<purpose>/-/-".
+  uint64_t shared_seed(std::string_view purpose);
 
   // Absolute path of a run-relative path (directories are not created).
   std::filesystem::path path(const std::string& relative) const { return run.path(relative); }

@@ -1,12 +1,41 @@
 // The glue between the run harness and the step layers: one StepFunction per pipeline step, each
 // driving capture / sae / transfer / report through their public APIs from the experiment config.
+//
+//   capture   text::load_dataset + capture::capture_model per model -> activations/, manifest "cells"
+//   train     sae::train_sae per cell, options = exp.sae_for(relative depth) -> saes/<cell>/; with
+//             [transfer] ceiling, a second-seed SAE of each model's middle cell -> saes_ceiling/<cell>/
+//   transfer  transfer::run_transfer over every cell with a trained SAE -> transfer/
+//   figures   report::render_figures -> figures/
+//   report    report::write_report (with the gate results) -> report/
+//   gates     the validation gates -> gates/gates.json
 #pragma once
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <functional>
+#include <string>
+
 #include "harness/steps.hpp"
 
 namespace strata::pipeline {
 
+// The go/no-go gates live in validation/, which links every layer; they are passed in from the CLI
+// rather than linked here, so that the pipeline library does not depend on its own dependents.
+struct GateHooks {
+  // (run_dir, the resolved [gates] section, expected cells [{model, layer, hidden_size}]) -> gates JSON.
+  std::function<nlohmann::json(const std::filesystem::path&, const nlohmann::json&, const nlohmann::json&)> evaluate;
+  // Writes RUN_DIR/gates/gates.json atomically.
+  std::function<void(const std::filesystem::path&, const nlohmann::json&)> write;
+  // The table `strata gate` prints.
+  std::function<std::string(const nlohmann::json&)> format_table;
+};
+
 // Registers every step this build implements into `registry` (harness::global_steps() for the CLI).
-// Steps not registered are reported by `strata run` as "not available yet" and skipped.
-void register_steps(harness::StepRegistry& registry);
+// Without gate hooks, the gates step is not registered and the report says "gates not evaluated".
+void register_steps(harness::StepRegistry& registry, const GateHooks& gates = {});
+
+// The cells the capture step recorded in the manifest ("cells": [{name, model, layer, n_layers,
+// relative_depth, hidden_size}]). Throws naming the capture step when there are none.
+nlohmann::json recorded_cells(harness::RunDir& run);
 
 }  // namespace strata::pipeline
