@@ -67,8 +67,37 @@ torch::Tensor additive_attention_mask(const torch::Tensor& attention_mask, int64
   return torch::zeros({batch, 1, seq_len, seq_len}, opts.dtype(torch::kFloat32)).masked_fill(blocked, lowest);
 }
 
+namespace {
+
+// Inference path: one task per (sequence, head), each running its two small GEMMs single-threaded
+// inside the parallel region (OpenBLAS runs serially there), with a [T, T] score buffer per task and
+// the context written straight into its [B, T, heads, hd] slot. Many tiny multi-threaded BLAS calls
+// (what bmm does) spend most of their time synchronising threads.
+torch::Tensor attention_per_head(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                 const torch::Tensor& additive_mask, double scale) {
+  const int64_t B = q.size(0), heads = q.size(1), T = q.size(2), hd = q.size(3), group = heads / k.size(1);
+  torch::Tensor out = torch::empty({B, T, heads, hd}, q.options());
+  at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+    torch::NoGradGuard no_grad;
+    torch::Tensor scores = torch::empty({T, T}, q.options());
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / heads, h = i % heads;
+      const torch::Tensor qi = q.select(0, b).select(0, h), ki = k.select(0, b).select(0, h / group),
+                          vi = v.select(0, b).select(0, h / group);
+      at::addmm_out(scores, additive_mask.select(0, b).select(0, 0), qi, ki.t(), /*beta=*/1.0, /*alpha=*/scale);
+      at::_softmax_out(scores, scores, 1, false);
+      torch::Tensor oi = out.select(0, b).select(1, h);
+      at::mm_out(oi, scores, vi);
+    }
+  });
+  return out.view({B * T, heads * hd});
+}
+
+}  // namespace
+
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            const torch::Tensor& additive_mask, double scale, bool inplace) {
+  if (inplace && q.scalar_type() == torch::kFloat32) return attention_per_head(q, k, v, additive_mask, scale);
   const int64_t B = q.size(0), heads = q.size(1), T = q.size(2), hd = q.size(3), kv_heads = k.size(1);
   torch::Tensor keys = k, values = v;
   if (kv_heads != heads) {  // repeat_interleave: KV head j serves query heads [j*g, (j+1)*g)
@@ -79,14 +108,7 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::
   const auto compute = q.scalar_type();
   torch::Tensor q3 = q.reshape({B * heads, T, hd}).to(torch::kFloat32);
   torch::Tensor k3t = keys.reshape({B * heads, T, hd}).to(torch::kFloat32).transpose(1, 2);
-  torch::Tensor scores;
-  if (inplace) {
-    scores = torch::empty({B * heads, T, T}, q3.options());
-    scores = at::baddbmm_out(scores, scores, q3, k3t, /*beta=*/0.0, /*alpha=*/scale);
-    scores.view({B, heads, T, T}).add_(additive_mask);
-  } else {
-    scores = (torch::bmm(q3, k3t) * scale).view({B, heads, T, T}) + additive_mask;
-  }
+  torch::Tensor scores = (torch::bmm(q3, k3t) * scale).view({B, heads, T, T}) + additive_mask;
   torch::Tensor probs = torch::softmax(scores.view({B * heads, T, T}), -1).to(compute);
   torch::Tensor context = torch::bmm(probs, values.reshape({B * heads, T, hd}));
   return context.view({B, heads, T, hd}).transpose(1, 2).reshape({B * T, heads * hd});
