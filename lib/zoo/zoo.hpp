@@ -1,0 +1,91 @@
+// The embedded model zoo: four tiny language models (gpt2, gpt_neox, phi, gemma wiring), each with its own
+// byte-level BPE tokenizer, trained by strata on the synthetic reasoning corpus so that the default
+// experiment runs offline on real, trained models. Each model is a genuine Hugging Face checkpoint
+// directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) plus its training
+// record (training_log.csv, zoo_report.json). Training is bit-for-bit deterministic for a fixed seed,
+// platform and thread count.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "models/transformer.hpp"
+#include "text/dataset.hpp"
+#include "text/tokenizer.hpp"
+
+namespace strata::zoo {
+
+// One zoo member: its directory name, its HF config.json (vocab_size is filled in from the trained
+// tokenizer) and the vocabulary size its tokenizer is trained to.
+struct ModelPlan {
+  std::string name;         // e.g. "zoo-gpt2"
+  nlohmann::json config;    // genuine HF config.json fields for the family
+  int64_t vocab_size = 0;   // target vocabulary of the model's own BPE tokenizer
+  bool add_bos = false;     // the tokenizer prepends <|endoftext|> as BOS (Gemma-like)
+};
+// The four members in training order: zoo-gpt2, zoo-neox, zoo-phi, zoo-gemma.
+std::vector<ModelPlan> model_plans();
+
+struct ZooOptions {
+  uint64_t seed = 0;                  // model init and data order; the corpus seeds below are fixed
+  // Intra-op threads; bit-identity holds for the same count. One thread: the zoo's matrices are too small
+  // to gain from two, and on a shared machine two spinning OpenMP threads ran 18x slower than one.
+  int threads = 1;
+  uint64_t train_corpus_seed = 1;     // synthetic_problems(train_corpus_seed, train_problems)
+  int64_t train_problems = 3000;
+  uint64_t heldout_corpus_seed = 2;   // synthetic_problems(heldout_corpus_seed, heldout_problems)
+  int64_t heldout_problems = 200;
+  int64_t answer_problems = 50;       // the first N held-out problems are answered greedily
+  int64_t steps = 200;                // optimizer steps per model
+  int64_t batch_size = 16;            // documents per step
+  double learning_rate = 3e-3;        // peak; linear warm-up then cosine decay to min_lr_ratio * peak
+  double min_lr_ratio = 0.1;
+  int64_t warmup_steps = 20;
+  double weight_decay = 0.1;          // AdamW, on matrices and embeddings only
+  double grad_clip = 1.0;
+  int64_t eval_every = 50;            // held-out loss is logged every N steps (and at the end)
+  std::vector<std::string> only;      // train only these members (names); empty = all four
+};
+
+// The held-out figures of one model on a set of documents.
+struct Evaluation {
+  double heldout_loss = 0;    // mean next-token cross-entropy (nats) over the held-out targets
+  double unigram_loss = 0;    // same targets under the training unigram distribution (add-one smoothed)
+  int64_t target_tokens = 0;
+  int64_t answers_correct = 0, answers_total = 0;  // greedy answers after problem_prompt
+};
+
+// Token ids of one training/evaluation document: the tokenizer's default special tokens (the BOS of
+// Gemma-like members), then the document, then <|endoftext|>.
+std::vector<int32_t> encode_document(const text::Tokenizer& tokenizer, const std::string& text);
+
+// Mean next-token loss of `model` over `documents` (each already encoded), in batches, no grad.
+std::pair<double, int64_t> mean_next_token_loss(const models::Transformer& model,
+                                                const std::vector<std::vector<int32_t>>& documents);
+
+// Cross-entropy (nats) of the target tokens of `documents` (every token after the first) under the
+// unigram distribution of the targets of `training_documents`, add-one smoothed over `vocab_size`.
+double unigram_cross_entropy(const std::vector<std::vector<int32_t>>& training_documents,
+                             const std::vector<std::vector<int32_t>>& documents, int64_t vocab_size);
+
+// The greedy continuation (at most `max_new_tokens`, stopping at a newline or <|endoftext|>) after
+// problem_prompt(p), compared with p.answer.
+bool greedy_answer_is_correct(const models::Transformer& model, const text::Tokenizer& tokenizer,
+                              const text::Problem& problem, int64_t max_new_tokens = 8);
+
+// Trains every member (or `options.only`) into out_dir/<name>/ and writes out_dir/zoo.json.
+// Returns the summary (per model: held-out loss, unigram baseline, answer accuracy, wall time).
+nlohmann::json train_zoo(const std::filesystem::path& out_dir, const ZooOptions& options);
+
+// Compares two zoo directories member by member: per-tensor max |difference| of model.safetensors,
+// and whether config.json and tokenizer.json are byte-identical. Result has "bit_identical" and
+// "max_abs_diff" overall and per model.
+nlohmann::json verify_zoo(const std::filesystem::path& shipped, const std::filesystem::path& regenerated);
+
+// The shipped zoo: ./zoo when it holds the members, else <source dir>/zoo.
+std::filesystem::path default_zoo_dir();
+
+}  // namespace strata::zoo
