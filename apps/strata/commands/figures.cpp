@@ -1,0 +1,27 @@
+// `strata figures RUN_DIR`: publication figures (300-DPI PNG + vector PDF + caption) into RUN_DIR/figures.
+#include "command.hpp"
+#include "report/figures.hpp"
+#include "validation/gates.hpp"
+
+namespace {
+
+void setup(strata::cli::Commands& commands) {
+  auto* cmd = commands.root().add_subcommand("figures", "Render the run's figures (PNG at 300 DPI + vector PDF)");
+  auto run_dir = std::make_shared<std::string>();
+  auto options = std::make_shared<strata::report::FigureOptions>();
+  cmd->add_option("RUN_DIR", *run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("--dpi", options->dpi, "PNG resolution (pixels = inches x dpi)")->capture_default_str();
+  cmd->add_option("--font-pt", options->font_pt, "font size as printed, in points")->capture_default_str();
+  commands.bind(cmd, [run_dir, options]() {
+    strata::report::FigureOptions o = *options;
+    o.analysis = strata::validation::analysis_options(strata::validation::thresholds_for_run(*run_dir));
+    const auto figures = strata::report::render_figures(*run_dir, o);
+    for (const auto& f : figures)
+      fmt::print("{}  ({:.2f} x {:.2f} in, {} DPI)  {}\n", f.png.string(), f.width_in, f.height_in, f.dpi, f.caption);
+    return 0;
+  });
+}
+
+STRATA_REGISTER_COMMAND(setup);
+
+}  // namespace
