@@ -29,7 +29,6 @@ const PlantedRun& planted_run() {
     transfer::PlantedSpec spec;
     spec.drop_fraction = 0.1;  // models 1 and 2 lose 10 % of the tokens: alignment must pair the rest
     r.data = transfer::make_planted(spec, 42, r.dir);
-    BOOST_TEST_MESSAGE("planted data written");
     transfer::TransferOptions options;
     options.top_k = 16;
     options.cka_permutations = 2000;
