@@ -103,6 +103,7 @@ BOOST_AUTO_TEST_CASE(config_impossible_values_are_errors) {
   BOOST_TEST(contains(message_for(std::string("[transfer]\nfit_fraction = 1.5\n") + kMinimalModels), "'transfer.fit_fraction' must lie in (0, 1)"));
   BOOST_TEST(contains(message_for(std::string("[sae]\narchitecture = \"gated\"\n") + kMinimalModels), "'sae.architecture' must be one of"));
   BOOST_TEST(contains(message_for(std::string("[dataset]\nnum_batches = 5\ntokens = 100\n") + kMinimalModels), "alternatives"));
+  BOOST_TEST(contains(message_for(std::string("[figures]\ndpi = 10\n") + kMinimalModels), "'figures.dpi' must lie in [50, 2400]"));
   BOOST_TEST(contains(message_for("[experiment]\nseed = 1\n"), "needs at least one model"));
   BOOST_TEST(contains(message_for("[[models]]\nname = \"x\"\ncheckpoint = \"c\"\nlayers = [1]\ndepths = [0.5]\n"),
                       "exactly one of 'layers'"));
@@ -168,27 +169,15 @@ BOOST_AUTO_TEST_CASE(config_layers_resolve_against_real_depth) {
   BOOST_TEST(exp.models.size() == 4u);
   const ModelConfig& gemma = exp.model("gemma-2b");
   BOOST_TEST(gemma.checkpoint == "hf://google/gemma-2b");
-  BOOST_TEST((gemma.resolve_layers(18) == std::vector<int64_t>{3, 6, 9, 12, 15}));
-  // Every model's five layers sit at about the same relative depths.
+  BOOST_TEST((gemma.layers == std::vector<int64_t>{3, 6, 9, 12, 15}));
+  // Every model's five layers sit at about the same relative depths of its real depth (gemma-2b: 18).
   for (const auto& [name, n_layers] : std::vector<std::pair<std::string, int64_t>>{
            {"gemma-2b", 18}, {"gpt2-medium", 24}, {"phi-2", 32}, {"pythia-1.4b", 24}}) {
-    auto layers = exp.model(name).resolve_layers(n_layers);
+    const auto& layers = exp.model(name).layers;
     BOOST_TEST_REQUIRE(layers.size() == 5u);
-    for (size_t i = 0; i < 5; ++i) BOOST_TEST(std::abs(double(layers[i]) / n_layers - (i + 1) / 6.0) < 0.03, name << " layer " << layers[i]);
+    for (size_t i = 0; i < 5; ++i)
+      BOOST_TEST(std::abs(double(layers[i]) / n_layers - (i + 1) / 6.0) < 0.03, name << " layer " << layers[i]);
   }
-  // The seed's 24-layer list on gemma-2b's 18 layers names the real depth.
-  ModelConfig wrong = gemma;
-  wrong.layers = {4, 8, 12, 16, 20};
-  std::string message = error_of([&] { wrong.resolve_layers(18); });
-  BOOST_TEST(contains(message, "layer 20 does not exist"));
-  BOOST_TEST(contains(message, "has 18 layers"));
-  // Relative depths.
-  ModelConfig by_depth = gemma;
-  by_depth.layers.clear();
-  by_depth.depths = {0.17, 0.33, 0.5, 0.67, 0.83};
-  BOOST_TEST((by_depth.resolve_layers(18) == std::vector<int64_t>{3, 6, 9, 12, 15}));
-  BOOST_TEST((by_depth.resolve_layers(6) == std::vector<int64_t>{1, 2, 3, 4, 5}));
-  BOOST_TEST(contains(error_of([&] { by_depth.resolve_layers(4); }), "twice"));
   // The seed's L1 schedule.
   BOOST_TEST(exp.sae_for(3.0 / 18).l1 == 1.5e-4);
   BOOST_TEST(exp.sae_for(9.0 / 18).l1 == 1e-4);
