@@ -890,7 +890,17 @@ void finish_pipeline(Tokenizer::Impl& m) {
   for (const auto& a : m.added) {
     m.tokens[a.id] = a.content;
     m.special[a.id] = a.special ? 1 : 0;
-    (a.normalized ? m.normalized_added : m.raw_added).add(a);
+    if (!a.normalized) {
+      m.raw_added.add(a);
+      continue;
+    }
+    // As HF does, a normalized added token is matched in its normalized form.
+    Normalized content;
+    content.text = a.content;
+    for (const auto& step : m.normalizers) step.apply(content);
+    AddedToken matched = a;
+    matched.content = content.text;
+    m.normalized_added.add(matched);
   }
 }
 
