@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "core/bench.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
@@ -566,6 +567,56 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
   result.metrics = metrics;
   result.sae = std::move(sae);
   return result;
+}
+
+StepTiming time_training_step(const TrainOptions& options, int64_t d_in, int64_t batch, int repeats) {
+  torch::NoGradGuard no_grad;
+  auto arch = make_architecture(options);
+  const int64_t d_sae = options.expansion * d_in;
+  auto gen = at::detail::createCPUGenerator(0);
+  Parameters p;
+  p.b_dec = torch::zeros({d_in});
+  arch->init_parameters(p, d_in, d_sae, 0);
+  Adam adam;
+  adam.init(p);
+  Parameters grads{torch::empty_like(p.W_enc_t), torch::empty_like(p.b_enc), torch::empty_like(p.W_dec),
+                   torch::empty_like(p.b_dec)};
+  auto x = torch::randn({batch, d_in}, gen);
+  torch::Tensor no_dead = torch::empty({0}, torch::kInt32);
+  StepTiming t;
+  t.seconds = bench::median_seconds(
+      [&] {
+        StepResult r = arch->step(p, x, options.l1, no_dead, &grads);
+        adam.update(p, grads, arch->decoder_row_decay(), options.lr, options);
+        arch->after_update(p);
+        if (!std::isfinite(r.loss)) fail("benchmark step diverged");
+      },
+      repeats);
+  const double gemm = 2.0 * double(batch) * double(d_in) * double(d_sae);
+  t.flop = arch->name() == "topk" ? gemm + 4 * 2.0 * double(batch) * double(options.k) * double(d_in) : 5 * gemm;
+  return t;
+}
+
+double time_autograd_reference_step(int64_t d_in, int64_t d_sae, int64_t batch, int repeats) {
+  auto gen = at::detail::createCPUGenerator(0);
+  auto W_enc = (torch::randn({d_in, d_sae}, gen) * 0.01).requires_grad_();
+  auto W_dec = (torch::randn({d_sae, d_in}, gen) * 0.01).requires_grad_();
+  auto b_enc = torch::zeros({d_sae}).requires_grad_();
+  auto b_dec = torch::zeros({d_in}).requires_grad_();
+  torch::optim::Adam optimizer({W_enc, W_dec, b_enc, b_dec}, torch::optim::AdamOptions(1e-4));
+  auto x = torch::randn({batch, d_in}, gen);
+  return bench::median_seconds(
+      [&] {
+        optimizer.zero_grad();
+        auto f = torch::relu(torch::addmm(b_enc, x - b_dec, W_enc));
+        auto x_hat = torch::addmm(b_dec, f, W_dec);
+        auto mse = (x_hat - x).square().sum(-1).mean();
+        auto l1 = (f * W_dec.norm(2, {1})).sum(-1).mean();
+        auto loss = mse + 1e-4 * l1;
+        loss.backward();
+        optimizer.step();
+      },
+      repeats);
 }
 
 }  // namespace strata::sae

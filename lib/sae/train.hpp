@@ -89,4 +89,14 @@ struct EvalResult {
 EvalResult evaluate_sae(const Sae& sae, const io::ActivationStore& store, const RowRanges& rows,
                         int64_t batch_size = 4096, double dense_threshold = 0.1);
 
+// `strata bench sae`: one full training step (forward, backward, Adam, decoder renormalisation) of the
+// training code above on a random batch [batch, d_in], seconds per step (median of `repeats`).
+// flop counts the dense GEMM work the step performs (ReLU: 5 GEMMs; TopK: 1 GEMM + sparse rows).
+struct StepTiming {
+  double seconds = 0, flop = 0;
+};
+StepTiming time_training_step(const TrainOptions& options, int64_t d_in, int64_t batch, int repeats);
+// The same ReLU step written with LibTorch autograd + torch::optim::Adam (the reference it is compared to).
+double time_autograd_reference_step(int64_t d_in, int64_t d_sae, int64_t batch, int repeats);
+
 }  // namespace strata::sae
