@@ -1,0 +1,70 @@
+// `strata train-sae`: train one SAE from an activation store or any safetensors file holding a 2-D
+// float tensor, and write it in the SAELens layout (cfg.json + sae_weights.safetensors).
+#include "command.hpp"
+#include "core/error.hpp"
+#include "core/runtime.hpp"
+#include "io/activation_store.hpp"
+#include "sae/train.hpp"
+
+namespace {
+
+struct TrainSaeArgs {
+  std::string activations, tensor, arch = "relu", out;
+  strata::sae::TrainOptions options;
+  uint64_t seed = 0;
+};
+
+void setup(strata::cli::Commands& commands) {
+  auto* cmd = commands.root().add_subcommand("train-sae", "Train one sparse autoencoder on stored activations");
+  auto args = std::make_shared<TrainSaeArgs>();
+  auto& o = args->options;
+  cmd->add_option("--activations", args->activations, "a store's meta.json / .safetensors, or any safetensors file")
+      ->required();
+  cmd->add_option("--tensor", args->tensor, "which 2-D tensor of a plain safetensors file holds the activations");
+  cmd->add_option("--arch", args->arch, "relu (SAELens 'standard', L1 penalty) or topk")
+      ->check(CLI::IsMember({"relu", "standard", "topk"}))
+      ->capture_default_str();
+  cmd->add_option("--k", o.k, "topk: active latents per token")->capture_default_str();
+  cmd->add_option("--expansion", o.expansion, "d_sae / d_in")->capture_default_str();
+  cmd->add_option("--l1", o.l1, "relu: L1 coefficient")->capture_default_str();
+  cmd->add_option("--lr", o.lr, "Adam learning rate")->capture_default_str();
+  cmd->add_option("--epochs", o.epochs, "maximum epochs (stops early once the held-out loss converges)")
+      ->capture_default_str();
+  cmd->add_option("--batch-size", o.batch_size, "tokens per step")->capture_default_str();
+  cmd->add_option("--heldout-fraction", o.heldout_fraction, "fraction of every shard held out for evaluation")
+      ->capture_default_str();
+  cmd->add_option("--b-dec-init", o.b_dec_init, "geometric_median, mean or zeros")->capture_default_str();
+  cmd->add_option("--shuffle-buffer", o.shuffle_buffer_rows, "rows in the in-memory shuffle buffer")
+      ->capture_default_str();
+  cmd->add_option("--seed", args->seed, "random seed")->capture_default_str();
+  cmd->add_option("--stop-after-steps", o.stop_after_steps,
+                  "checkpoint and stop after this many steps (rerun the same command to resume)");
+  cmd->add_option("--out", args->out, "output directory of this SAE")->required();
+  commands.bind(cmd, [args]() {
+    strata::runtime::apply_determinism();
+    auto store = strata::io::ActivationStore::open(args->activations, args->tensor);
+    auto options = args->options;
+    options.architecture = args->arch == "relu" ? "standard" : args->arch;
+    nlohmann::json provenance = nlohmann::json::object();
+    const auto& meta = store.meta();
+    for (const char* key : {"model", "layer", "n_layers", "relative_depth", "checkpoint_sha256", "dataset_sha256"})
+      if (meta.contains(key)) provenance[key] = meta[key];
+    if (meta.contains("layer") && meta["layer"].is_number_integer()) {
+      int layer = meta["layer"].get<int>();  // 1-based: the residual stream after block `layer`
+      provenance["hook_name"] = layer > 0 ? fmt::format("blocks.{}.hook_resid_post", layer - 1) : "hook_embed";
+    }
+    provenance["activations"] = args->activations;
+    auto result = strata::sae::train_sae(store, options, args->seed, args->out, provenance);
+    if (result.interrupted) {
+      fmt::print("{}\n", result.error);
+      return 0;
+    }
+    if (!result.ok) throw strata::Error(result.error);
+    fmt::print("{}\n", result.metrics.dump(2));
+    return 0;
+  });
+}
+
+STRATA_REGISTER_COMMAND(setup);
+
+}  // namespace
