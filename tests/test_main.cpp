@@ -1,20 +1,18 @@
-// Shared main for every test executable: same BLAS start-up as the CLI, then Boost.Test.
-#define BOOST_TEST_NO_MAIN
-#define BOOST_TEST_ALTERNATIVE_INIT_API
+// Shared main for every test executable: the same BLAS start-up as the CLI (re-exec with the right
+// OpenBLAS core), then Boost.Test. Suites are compiled with BOOST_TEST_NO_MAIN, so BOOST_TEST_MODULE
+// defines only init_unit_test() and this is the one main.
 #include <boost/test/unit_test.hpp>
 
 #include "core/log.hpp"
 #include "core/runtime.hpp"
 
-static bool init_tests() {
-  strata::log::init();
-  strata::runtime::set_threads(0);
-  return true;
-}
+bool init_unit_test();
 
 int main(int argc, char** argv) {
   strata::runtime::ensure_blas_core(argc, argv);
-  return boost::unit_test::unit_test_main(&init_tests, argc, argv);
+  strata::log::init();
+  strata::runtime::set_threads(0);
+  return boost::unit_test::unit_test_main(&init_unit_test, argc, argv);
 }
 
 #include <array>

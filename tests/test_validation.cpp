@@ -139,7 +139,7 @@ BOOST_AUTO_TEST_CASE(diverged_unconverged_or_missing_sae_fails_gate2) {
   BOOST_TEST(any_reason_contains(gate2, "beta_layer2: not trained"));
 }
 
-BOOST_AUTO_TEST_CASE(399_pairs_fail_gate3) {
+BOOST_AUTO_TEST_CASE(pairs_399_fail_gate3) {
   const fs::path dir = testing::copy_run(good_run(), testing::fresh_dir("validation_pairs"));
   const fs::path file = dir / "transfer" / "transfer_matrix.json";
   json doc = json::parse(read_text_file(file));
