@@ -133,7 +133,7 @@ BOOST_AUTO_TEST_CASE(diverged_unconverged_or_missing_sae_fails_gate2) {
   cfg["metrics"]["converged"] = false;
   atomic_write_text(cfg_file, cfg.dump());
   fs::remove_all(dir / "saes" / "beta_layer2");
-  const json& gate2 = find_check(validation::evaluate_gates(dir), "must_pass", "gate2_saes");
+  const json gate2 = find_check(validation::evaluate_gates(dir), "must_pass", "gate2_saes");
   BOOST_TEST(any_reason_contains(gate2, "alpha_layer1: training diverged"));
   BOOST_TEST(any_reason_contains(gate2, "alpha_layer1: not converged"));
   BOOST_TEST(any_reason_contains(gate2, "beta_layer2: not trained"));
@@ -161,7 +161,7 @@ BOOST_AUTO_TEST_CASE(nonfinite_metric_or_diagonal_q_fails_gate3) {
   doc["transfer_matrix"]["alpha_layer2__to__beta_layer2"]["cka"] = nullptr;  // NaN is written as null
   doc["transfer_matrix"]["delta_layer3__to__delta_layer3"]["q"] = 0.999;
   atomic_write_text(file, doc.dump());
-  const json& gate3 = find_check(validation::evaluate_gates(dir), "must_pass", "gate3_pairs");
+  const json gate3 = find_check(validation::evaluate_gates(dir), "must_pass", "gate3_pairs");
   BOOST_TEST(any_reason_contains(gate3, "alpha_layer2__to__beta_layer2.cka"), gate3.dump());
   BOOST_TEST(any_reason_contains(gate3, "delta_layer3__to__delta_layer3"), gate3.dump());
 }
@@ -179,7 +179,7 @@ BOOST_AUTO_TEST_CASE(wrong_pixel_size_or_missing_figures_fail_gate4) {
   BOOST_TEST(any_reason_contains(gate4, index["figures"][0]["name"].get<std::string>() + ": PNG is"), gate4.dump());
   BOOST_TEST(any_reason_contains(gate4, "layer_universality_curve.pdf missing"), gate4.dump());
   fs::remove_all(dir / "figures");
-  const json& none = find_check(validation::evaluate_gates(dir), "must_pass", "gate4_figures");
+  const json none = find_check(validation::evaluate_gates(dir), "must_pass", "gate4_figures");
   BOOST_TEST(any_reason_contains(none, "figures.json is missing"), none.dump());
 }
 
@@ -225,6 +225,6 @@ BOOST_AUTO_TEST_CASE(thresholds_map_from_the_gates_section) {
   atomic_write_text(dir / "config.resolved.json", resolved.dump());
   const auto run_thresholds = validation::thresholds_for_run(dir);
   BOOST_TEST(run_thresholds.max_fvu == 0.1);
-  const json& gate2 = find_check(validation::evaluate_gates(dir, run_thresholds), "must_pass", "gate2_saes");
+  const json gate2 = find_check(validation::evaluate_gates(dir, run_thresholds), "must_pass", "gate2_saes");
   BOOST_TEST(gate2["status"] == "FAIL");
 }

@@ -28,7 +28,9 @@ GateThresholds GateThresholds::from_json(const json& section) {
   GateThresholds t;
   if (section.is_null()) return t;
   if (!section.is_object()) fail("[gates] must be a table, got {}", section.dump());
-  for (const auto& [key, value] : section.items()) {
+  for (auto it = section.begin(); it != section.end(); ++it) {
+    const std::string key = it.key();
+    const json& value = it.value();
     auto number = [&]() {
       if (!value.is_number()) fail("[gates] {} must be a number, got {}", key, value.dump());
       return value.get<double>();
@@ -47,7 +49,8 @@ GateThresholds GateThresholds::from_json(const json& section) {
     else if (key == "significance_alpha") t.significance_alpha = number();
     else fail("[gates] has no key '{}' (known: {})", key, [] {
       std::string keys;
-      for (const auto& [k, v] : GateThresholds{}.to_json().items()) keys += (keys.empty() ? "" : ", ") + k;
+      const json defaults = GateThresholds{}.to_json();  // named: items() of a temporary would dangle
+      for (auto it = defaults.begin(); it != defaults.end(); ++it) keys += (keys.empty() ? "" : ", ") + it.key();
       return keys;
     }());
   }
