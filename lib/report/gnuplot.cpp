@@ -82,7 +82,10 @@ void render_gnuplot(const std::string& body, const PlotSize& size, const fs::pat
     run_gnuplot(png_terminal, tmp, body);
     set_png_dpi(tmp, size.dpi);
   });
-  atomic_write(pdf, [&](const fs::path& tmp) { run_gnuplot(pdf_terminal, tmp, body); });
+  atomic_write(pdf, [&](const fs::path& tmp) {
+    run_gnuplot(pdf_terminal, tmp, body);
+    fix_pdf_creation_date(tmp);
+  });
 }
 
 }  // namespace strata::report

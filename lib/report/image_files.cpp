@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <array>
+#include <fstream>
 #include <cmath>
 #include <cstring>
 #include <cctype>
@@ -58,6 +59,25 @@ PngInfo read_png_info(const fs::path& png) {
     at += 12 + static_cast<size_t>(length);
   }
   return info;
+}
+
+void fix_pdf_creation_date(const fs::path& pdf) {
+  std::string bytes = read_text_file(pdf);
+  static const std::string key = "/CreationDate (D:";
+  bool changed = false;
+  for (size_t pos = bytes.find(key); pos != std::string::npos; pos = bytes.find(key, pos + 1)) {
+    size_t begin = pos + key.size();
+    size_t end = bytes.find(')', begin);
+    if (end == std::string::npos) break;
+    std::string fixed = std::string("19700101000000Z").substr(0, end - begin);
+    fixed.resize(end - begin, '0');
+    bytes.replace(begin, end - begin, fixed);
+    changed = true;
+  }
+  if (!changed) return;
+  std::ofstream out(pdf, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) fail("cannot rewrite {}", pdf.string());
 }
 
 void set_png_dpi(const fs::path& png, int dpi) {

@@ -18,6 +18,10 @@ PngInfo read_png_info(const std::filesystem::path& png);
 // Inserts (or replaces) the pHYs chunk so that viewers and LaTeX see the intended resolution.
 // cairo writes none, so a 300-DPI figure would otherwise open at 72 DPI, four times too large.
 void set_png_dpi(const std::filesystem::path& png, int dpi);
+// cairo 1.16 stamps /CreationDate with the wall clock (it ignores SOURCE_DATE_EPOCH); a reproduced run
+// must write identical bytes, so the stamp is replaced in place by a fixed date of the same length
+// (the cross-reference offsets stay valid).
+void fix_pdf_creation_date(const std::filesystem::path& pdf);
 
 struct PdfInfo {
   int pages = 0;

@@ -176,8 +176,11 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
   if (gates) tables.push_back(gate_table(*gates));
 
   std::ostringstream md;
-  const std::string run_name = manifest ? manifest->value("run_name", manifest->value("name", run_dir.filename().string()))
-                                        : run_dir.filename().string();
+  // Named after the experiment, not the directory, so a reproduced run writes the same report.
+  std::string run_name = run_dir.filename().string();
+  if (auto resolved = read_json_if_exists(run_dir / "config.resolved.json");
+      resolved && resolved->contains("experiment") && (*resolved)["experiment"].contains("name"))
+    run_name = (*resolved)["experiment"]["name"].get<std::string>();
   md << "# strata report: " << run_name << "\n\n";
   md << "**Verdict: " << verdict << "**";
   if (verdict == "NOT EVALUATED") md << " (gates not evaluated; run `strata gate RUN_DIR`)";
@@ -343,7 +346,7 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
     md << "- Config SHA-256 (resolved): `" << json_scalar(config_sha) << "`\n";
     if (m.contains("git") && m["git"].is_object() && m["git"].contains("dirty"))
       md << "- Working tree dirty at run time: " << json_scalar(m["git"]["dirty"]) << "\n";
-    md << "- Regenerate: `strata reproduce " << run_dir.filename().string() << " --out NEW_DIR`\n";
+    md << "- Regenerate: `strata reproduce RUN_DIR --out NEW_DIR`\n";
     if (m.contains("environment") && m["environment"].is_object()) {
       md << "\nEnvironment:\n\n";
       for (const auto& [k, v] : m["environment"].items()) md << "- " << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";

@@ -667,7 +667,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       int64_t k = std::min<int64_t>(options_.top_k, cell.sae.d_sae());
       torch::Tensor top = std::get<1>(side.own.latent_var.topk(k));
       double decoder = std::get<0>(torch::mm(da.index_select(0, top), db.t()).max(1)).mean().item<double>();
-      ceilings_[cell.cell.name] = {{"ceiling_sae_dir", cell.cell.ceiling_sae_dir->string()},
+      ceilings_[cell.cell.name] = {{"ceiling_sae_dir", cell.cell.ceiling_sae_dir->filename().generic_string()},
                                    {"fvu_first", side.own.sums.fvu()},
                                    {"fvu_second", other.sums.fvu()},
                                    {"q", finite_or_null(q)},
@@ -760,6 +760,14 @@ TransferResult Runner::run(const fs::path& out_dir) {
     layer_scores.push_back(score);
   }
 
+  // Paths inside the run directory are recorded relative to it, so that a reproduced run elsewhere
+  // writes the same bytes.
+  const fs::path run_root = fs::weakly_canonical(out_dir).parent_path();
+  auto portable_path = [&](const fs::path& p) {
+    fs::path abs = fs::weakly_canonical(p);
+    fs::path rel = abs.lexically_relative(run_root);
+    return (!rel.empty() && *rel.begin() != "..") ? rel.generic_string() : abs.generic_string();
+  };
   nlohmann::json cells_json = nlohmann::json::array();
   for (const CellData& cell : cells_)
     cells_json.push_back({{"name", cell.cell.name},
@@ -767,8 +775,8 @@ TransferResult Runner::run(const fs::path& out_dir) {
                           {"layer", cell.cell.layer},
                           {"n_layers", cell.cell.n_layers},
                           {"relative_depth", relative_depth(cell.cell)},
-                          {"store", cell.cell.store.string()},
-                          {"sae_dir", cell.cell.sae_dir.string()},
+                          {"store", portable_path(cell.cell.store)},
+                          {"sae_dir", portable_path(cell.cell.sae_dir)},
                           {"dim", cell.store.dim()},
                           {"d_sae", cell.sae.d_sae()},
                           {"architecture", cell.sae.architecture},
@@ -791,8 +799,8 @@ TransferResult Runner::run(const fs::path& out_dir) {
       {"thresholds", {{"HIGH_UNIVERSALITY", options_.high_threshold}, {"MODERATE_UNIVERSALITY", options_.moderate_threshold}}},
       {"evaluation_metric", "q_excess"},
       {"cells", cells_json},
-      {"model_pairs", model_pairs_},
-      {"seconds", seconds}};
+      {"model_pairs", model_pairs_}};
+  log::info("transfer: {} pairs in {:.1f} s", n * n, seconds);
   nlohmann::json result = {{"config", config},
                            {"transfer_matrix", matrix},
                            {"layer_universality_scores", layer_scores},
