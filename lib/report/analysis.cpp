@@ -143,9 +143,9 @@ Analysis analyse(const TransferResults& results, const AnalysisOptions& options)
         group.max_p_adjusted = std::max(group.max_p_adjusted.value_or(0.0), *p);
     }
     group.cross_model_pairs = static_cast<int>(pair_values.size());
+    // The CI is over the same per-cell values whose mean is reported (resampling cells).
     std::tie(group.ci_lo, group.ci_hi) =
-        bootstrap_mean_ci(pair_values.empty() ? values : pair_values, options.bootstrap_resamples,
-                          options.bootstrap_seed + a.groups.size());
+        bootstrap_mean_ci(values, options.bootstrap_resamples, options.bootstrap_seed + a.groups.size());
     a.max_spread = std::max(a.max_spread, group.spread);
     a.groups.push_back(std::move(group));
   }
