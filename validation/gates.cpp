@@ -140,7 +140,8 @@ void finish_check(json& check, const std::vector<std::string>& reasons, const st
 json evaluate_gates(const fs::path& run_dir, const GateThresholds& thresholds,
                     const std::optional<std::vector<ExpectedCell>>& explicit_cells) {
   if (!fs::is_directory(run_dir)) fail("run directory {} does not exist", run_dir.string());
-  json gates = {{"run_dir", fs::absolute(run_dir).string()}, {"thresholds", thresholds.to_json()}};
+  // No run_dir path: gates.json lives in the run directory, and a reproduced run must write the same bytes.
+  json gates = {{"thresholds", thresholds.to_json()}};
   std::vector<ExpectedCell> cells;
   json must = json::array();
   try {
