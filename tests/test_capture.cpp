@@ -69,7 +69,7 @@ BOOST_AUTO_TEST_CASE(layer_beyond_depth_fails_before_loading_with_the_real_depth
   options.layers = {5};
   fs::path out = testing::fresh_dir("capture-layer-range");
   BOOST_CHECK_EXCEPTION(
-      capture::capture_model("tiny", testing::tiny_capture_checkpoint(), synthetic_docs(), "synthetic", options, out),
+      capture::capture_model("tiny", testing::tiny_capture_checkpoint(), text::DocumentReader(synthetic_docs()), "synthetic", options, out),
       Error, [](const Error& e) { return message_contains(e, {"tiny", "layer 5", "4 layers"}); });
   BOOST_TEST(store_files(out).empty());
 }
@@ -80,7 +80,7 @@ BOOST_AUTO_TEST_CASE(stored_rows_equal_the_forward_pass_and_meta_is_complete) {
   const fs::path ckpt = testing::tiny_capture_checkpoint();
   const fs::path out = testing::fresh_dir("capture-basic");
   auto options = small_options();
-  auto result = capture::capture_model("tiny", ckpt, synthetic_docs(), "synthetic:0", options, out);
+  auto result = capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic:0", options, out);
   BOOST_TEST(result.layers == (std::vector<int>{0, 2, 4}));
   BOOST_TEST(result.files.size() == 6u);  // one shard + meta per layer
 
@@ -138,7 +138,10 @@ BOOST_AUTO_TEST_CASE(stored_rows_equal_the_forward_pass_and_meta_is_complete) {
     BOOST_TEST(meta["hidden_size"] == 32);
     BOOST_TEST(meta["checkpoint_sha256"] == io::checkpoint_sha256(ckpt));
     BOOST_TEST(meta["tokenizer_sha256"] == tokenizer.sha256());
-    BOOST_TEST(meta["dataset_sha256"] == text::dataset_sha256(synthetic_docs()));
+    // Capture reads documents 16 at a time, as the batches need them, and hashes exactly those.
+    BOOST_TEST(meta["documents_read"] == 16);
+    BOOST_TEST(meta["dataset_sha256"] ==
+               text::dataset_sha256({synthetic_docs().begin(), synthetic_docs().begin() + 16}));
     BOOST_TEST(meta["nonfinite_count"] == 0);
     BOOST_TEST(meta["mask_policy"]["padding"] == "excluded");
     BOOST_TEST(meta["mask_policy"]["exclude_special"] == true);
@@ -157,7 +160,7 @@ BOOST_AUTO_TEST_CASE(two_runs_are_byte_identical) {
   std::vector<std::map<std::string, std::string>> hashes;
   for (const char* name : {"capture-determinism-a", "capture-determinism-b"}) {
     fs::path out = testing::fresh_dir(name);
-    capture::capture_model("tiny", ckpt, synthetic_docs(), "synthetic", options, out);
+    capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, out);
     std::map<std::string, std::string> h;
     for (const auto& f : store_files(out)) h[f] = sha256_file(out / f);
     hashes.push_back(h);
@@ -174,7 +177,7 @@ BOOST_AUTO_TEST_CASE(shards_reduced_dtypes_and_token_budget) {
   options.packing = text::PackingPolicy::Pack;
   options.seq_len = 64;
   fs::path whole = testing::fresh_dir("capture-one-shard");
-  auto one = capture::capture_model("tiny", ckpt, synthetic_docs(), "synthetic", options, whole);
+  auto one = capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, whole);
   BOOST_TEST(one.tokens == 1000);  // exactly the budget; packed, so no special token is excluded
   auto reference = io::ActivationStore::open(whole, "tiny", 2);
   BOOST_TEST(reference.rows() == 1000);
@@ -193,7 +196,7 @@ BOOST_AUTO_TEST_CASE(shards_reduced_dtypes_and_token_budget) {
 
   options.shard_size_bytes = 100 * 32 * 4;  // 100 rows per shard
   fs::path sharded = testing::fresh_dir("capture-sharded");
-  capture::capture_model("tiny", ckpt, synthetic_docs(), "synthetic", options, sharded);
+  capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, sharded);
   auto store = io::ActivationStore::open(sharded, "tiny", 2);
   BOOST_TEST(store.num_shards() == 10u);
   BOOST_TEST(fs::exists(sharded / "tiny_layer2_activations-00001-of-00010.safetensors"));
@@ -202,14 +205,14 @@ BOOST_AUTO_TEST_CASE(shards_reduced_dtypes_and_token_budget) {
 
   // Re-capturing into the same directory with one shard removes the old shards.
   options.shard_size_bytes = 512 << 20;
-  capture::capture_model("tiny", ckpt, synthetic_docs(), "synthetic", options, sharded);
+  capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, sharded);
   BOOST_TEST(store_files(sharded) ==
              (std::vector<std::string>{"tiny_layer2_activations.meta.json", "tiny_layer2_activations.safetensors"}));
 
   for (auto dtype : {torch::kFloat16, torch::kBFloat16}) {
     options.store_dtype = dtype;
     fs::path dir = testing::fresh_dir("capture-reduced");
-    capture::capture_model("tiny", ckpt, synthetic_docs(), "synthetic", options, dir);
+    capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, dir);
     auto reduced = io::ActivationStore::open(dir, "tiny", 2);
     auto want = reference.read_rows(0, reference.rows()).to(dtype).to(torch::kFloat32);
     BOOST_TEST(torch::equal(reduced.read_rows(0, reduced.rows()), want));
@@ -231,13 +234,13 @@ BOOST_AUTO_TEST_CASE(special_tokens_and_norm_outliers_are_masked_and_recorded) {
   }
   BOOST_REQUIRE(special == 2);
   fs::path out = testing::fresh_dir("capture-special");
-  capture::capture_model("tiny", ckpt, docs, "inline", options, out);
+  capture::capture_model("tiny", ckpt, text::DocumentReader(docs), "inline", options, out);
   auto store = io::ActivationStore::open(out, "tiny", 1);
   BOOST_TEST(store.rows() == total - special);
   BOOST_TEST(store.meta()["mask_policy"]["special_excluded"] == special);
 
   options.keep_special = true;
-  capture::capture_model("tiny", ckpt, docs, "inline", options, out);
+  capture::capture_model("tiny", ckpt, text::DocumentReader(docs), "inline", options, out);
   store = io::ActivationStore::open(out, "tiny", 1);
   BOOST_TEST(store.rows() == total);
   BOOST_TEST(store.meta()["mask_policy"]["exclude_special"] == false);
@@ -246,13 +249,13 @@ BOOST_AUTO_TEST_CASE(special_tokens_and_norm_outliers_are_masked_and_recorded) {
   options.keep_special = false;
   options.norm_outlier_factor = 1.0;
   options.layers = {3};
-  capture::capture_model("tiny", ckpt, synthetic_docs(), "synthetic", options, out);
+  capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, out);
   store = io::ActivationStore::open(out, "tiny", 3);
   int64_t dropped = store.meta()["mask_policy"]["norm_outliers_excluded"];
   BOOST_TEST(dropped > 0);
   options.norm_outlier_factor = 0;
   fs::path all = testing::fresh_dir("capture-no-outlier");
-  capture::capture_model("tiny", ckpt, synthetic_docs(), "synthetic", options, all);
+  capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, all);
   BOOST_TEST(store.rows() + dropped == io::ActivationStore::open(all, "tiny", 3).rows());
 }
 
@@ -262,7 +265,7 @@ BOOST_AUTO_TEST_CASE(token_ids_outside_the_vocabulary_fail) {
   options.tokenizer_dir = (testing::data_dir() / "tokenizers" / "gpt2").string();
   fs::path out = testing::fresh_dir("capture-vocab");
   BOOST_CHECK_EXCEPTION(
-      capture::capture_model("tiny", testing::tiny_capture_checkpoint(), synthetic_docs(), "synthetic", options, out),
+      capture::capture_model("tiny", testing::tiny_capture_checkpoint(), text::DocumentReader(synthetic_docs()), "synthetic", options, out),
       Error, [](const Error& e) { return message_contains(e, {"tiny", "outside the model's vocabulary of 512"}); });
   BOOST_TEST(store_files(out).empty());
 }
@@ -281,7 +284,7 @@ BOOST_AUTO_TEST_CASE(nan_activations_fail_naming_model_layer_and_batch_and_leave
   options.layers = {1, 3, 4};
   options.shard_size_bytes = 1024;  // shards of layer 1 are written before the failure
   fs::path out = testing::fresh_dir("capture-nan");
-  BOOST_CHECK_EXCEPTION(capture::capture_model("broken", broken, synthetic_docs(), "synthetic", options, out), Error,
+  BOOST_CHECK_EXCEPTION(capture::capture_model("broken", broken, text::DocumentReader(synthetic_docs()), "synthetic", options, out), Error,
                         [](const Error& e) { return message_contains(e, {"broken", "layer 3", "batch 1", "NaN"}); });
   BOOST_TEST(store_files(out).empty());
 }

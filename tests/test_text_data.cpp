@@ -89,6 +89,35 @@ BOOST_AUTO_TEST_CASE(dataset_specs) {
   BOOST_CHECK_THROW(parse_packing_policy("wrap"), strata::Error);
 }
 
+// A reader yields documents one at a time: a dataset of 10^12 documents costs nothing until read, and
+// the first documents equal load_dataset's. The memory form keeps the order and renumbers from 0.
+BOOST_AUTO_TEST_CASE(document_reader_streams) {
+  DocumentReader huge("synthetic:7", 1'000'000'000'000);
+  const auto first = load_dataset("synthetic:7", 3);
+  Document doc;
+  for (const auto& expected : first) {
+    BOOST_REQUIRE(huge.next(doc));
+    BOOST_CHECK_EQUAL(doc.id, expected.id);
+    BOOST_CHECK_EQUAL(doc.text, expected.text);
+  }
+  BOOST_CHECK_EQUAL(huge.documents_read(), 3);
+
+  DocumentReader limited("synthetic", 2);
+  BOOST_CHECK(limited.next(doc) && limited.next(doc));
+  BOOST_CHECK(!limited.next(doc));
+
+  DocumentReader memory(std::vector<Document>{{5, "a"}, {9, "b"}});
+  BOOST_REQUIRE(memory.next(doc));
+  BOOST_CHECK_EQUAL(doc.id, 0);
+  BOOST_REQUIRE(memory.next(doc));
+  BOOST_CHECK_EQUAL(doc.text, "b");
+  BOOST_CHECK(!memory.next(doc));
+
+  DatasetHash hash;
+  for (const auto& d : first) hash.add(d);
+  BOOST_CHECK_EQUAL(hash.hex(), dataset_sha256(first));
+}
+
 BOOST_AUTO_TEST_CASE(sequences_keep_documents_and_byte_spans) {
   auto docs = load_dataset("synthetic:2", 20);
   auto gemma = Tokenizer::load(tokenizer_dir("gemma"));

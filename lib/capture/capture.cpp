@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
+#include "core/runtime.hpp"
 #include "io/activation_store.hpp"
 #include "models/spec.hpp"
 #include "models/transformer.hpp"
@@ -44,14 +45,15 @@ namespace {
 
 // Model-input sequences made lazily, a few documents at a time, so that memory does not grow with the
 // dataset. The result equals text::make_sequences over all documents: Pack's cut runs across chunks.
+// Every document read is added to `hash`.
 class SequenceStream {
  public:
-  SequenceStream(const text::Tokenizer& tokenizer, const std::vector<text::Document>& docs, int64_t seq_len,
-                 text::PackingPolicy packing)
-      : tokenizer_(tokenizer), docs_(docs), seq_len_(seq_len), packing_(packing) {}
+  SequenceStream(const text::Tokenizer& tokenizer, text::DocumentReader& documents, text::DatasetHash& hash,
+                 int64_t seq_len, text::PackingPolicy packing)
+      : tokenizer_(tokenizer), documents_(documents), hash_(hash), seq_len_(seq_len), packing_(packing) {}
 
   bool next(text::Sequence& out) {
-    while (ready_.empty() && next_doc_ < docs_.size()) refill();
+    while (ready_.empty() && !exhausted_) refill();
     if (ready_.empty() && !carry_.ids.empty()) ready_.push_back(std::exchange(carry_, text::Sequence{}));
     if (ready_.empty()) return false;
     out = std::move(ready_.front());
@@ -63,10 +65,15 @@ class SequenceStream {
   static constexpr size_t kChunkDocs = 16;
 
   void refill() {
-    const size_t end = std::min(docs_.size(), next_doc_ + kChunkDocs);
-    std::vector<text::Document> chunk(docs_.begin() + static_cast<std::ptrdiff_t>(next_doc_),
-                                      docs_.begin() + static_cast<std::ptrdiff_t>(end));
-    next_doc_ = end;
+    std::vector<text::Document> chunk;
+    for (text::Document doc; chunk.size() < kChunkDocs;) {
+      if (!documents_.next(doc)) {
+        exhausted_ = true;
+        break;
+      }
+      hash_.add(doc);
+      chunk.push_back(std::move(doc));
+    }
     std::vector<text::Sequence> made = text::make_sequences(tokenizer_, chunk, seq_len_, packing_, true);
     if (packing_ == text::PackingPolicy::Truncate) {
       for (auto& s : made) ready_.push_back(std::move(s));
@@ -85,10 +92,11 @@ class SequenceStream {
   }
 
   const text::Tokenizer& tokenizer_;
-  const std::vector<text::Document>& docs_;
+  text::DocumentReader& documents_;
+  text::DatasetHash& hash_;
   int64_t seq_len_;
   text::PackingPolicy packing_;
-  size_t next_doc_ = 0;
+  bool exhausted_ = false;
   std::deque<text::Sequence> ready_;
   text::Sequence carry_;
 };
@@ -174,7 +182,7 @@ io::RowIndex select_rows(const io::RowIndex& index, const torch::Tensor& rows) {
 }  // namespace
 
 CaptureResult capture_model(const std::string& model_name, const fs::path& checkpoint_dir,
-                            const std::vector<text::Document>& docs, const std::string& dataset_spec,
+                            text::DocumentReader documents, const std::string& dataset_spec,
                             const CaptureOptions& options, const fs::path& out_dir) {
   if (model_name.empty() || model_name.find('/') != std::string::npos)
     fail("capture: model name {:?} must be non-empty and contain no '/' (it names the store files)", model_name);
@@ -219,7 +227,8 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
         out_dir, io::store_base_name(model_name, layer), H, options.store_dtype, options.shard_size_bytes));
   std::vector<int64_t> outliers_excluded(result.layers.size(), 0);
 
-  SequenceStream stream(tokenizer, docs, options.seq_len, options.packing);
+  text::DatasetHash dataset_hash;
+  SequenceStream stream(tokenizer, documents, dataset_hash, options.seq_len, options.packing);
   const bool by_tokens = options.max_tokens > 0;
   log::Progress progress(fmt::format("capture {} layers {}", model_name, fmt::join(result.layers, ",")),
                          by_tokens ? options.max_tokens : options.num_batches);
@@ -268,12 +277,13 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
       }
       writers[i]->append(rows, index);
     }
+    runtime::release_free_memory();
     progress.advance(by_tokens ? batch.tokens : 1);
   }
   progress.finish();
 
   const std::string checkpoint_sha = model.checkpoint_sha256();
-  const std::string dataset_sha = text::dataset_sha256(docs);
+  const std::string dataset_sha = dataset_hash.hex();
   for (size_t i = 0; i < result.layers.size(); ++i) {
     const int layer = result.layers[i];
     nlohmann::json meta = {
@@ -289,6 +299,7 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
         {"store_dtype", dtype_name},
         {"dataset", dataset_spec},
         {"dataset_sha256", dataset_sha},
+        {"documents_read", documents.documents_read()},
         {"tokenizer", tokenizer.source().string()},
         {"tokenizer_sha256", tokenizer.sha256()},
         {"seq_len", options.seq_len},

@@ -53,12 +53,14 @@ struct CaptureResult {
   nlohmann::json metas;                       // {"<L>": meta.json content} per layer
 };
 
-// Loads the checkpoint (fp32) and its tokenizer (or options.tokenizer_dir), cuts `docs` into sequences,
+// Loads the checkpoint (fp32) and its tokenizer (or options.tokenizer_dir), cuts the documents it reads
+// from `documents` (only as many as the batches need; recorded as documents_read and dataset_sha256,
+// the hash of exactly those documents) into sequences,
 // and writes <out_dir>/<model_name>_layer<L>_activations[...] for every resolved layer. Stores appear
 // only when every batch succeeded: a NaN/Inf activation throws (naming model, layer and batch) and
 // leaves no finished store behind. Deterministic: the same inputs give byte-identical files.
 CaptureResult capture_model(const std::string& model_name, const std::filesystem::path& checkpoint_dir,
-                            const std::vector<text::Document>& docs, const std::string& dataset_spec,
+                            text::DocumentReader documents, const std::string& dataset_spec,
                             const CaptureOptions& options, const std::filesystem::path& out_dir);
 
 }  // namespace strata::capture

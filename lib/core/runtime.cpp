@@ -1,6 +1,7 @@
 #include "core/runtime.hpp"
 
 #include <dlfcn.h>
+#include <malloc.h>
 #include <link.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -158,5 +159,7 @@ nlohmann::json environment_json() {
       {"openblas_coretype_before_reexec", env_or_empty("STRATA_OPENBLAS_CORETYPE_WAS")},
   };
 }
+
+void release_free_memory() { ::malloc_trim(0); }
 
 }  // namespace strata::runtime

@@ -38,4 +38,10 @@ void apply_determinism();
 // Environment description for the manifest: OS, CPU, compiler, LibTorch, BLAS, threads.
 nlohmann::json environment_json();
 
+// Hands the allocator's free pages back to the kernel. glibc's heap keeps freed blocks of a loop whose
+// tensor sizes vary from step to step (batch shapes) resident and fragmented, so without this the RSS of
+// a long capture grows with the tokens processed although live memory stays flat. Costs a few page
+// faults per call: call it once per batch, not per op.
+void release_free_memory();
+
 }  // namespace strata::runtime

@@ -60,12 +60,12 @@ std::vector<std::string> store_inputs(StepContext& ctx, const std::string& model
 void capture_step(StepContext& ctx) {
   const auto& exp = ctx.exp;
   const auto& dataset = exp.dataset;
-  std::vector<text::Document> docs = text::load_dataset(dataset.resolved_spec, dataset.num_documents, dataset.jsonl_template);
-  log::info("Dataset {}: {} documents", dataset.spec, docs.size());
-  ctx.set_summary("documents", docs.size());
-  ctx.set_summary("dataset_sha256", text::dataset_sha256(docs));
+  const auto documents = [&] {
+    return text::DocumentReader(dataset.resolved_spec, dataset.num_documents, dataset.jsonl_template);
+  };
 
   json cells = json::array();
+  json documents_read = json::object();
   int64_t tokens = 0;
   for (const auto& model : exp.models) {
     if (model.dtype != "f32")
@@ -88,7 +88,7 @@ void capture_step(StepContext& ctx) {
     options.tokenizer_dir = model.tokenizer_path.string();
     log::info("Capturing {} from {}", model.name, checkpoint.string());
     capture::CaptureResult result =
-        capture::capture_model(model.name, checkpoint, docs, dataset.resolved_spec, options, ctx.path("activations"));
+        capture::capture_model(model.name, checkpoint, documents(), dataset.resolved_spec, options, ctx.path("activations"));
 
     std::vector<std::string> inputs = {checkpoint.string()};
     if (!model.tokenizer_path.empty()) inputs.push_back(model.tokenizer_path.string());
@@ -104,6 +104,7 @@ void capture_step(StepContext& ctx) {
                        {"rows", meta.at("rows")}});
     }
     tokens += result.tokens;
+    documents_read[model.name] = result.metas.begin()->at("documents_read");
   }
   {
     std::lock_guard lock(ctx.run.mutex());
@@ -112,6 +113,7 @@ void capture_step(StepContext& ctx) {
   }
   ctx.set_summary("cells", cells.size());
   ctx.set_summary("input_tokens", tokens);
+  ctx.set_summary("documents_read", documents_read);
 }
 
 // ---------------------------------------------------------------- train

@@ -156,53 +156,123 @@ std::string apply_template(const std::string& tmpl, const nlohmann::json& record
   return out;
 }
 
-std::vector<Document> load_jsonl(const std::string& rest, int64_t max_docs, const std::string& tmpl) {
-  fs::path path = rest;
-  std::string field = "text";
-  if (!fs::exists(path)) {
-    size_t colon = rest.rfind(':');
-    if (colon != std::string::npos) path = rest.substr(0, colon), field = rest.substr(colon + 1);
-  }
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open the JSONL dataset", path.string());
-  std::vector<Document> docs;
-  std::string line;
-  int64_t line_no = 0;
-  while (std::getline(in, line) && (max_docs == 0 || int64_t(docs.size()) < max_docs)) {
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json record;
-    try {
-      record = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}:{}: invalid JSON ({})", path.string(), line_no, e.what());
-    }
-    std::string text = tmpl.empty() ? field_text(record, field, path, line_no) : apply_template(tmpl, record, path, line_no);
-    docs.push_back({int64_t(docs.size()), std::move(text)});
-  }
-  return docs;
-}
+}  // namespace
 
-std::vector<Document> load_text(const fs::path& path, int64_t max_docs) {
-  if (!fs::exists(path)) fail("{}: cannot open the text dataset", path.string());
-  std::istringstream in(read_text_file(path));
-  std::vector<Document> docs;
-  std::string line, paragraph;
-  auto flush = [&] {
-    if (!paragraph.empty() && (max_docs == 0 || int64_t(docs.size()) < max_docs))
-      docs.push_back({int64_t(docs.size()), paragraph});
-    paragraph.clear();
-  };
-  while (std::getline(in, line)) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) {
-      flush();
-    } else {
-      if (!paragraph.empty()) paragraph += '\n';
-      paragraph += line;
-    }
+// One source of documents, read one at a time so that memory does not grow with the dataset.
+class DocumentSource {
+ public:
+  virtual ~DocumentSource() = default;
+  virtual bool next(std::string& text) = 0;
+};
+
+namespace {
+
+class SyntheticSource : public DocumentSource {
+ public:
+  explicit SyntheticSource(uint64_t seed) : rng_(seed) {}
+  bool next(std::string& text) override {
+    text = format_problem(make_problem(rng_));
+    return true;
   }
-  flush();
-  return docs;
+
+ private:
+  Rng rng_;
+};
+
+class JsonlSource : public DocumentSource {
+ public:
+  JsonlSource(const std::string& rest, std::string tmpl) : tmpl_(std::move(tmpl)) {
+    path_ = rest;
+    if (!fs::exists(path_)) {
+      size_t colon = rest.rfind(':');
+      if (colon != std::string::npos) path_ = rest.substr(0, colon), field_ = rest.substr(colon + 1);
+    }
+    in_.open(path_);
+    if (!in_) fail("{}: cannot open the JSONL dataset", path_.string());
+  }
+  bool next(std::string& text) override {
+    std::string line;
+    while (std::getline(in_, line)) {
+      ++line_no_;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json record;
+      try {
+        record = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        fail("{}:{}: invalid JSON ({})", path_.string(), line_no_, e.what());
+      }
+      text = tmpl_.empty() ? field_text(record, field_, path_, line_no_) : apply_template(tmpl_, record, path_, line_no_);
+      return true;
+    }
+    if (in_.bad()) fail("{}: read error after line {}", path_.string(), line_no_);
+    return false;
+  }
+
+ private:
+  fs::path path_;
+  std::string field_ = "text", tmpl_;
+  std::ifstream in_;
+  int64_t line_no_ = 0;
+};
+
+// One document per paragraph; paragraphs are separated by blank lines.
+class TextSource : public DocumentSource {
+ public:
+  explicit TextSource(const fs::path& path) : path_(path), in_(path) {
+    if (!fs::exists(path) || !in_) fail("{}: cannot open the text dataset", path.string());
+  }
+  bool next(std::string& text) override {
+    text.clear();
+    std::string line;
+    while (std::getline(in_, line)) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) {
+        if (!text.empty()) return true;
+        continue;
+      }
+      if (!text.empty()) text += '\n';
+      text += line;
+    }
+    if (in_.bad()) fail("{}: read error", path_.string());
+    return !text.empty();
+  }
+
+ private:
+  fs::path path_;
+  std::ifstream in_;
+};
+
+class MemorySource : public DocumentSource {
+ public:
+  explicit MemorySource(std::vector<Document> documents) : documents_(std::move(documents)) {}
+  bool next(std::string& text) override {
+    if (next_ == documents_.size()) return false;
+    text = std::move(documents_[next_++].text);
+    return true;
+  }
+
+ private:
+  std::vector<Document> documents_;
+  size_t next_ = 0;
+};
+
+std::unique_ptr<DocumentSource> open_source(const std::string& spec, const std::string& jsonl_template) {
+  if (spec == "synthetic" || spec.rfind("synthetic:", 0) == 0) {
+    uint64_t seed = 0;
+    if (spec.size() > 10) {
+      const std::string s = spec.substr(10);
+      size_t used = 0;
+      try {
+        seed = std::stoull(s, &used);
+      } catch (...) {
+        used = 0;
+      }
+      if (used != s.size() || s.empty()) fail("dataset {:?}: the seed must be a non-negative integer", spec);
+    }
+    return std::make_unique<SyntheticSource>(seed);
+  }
+  if (spec.rfind("jsonl:", 0) == 0) return std::make_unique<JsonlSource>(spec.substr(6), jsonl_template);
+  if (spec.rfind("text:", 0) == 0) return std::make_unique<TextSource>(spec.substr(5));
+  fail("dataset {:?} is not understood: use synthetic[:SEED], jsonl:PATH[:FIELD] or text:PATH", spec);
 }
 
 }  // namespace
@@ -224,38 +294,41 @@ std::string problem_prompt(const Problem& p) {
   return text.substr(0, text.rfind(kAnswerMarker) + std::string_view(kAnswerMarker).size());
 }
 
-std::vector<Document> load_dataset(const std::string& spec, int64_t max_docs, const std::string& jsonl_template) {
+DocumentReader::DocumentReader(const std::string& spec, int64_t max_docs, const std::string& jsonl_template)
+    : source_(open_source(spec, jsonl_template)) {
   if (max_docs < 0) fail("dataset {:?}: max_docs must be >= 0", spec);
-  if (spec == "synthetic" || spec.rfind("synthetic:", 0) == 0) {
-    uint64_t seed = 0;
-    if (spec.size() > 10) {
-      const std::string s = spec.substr(10);
-      size_t used = 0;
-      try {
-        seed = std::stoull(s, &used);
-      } catch (...) {
-        used = 0;
-      }
-      if (used != s.size() || s.empty()) fail("dataset {:?}: the seed must be a non-negative integer", spec);
-    }
-    auto problems = synthetic_problems(seed, max_docs ? max_docs : kDefaultSyntheticCount);
-    std::vector<Document> docs;
-    docs.reserve(problems.size());
-    for (const auto& p : problems) docs.push_back({int64_t(docs.size()), format_problem(p)});
-    return docs;
-  }
-  if (spec.rfind("jsonl:", 0) == 0) return load_jsonl(spec.substr(6), max_docs, jsonl_template);
-  if (spec.rfind("text:", 0) == 0) return load_text(spec.substr(5), max_docs);
-  fail("dataset {:?} is not understood: use synthetic[:SEED], jsonl:PATH[:FIELD] or text:PATH", spec);
+  limit_ = max_docs > 0 ? max_docs : (spec.rfind("synthetic", 0) == 0 ? kDefaultSyntheticCount : 0);
+}
+
+DocumentReader::DocumentReader(std::vector<Document> documents)
+    : source_(std::make_unique<MemorySource>(std::move(documents))) {}
+
+DocumentReader::~DocumentReader() = default;
+DocumentReader::DocumentReader(DocumentReader&&) noexcept = default;
+
+bool DocumentReader::next(Document& out) {
+  if (limit_ > 0 && read_ >= limit_) return false;
+  if (!source_->next(out.text)) return false;
+  out.id = read_++;
+  return true;
+}
+
+std::vector<Document> load_dataset(const std::string& spec, int64_t max_docs, const std::string& jsonl_template) {
+  DocumentReader reader(spec, max_docs, jsonl_template);
+  std::vector<Document> docs;
+  for (Document d; reader.next(d);) docs.push_back(std::move(d));
+  return docs;
+}
+
+void DatasetHash::add(const Document& doc) {
+  hash_.update(fmt::format("{}\t{}\n", doc.id, doc.text.size()));
+  hash_.update(doc.text);
 }
 
 std::string dataset_sha256(const std::vector<Document>& docs) {
-  Sha256 h;
-  for (const auto& d : docs) {
-    h.update(fmt::format("{}\t{}\n", d.id, d.text.size()));
-    h.update(d.text);
-  }
-  return h.hex();
+  DatasetHash hash;
+  for (const auto& d : docs) hash.add(d);
+  return hash.hex();
 }
 
 PackingPolicy parse_packing_policy(const std::string& name) {

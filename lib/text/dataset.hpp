@@ -2,9 +2,11 @@
 // sequences that remember, per token, which document and which bytes of it the token covers.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/hash.hpp"
 #include "text/tokenizer.hpp"
 
 namespace strata::text {
@@ -18,9 +20,34 @@ struct Document {
 // "text"), or "text:PATH" (one document per paragraph: paragraphs are separated by blank lines).
 // jsonl_template: e.g. "{question}\n{answer}" formats several fields of each JSONL record instead of FIELD.
 // max_docs: 0 = all (synthetic: the default count), otherwise the first max_docs documents.
+class DocumentSource;
+// Reads one document at a time, so a consumer that streams holds no more than it asks for.
+class DocumentReader {
+ public:
+  explicit DocumentReader(const std::string& spec, int64_t max_docs = 0, const std::string& jsonl_template = "");
+  explicit DocumentReader(std::vector<Document> documents);  // documents held in memory, in order
+  ~DocumentReader();
+  DocumentReader(DocumentReader&&) noexcept;
+  bool next(Document& out);             // false at the end of the dataset (or after max_docs)
+  int64_t documents_read() const { return read_; }
+
+ private:
+  std::unique_ptr<DocumentSource> source_;
+  int64_t limit_ = 0, read_ = 0;
+};
+// Every document of a DocumentReader, in memory.
 std::vector<Document> load_dataset(const std::string& spec, int64_t max_docs = 0,
                                    const std::string& jsonl_template = "");
-// SHA-256 over (id, length, text) of every document: identifies exactly what was tokenized.
+
+// SHA-256 over (id, length, text) of each document added: identifies exactly what was tokenized.
+class DatasetHash {
+ public:
+  void add(const Document& doc);
+  std::string hex() { return hash_.hex(); }
+
+ private:
+  Sha256 hash_;
+};
 std::string dataset_sha256(const std::vector<Document>& docs);
 
 // Synthetic multi-step arithmetic word problems with worked step-by-step solutions; deterministic from

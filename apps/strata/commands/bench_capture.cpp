@@ -71,6 +71,7 @@ int run(const BenchArgs& a) {
         auto out = model.forward(ids, mask, capture_request);
         for (size_t i = 0; i < a.layers.size(); ++i)
           writers[i]->append(out.resid_post.at(a.layers[i] - 1).reshape({tokens, spec.hidden_size}), index);
+        runtime::release_free_memory();  // as capture does after every batch
       },
       repeats);
   writers.clear();  // unfinished: the temporary shards are removed

@@ -58,8 +58,8 @@ int run(const CaptureArgs& a) {
   options.packing = text::parse_packing_policy(a.packing);
   options.tokenizer_dir = a.tokenizer;
   const std::string name = a.name.empty() ? default_model_name(a.model, checkpoint) : a.name;
-  const std::vector<text::Document> docs = text::load_dataset(a.dataset, a.max_docs);
-  const capture::CaptureResult result = capture::capture_model(name, checkpoint, docs, a.dataset, options, a.out);
+  const capture::CaptureResult result = capture::capture_model(
+      name, checkpoint, text::DocumentReader(a.dataset, a.max_docs), a.dataset, options, a.out);
   for (const auto& file : result.files) fmt::print("{}\n", file.string());
   return 0;
 }
