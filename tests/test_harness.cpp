@@ -403,6 +403,7 @@ namespace {
 // Deterministic fake steps: capture writes one file per cell from its seed; train hashes capture's output.
 int g_capture_calls = 0, g_train_calls = 0;
 bool g_train_nondeterministic = false;
+fs::path g_checkpoint;  // when set: an input of capture outside the run, like a model checkpoint
 
 StepRegistry fake_registry() {
   StepRegistry registry;
@@ -411,7 +412,10 @@ StepRegistry fake_registry() {
     for (const auto& model : ctx.exp.models)
       for (int64_t layer : model.layers) {
         std::string rel = fmt::format("activations/{}_layer{}.txt", model.name, layer);
-        ctx.write_text_artifact(rel, fmt::format("{} {} {}\n", model.name, layer, ctx.seed_for(model.name, layer)));
+        std::vector<std::string> inputs;
+        if (!g_checkpoint.empty()) inputs.push_back(g_checkpoint.string());
+        ctx.write_text_artifact(rel, fmt::format("{} {} {}\n", model.name, layer, ctx.seed_for(model.name, layer)),
+                                inputs);
       }
   });
   registry.add("train", [](StepContext& ctx) {
@@ -502,6 +506,27 @@ BOOST_AUTO_TEST_CASE(run_resume_skips_up_to_date_steps) {
   // A new run cannot be started over an existing one.
   BOOST_TEST(contains(error_of([&] { run_experiment(options, registry); }), "already holds a run"));
   BOOST_TEST(contains(error_of([] { parse_step_list("capture,trian"); }), "unknown step 'trian'"));
+}
+
+// An input outside the run (a checkpoint directory) that changed after the step ran makes the step run
+// again on resume, even though its own artifacts are intact.
+BOOST_AUTO_TEST_CASE(resume_reruns_a_step_whose_external_input_changed) {
+  fs::path dir = testing::fresh_dir("harness_run_external");
+  fs::path exp_file = write_file(dir / "exp.toml", kRunConfig);
+  g_checkpoint = dir / "checkpoint";
+  write_file(g_checkpoint / "model.safetensors", "weights v1");
+  StepRegistry registry = fake_registry();
+  g_capture_calls = g_train_calls = 0;
+  BOOST_TEST(run_experiment({.experiment_file = exp_file, .out_dir = dir / "run"}, registry).ok());
+  RunSummary unchanged = run_experiment({.resume_dir = dir / "run"}, registry);
+  BOOST_TEST((unchanged.skipped == std::vector<std::string>{"capture", "train"}));
+
+  write_file(g_checkpoint / "model.safetensors", "weights v2");
+  RunSummary retrained = run_experiment({.resume_dir = dir / "run"}, registry);
+  BOOST_TEST((retrained.completed == std::vector<std::string>{"capture"}));
+  BOOST_TEST(g_capture_calls == 2);
+  BOOST_TEST(verify_run(dir / "run").ok());
+  g_checkpoint.clear();
 }
 
 BOOST_AUTO_TEST_CASE(failing_step_is_recorded_and_stops_the_run) {

@@ -134,4 +134,15 @@ BOOST_AUTO_TEST_CASE(tiny_pipeline_runs_resumes_verifies_and_reproduces_bit_for_
   for (const auto& a : again.artifacts) BOOST_TEST(a.status == "identical", a.path << " is " << a.status);
   BOOST_TEST(again.seed_differences.empty());
   BOOST_TEST(again.identical());
+
+  // The CLI adds the gates step; its exit status carries the verdict (0 GO, 2 NO-GO), like `strata gate`.
+  std::string output;
+  const int code = testing::run_command(
+      fmt::format("'{}' run --resume '{}' --steps gates", testing::strata_binary().string(), (dir / "run").string()),
+      &output);
+  BOOST_TEST_MESSAGE(output);
+  const json gates = json::parse(read_text_file(dir / "run" / "gates" / "gates.json"));
+  const bool go = gates.at("must_pass_ok").get<bool>();
+  BOOST_TEST(code == (go ? 0 : 2), output);
+  BOOST_TEST(output.find(go ? "Verdict: GO" : "Verdict: NO-GO") != std::string::npos, output);
 }

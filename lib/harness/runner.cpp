@@ -3,6 +3,7 @@
 #include <chrono>
 #include <ctime>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -51,11 +52,27 @@ fs::path default_run_dir(const Experiment& exp) {
 }
 
 // Every artifact of the step still on disk with its recorded size and hash.
+// The step's artifacts are on disk as recorded, and the inputs they were made from outside the run (a
+// checkpoint, a tokenizer) still hash as recorded: a retrained checkpoint must not pass for up to date.
 bool artifacts_intact(RunDir& run, const std::string& step) {
+  std::map<std::string, std::string> external_now;  // each external input hashed once
   for (const auto& record : run.manifest().artifacts_of(step)) {
     fs::path file = run.path(record.path);
     if (!fs::is_regular_file(file) || fs::file_size(file) != record.size) return false;
     if (sha256_file(file) != record.sha256) return false;
+    for (const auto& [input, sha] : record.inputs) {
+      if (!fs::path(input).is_absolute()) continue;  // run artifacts: covered by the step's inputs hash
+      if (!fs::exists(input)) {
+        log::info("Step {}: input {} no longer exists", step, input);
+        return false;
+      }
+      auto [it, fresh] = external_now.try_emplace(input);
+      if (fresh) it->second = run.input_sha256(input);
+      if (it->second != sha) {
+        log::info("Step {}: input {} changed since the step ran", step, input);
+        return false;
+      }
+    }
   }
   return true;
 }

@@ -1,7 +1,9 @@
 // `strata run EXP`: the whole pipeline (capture, train, transfer, figures, report, gates) in one
-// reproducible run directory, with resume.
+// reproducible run directory, with resume. Exit status: 0 = done (and GO when the gates ran), 1 = error
+// or a failed step, 2 = NO-GO (a must-pass gate failed; everything was still written).
 #include "command.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
 #include "core/log.hpp"
 #include "harness/runner.hpp"
 #include "pipeline_steps.hpp"
@@ -47,13 +49,17 @@ void setup(strata::cli::Commands& commands) {
                summary.unavailable.empty() ? "none" : fmt::format("{}", fmt::join(summary.unavailable, ", ")));
     if (std::filesystem::exists(report)) fmt::print("Report: {}\n", report.string());
     else fmt::print("Report: not produced (the report step has not run)\n");
-    if (std::filesystem::exists(gates)) fmt::print("Gates: {}\n", gates.string());
     if (!summary.ok()) {
       std::fprintf(stderr, "strata: error: step %s failed: %s\n(resume with: strata run --resume %s)\n",
                    summary.failed_step.c_str(), summary.error.c_str(), summary.run_dir.c_str());
       return 1;
     }
-    return 0;
+    if (!std::filesystem::exists(gates)) return 0;
+    // The exit code carries the verdict, as `strata gate` does, so a script can gate on `strata run`.
+    const nlohmann::json verdict = nlohmann::json::parse(strata::read_text_file(gates));
+    const bool go = verdict.value("must_pass_ok", false);
+    fmt::print("Gates: {}\nVerdict: {}\n", gates.string(), go ? "GO" : "NO-GO (a must-pass gate failed; see the gates table)");
+    return go ? 0 : 2;
   });
 }
 
