@@ -28,19 +28,6 @@ void write_raw(const fs::path& file, std::string header, const std::string& data
 
 void write_text(const fs::path& file, const std::string& text) { std::ofstream(file) << text; }
 
-// Expects a strata::Error whose message contains every one of `needles`.
-template <class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> needles) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    BOOST_TEST_MESSAGE("error: " << message);
-    for (const auto& needle : needles) BOOST_TEST(message.find(needle) != std::string::npos, needle << " in: " << message);
-    return;
-  }
-  BOOST_FAIL("expected a strata::Error");
-}
 
 std::string floats(int n) { return std::string(static_cast<size_t>(4 * n), '\0'); }
 
@@ -59,19 +46,19 @@ struct EnvVar {  // sets an environment variable for one scope
 BOOST_AUTO_TEST_CASE(file_shorter_than_the_length_prefix) {
   auto dir = testing::fresh_dir("io_ckpt_short");
   write_text(dir / "a.safetensors", "abc");
-  expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"a.safetensors", "truncated"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"a.safetensors", "truncated"});
 }
 
 BOOST_AUTO_TEST_CASE(header_length_past_end_of_file) {
   auto dir = testing::fresh_dir("io_ckpt_header_past_eof");
   write_raw(dir / "a.safetensors", R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", floats(2), 4096);
-  expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"header length 4096", "past the end"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"header length 4096", "past the end"});
 }
 
 BOOST_AUTO_TEST_CASE(huge_header_length) {
   auto dir = testing::fresh_dir("io_ckpt_huge_header");
   write_raw(dir / "a.safetensors", "{}", "", int64_t{1} << 40);
-  expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"exceeds"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"exceeds"});
 }
 
 BOOST_AUTO_TEST_CASE(truncated_data_section) {
@@ -80,13 +67,13 @@ BOOST_AUTO_TEST_CASE(truncated_data_section) {
   const auto size = fs::file_size(dir / "full.safetensors");
   fs::copy_file(dir / "full.safetensors", dir / "cut.safetensors");
   fs::resize_file(dir / "cut.safetensors", size - 10);
-  expect_error([&] { io::SafetensorsFile f(dir / "cut.safetensors"); }, {"cut.safetensors", "truncated"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "cut.safetensors"); }, {"cut.safetensors", "truncated"});
 }
 
 BOOST_AUTO_TEST_CASE(header_is_not_json) {
   auto dir = testing::fresh_dir("io_ckpt_bad_json");
   write_raw(dir / "a.safetensors", R"({"x": {"dtype": "F32", )", floats(2));
-  expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"not valid JSON"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"not valid JSON"});
 }
 
 BOOST_AUTO_TEST_CASE(overlapping_offsets) {
@@ -94,32 +81,32 @@ BOOST_AUTO_TEST_CASE(overlapping_offsets) {
   write_raw(dir / "a.safetensors",
             R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})",
             floats(6));
-  expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"overlap"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"overlap"});
 }
 
 BOOST_AUTO_TEST_CASE(shape_and_byte_length_disagree) {
   auto dir = testing::fresh_dir("io_ckpt_length");
   write_raw(dir / "a.safetensors", R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})", floats(3));
-  expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"'a'", "12 bytes", "need 16"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"'a'", "12 bytes", "need 16"});
 }
 
 BOOST_AUTO_TEST_CASE(dtype_and_byte_length_disagree) {
   auto dir = testing::fresh_dir("io_ckpt_dtype_length");
   // 4 elements of BF16 are 8 bytes, not 16.
   write_raw(dir / "a.safetensors", R"({"a":{"dtype":"BF16","shape":[4],"data_offsets":[0,16]}})", floats(4));
-  expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"BF16", "need 8"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"BF16", "need 8"});
 }
 
 BOOST_AUTO_TEST_CASE(unknown_dtype_and_bad_fields) {
   auto dir = testing::fresh_dir("io_ckpt_dtype");
   write_raw(dir / "a.safetensors", R"({"a":{"dtype":"F8_E4M3X","shape":[4],"data_offsets":[0,4]}})", floats(1));
-  expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"unsupported dtype"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "a.safetensors"); }, {"unsupported dtype"});
   write_raw(dir / "b.safetensors", R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", floats(1));
-  expect_error([&] { io::SafetensorsFile f(dir / "b.safetensors"); }, {"negative"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "b.safetensors"); }, {"negative"});
   write_raw(dir / "c.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", floats(1));
-  expect_error([&] { io::SafetensorsFile f(dir / "c.safetensors"); }, {"reversed"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "c.safetensors"); }, {"reversed"});
   write_raw(dir / "d.safetensors", R"({"a":{"dtype":"F32","shape":[1]}})", floats(1));
-  expect_error([&] { io::SafetensorsFile f(dir / "d.safetensors"); }, {"data_offsets"});
+  testing::expect_error([&] { io::SafetensorsFile f(dir / "d.safetensors"); }, {"data_offsets"});
 }
 
 BOOST_AUTO_TEST_CASE(metadata_skipped_and_zero_dim_tensors_read) {
@@ -154,7 +141,7 @@ BOOST_AUTO_TEST_CASE(shard_named_in_index_but_missing) {
   io::save_safetensors(dir / "model-00001-of-00002.safetensors", {{"a", torch::randn({2})}});
   write_text(dir / "model.safetensors.index.json",
              R"({"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}})");
-  expect_error([&] { io::CheckpointWeights w(dir); }, {"model-00002-of-00002.safetensors", "missing", "'b'"});
+  testing::expect_error([&] { io::CheckpointWeights w(dir); }, {"model-00002-of-00002.safetensors", "missing", "'b'"});
 }
 
 BOOST_AUTO_TEST_CASE(index_names_a_tensor_its_shard_lacks) {
@@ -162,28 +149,28 @@ BOOST_AUTO_TEST_CASE(index_names_a_tensor_its_shard_lacks) {
   io::save_safetensors(dir / "model-00001-of-00001.safetensors", {{"a", torch::randn({2})}});
   write_text(dir / "model.safetensors.index.json",
              R"({"weight_map":{"a":"model-00001-of-00001.safetensors","zz":"model-00001-of-00001.safetensors"}})");
-  expect_error([&] { io::CheckpointWeights w(dir); }, {"'zz'", "does not hold"});
+  testing::expect_error([&] { io::CheckpointWeights w(dir); }, {"'zz'", "does not hold"});
   write_text(dir / "model.safetensors.index.json", R"({"weight_map":{"a":"../elsewhere.safetensors"}})");
-  expect_error([&] { io::CheckpointWeights w(dir); }, {"not a plain file name"});
+  testing::expect_error([&] { io::CheckpointWeights w(dir); }, {"not a plain file name"});
 }
 
 BOOST_AUTO_TEST_CASE(pickle_checkpoints_are_refused) {
   auto dir = testing::fresh_dir("io_ckpt_pickle");
   write_text(dir / "config.json", R"({"model_type":"gpt2"})");
   write_text(dir / "pytorch_model.bin", "PK\x03\x04 not really a zip");
-  expect_error([&] { io::CheckpointWeights w(dir); }, {"pytorch_model.bin", "pickle", "arbitrary code", "safetensors"});
-  expect_error([&] { io::resolve_checkpoint((dir / "pytorch_model.bin").string()); }, {"pickle", "arbitrary code"});
+  testing::expect_error([&] { io::CheckpointWeights w(dir); }, {"pytorch_model.bin", "pickle", "arbitrary code", "safetensors"});
+  testing::expect_error([&] { io::resolve_checkpoint((dir / "pytorch_model.bin").string()); }, {"pickle", "arbitrary code"});
   write_text(dir / "model.ckpt", "x");
   fs::remove(dir / "pytorch_model.bin");
-  expect_error([&] { io::CheckpointWeights w(dir); }, {"model.ckpt", "pickle"});
+  testing::expect_error([&] { io::CheckpointWeights w(dir); }, {"model.ckpt", "pickle"});
 }
 
 BOOST_AUTO_TEST_CASE(directory_without_weights_or_config) {
   auto dir = testing::fresh_dir("io_ckpt_empty");
-  expect_error([&] { io::CheckpointWeights w(dir); }, {"no model.safetensors"});
-  expect_error([&] { io::resolve_checkpoint(dir.string()); }, {"no config.json"});
-  expect_error([&] { io::resolve_checkpoint((dir / "nope").string()); }, {"not found"});
-  expect_error([&] { io::resolve_checkpoint("EleutherAI/pythia-1.4b"); }, {"hf://EleutherAI/pythia-1.4b"});
+  testing::expect_error([&] { io::CheckpointWeights w(dir); }, {"no model.safetensors"});
+  testing::expect_error([&] { io::resolve_checkpoint(dir.string()); }, {"no config.json"});
+  testing::expect_error([&] { io::resolve_checkpoint((dir / "nope").string()); }, {"not found"});
+  testing::expect_error([&] { io::resolve_checkpoint("EleutherAI/pythia-1.4b"); }, {"hf://EleutherAI/pythia-1.4b"});
 }
 
 BOOST_AUTO_TEST_CASE(hf_cache_resolution) {
@@ -203,11 +190,11 @@ BOOST_AUTO_TEST_CASE(hf_cache_resolution) {
   BOOST_TEST(io::resolve_checkpoint("hf://EleutherAI/pythia-tiny@step1000") == repo / "snapshots" / other);
   BOOST_TEST(io::resolve_checkpoint("hf://EleutherAI/pythia-tiny@" + other) == repo / "snapshots" / other);
 
-  expect_error([&] { io::resolve_checkpoint("hf://EleutherAI/pythia-huge"); },
+  testing::expect_error([&] { io::resolve_checkpoint("hf://EleutherAI/pythia-huge"); },
                {"not in the offline Hugging Face cache", cache.string(), "models--EleutherAI--pythia-huge", "HF_HUB_CACHE"});
-  expect_error([&] { io::resolve_checkpoint("hf://EleutherAI/pythia-tiny@v9"); },
+  testing::expect_error([&] { io::resolve_checkpoint("hf://EleutherAI/pythia-tiny@v9"); },
                {"revision 'v9'", (repo / "refs" / "v9").string(), (repo / "snapshots" / "v9").string()});
-  expect_error([&] { io::resolve_checkpoint("hf://a/b/c"); }, {"hf://org/name"});
+  testing::expect_error([&] { io::resolve_checkpoint("hf://a/b/c"); }, {"hf://org/name"});
 }
 
 BOOST_AUTO_TEST_CASE(hf_home_fallback) {

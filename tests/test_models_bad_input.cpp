@@ -18,18 +18,6 @@ namespace {
 
 fs::path fixture(const std::string& name) { return testing::data_dir() / "models" / name; }
 
-template <class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> needles) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    BOOST_TEST_MESSAGE("error: " << message);
-    for (const auto& needle : needles) BOOST_TEST(message.find(needle) != std::string::npos, needle << " in: " << message);
-    return;
-  }
-  BOOST_FAIL("expected a strata::Error");
-}
 
 // A copy of a fixture whose config.json is edited by `edit`.
 fs::path copy_with_config(const std::string& name, const std::string& test,
@@ -46,40 +34,40 @@ fs::path copy_with_config(const std::string& name, const std::string& test,
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(unknown_model_type_lists_supported_ones) {
-  expect_error([] { models::parse_config({{"model_type", "llama"}}, "some/config.json"); },
+  testing::expect_error([] { models::parse_config({{"model_type", "llama"}}, "some/config.json"); },
                {"some/config.json", "'llama'", "gpt2, gpt_neox, phi, gemma"});
   auto dir = copy_with_config("gpt2-tiny", "models_bad_type", [](auto& c) { c["model_type"] = "mistral"; });
-  expect_error([&] { models::Transformer::load(dir); }, {"config.json", "'mistral'", "gpt2, gpt_neox, phi, gemma"});
-  expect_error([] { models::parse_config({{"n_embd", 4}}, "c.json"); }, {"model_type"});
+  testing::expect_error([&] { models::Transformer::load(dir); }, {"config.json", "'mistral'", "gpt2, gpt_neox, phi, gemma"});
+  testing::expect_error([] { models::parse_config({{"n_embd", 4}}, "c.json"); }, {"model_type"});
 }
 
 BOOST_AUTO_TEST_CASE(config_hidden_size_disagreeing_with_weights) {
   auto dir = copy_with_config("gpt2-tiny", "models_bad_hidden", [](auto& c) { c["n_embd"] = 64; });
-  expect_error([&] { models::Transformer::load(dir); }, {"hidden_size 64", "config.json does not describe these weights"});
+  testing::expect_error([&] { models::Transformer::load(dir); }, {"hidden_size 64", "config.json does not describe these weights"});
   auto gemma = copy_with_config("gemma-tiny-bf16", "models_bad_heads", [](auto& c) { c["num_key_value_heads"] = 2; });
-  expect_error([&] { models::Transformer::load(gemma); }, {"k_proj.weight", "does not describe"});
+  testing::expect_error([&] { models::Transformer::load(gemma); }, {"k_proj.weight", "does not describe"});
   auto layers = copy_with_config("phi-tiny", "models_bad_layers", [](auto& c) { c["num_hidden_layers"] = 5; });
-  expect_error([&] { models::Transformer::load(layers); }, {"missing", "model.layers.4."});
+  testing::expect_error([&] { models::Transformer::load(layers); }, {"missing", "model.layers.4."});
   auto fewer = copy_with_config("gpt-neox-tiny", "models_fewer_layers", [](auto& c) { c["num_hidden_layers"] = 3; });
-  expect_error([&] { models::Transformer::load(fewer); }, {"not used", "gpt_neox.layers.3."});
+  testing::expect_error([&] { models::Transformer::load(fewer); }, {"not used", "gpt_neox.layers.3."});
 }
 
 BOOST_AUTO_TEST_CASE(unsupported_options_are_errors_not_silently_ignored) {
-  expect_error([] { models::parse_config({{"model_type", "phi"}, {"qk_layernorm", true}}, "c.json"); }, {"qk_layernorm"});
-  expect_error([] { models::parse_config({{"model_type", "gpt_neox"}, {"rope_scaling", {{"type", "linear"}}}}, "c.json"); },
+  testing::expect_error([] { models::parse_config({{"model_type", "phi"}, {"qk_layernorm", true}}, "c.json"); }, {"qk_layernorm"});
+  testing::expect_error([] { models::parse_config({{"model_type", "gpt_neox"}, {"rope_scaling", {{"type", "linear"}}}}, "c.json"); },
                {"rope_scaling"});
-  expect_error([] { models::parse_config({{"model_type", "gpt2"}, {"activation_function", "quick_gelu"}}, "c.json"); },
+  testing::expect_error([] { models::parse_config({{"model_type", "gpt2"}, {"activation_function", "quick_gelu"}}, "c.json"); },
                {"quick_gelu"});
-  expect_error([] { models::parse_config({{"model_type", "gpt2"}, {"n_embd", 30}, {"n_head", 4}}, "c.json"); },
+  testing::expect_error([] { models::parse_config({{"model_type", "gpt2"}, {"n_embd", 30}, {"n_head", 4}}, "c.json"); },
                {"multiple"});
-  expect_error([] { models::parse_config({{"model_type", "gpt2"}, {"n_embd", "big"}}, "c.json"); }, {"'n_embd'"});
+  testing::expect_error([] { models::parse_config({{"model_type", "gpt2"}, {"n_embd", "big"}}, "c.json"); }, {"'n_embd'"});
 }
 
 BOOST_AUTO_TEST_CASE(pickle_only_checkpoint_is_refused) {
   auto dir = testing::fresh_dir("models_pickle");
   fs::copy_file(fixture("gpt2-tiny") / "config.json", dir / "config.json");
   std::ofstream(dir / "pytorch_model.bin") << "pickle";
-  expect_error([&] { models::Transformer::load(dir); }, {"pickle", "arbitrary code"});
+  testing::expect_error([&] { models::Transformer::load(dir); }, {"pickle", "arbitrary code"});
 }
 
 BOOST_AUTO_TEST_CASE(bad_forward_requests) {
@@ -88,11 +76,11 @@ BOOST_AUTO_TEST_CASE(bad_forward_requests) {
   torch::Tensor ids = torch::ones({1, 4}, torch::kInt64);
   models::ForwardRequest request;
   request.blocks = {4};
-  expect_error([&] { model.forward(ids, {}, request); }, {"block 4 does not exist", "4 blocks"});
+  testing::expect_error([&] { model.forward(ids, {}, request); }, {"block 4 does not exist", "4 blocks"});
   request.blocks = {0};
-  expect_error([&] { model.forward(ids * 512, {}, request); }, {"512", "vocabulary"});
-  expect_error([&] { model.forward(torch::ones({1, 65}, torch::kInt64), {}, request); }, {"64 learned positions"});
-  expect_error([&] { model.forward(ids, torch::ones({1, 3}), request); }, {"attention_mask"});
+  testing::expect_error([&] { model.forward(ids * 512, {}, request); }, {"512", "vocabulary"});
+  testing::expect_error([&] { model.forward(torch::ones({1, 65}, torch::kInt64), {}, request); }, {"64 learned positions"});
+  testing::expect_error([&] { model.forward(ids, torch::ones({1, 3}), request); }, {"attention_mask"});
 }
 
 BOOST_AUTO_TEST_CASE(from_parameters_checks_names_and_shapes) {
@@ -103,11 +91,11 @@ BOOST_AUTO_TEST_CASE(from_parameters_checks_names_and_shapes) {
   auto params = models::Transformer::init_parameters(spec, 1);
   auto missing = params;
   missing.erase("model.norm.weight");
-  expect_error([&] { models::Transformer::from_parameters(spec, missing); }, {"missing", "model.norm.weight"});
+  testing::expect_error([&] { models::Transformer::from_parameters(spec, missing); }, {"missing", "model.norm.weight"});
   auto extra = params;
   extra["lm_head.weight"] = torch::zeros({10, 8});
-  expect_error([&] { models::Transformer::from_parameters(spec, extra); }, {"not used", "lm_head.weight"});
+  testing::expect_error([&] { models::Transformer::from_parameters(spec, extra); }, {"not used", "lm_head.weight"});
   auto wrong = params;
   wrong["model.layers.0.mlp.up_proj.weight"] = torch::zeros({16, 9});
-  expect_error([&] { models::Transformer::from_parameters(spec, wrong); }, {"up_proj", "[16, 9]", "[16, 8]"});
+  testing::expect_error([&] { models::Transformer::from_parameters(spec, wrong); }, {"up_proj", "[16, 9]", "[16, 8]"});
 }

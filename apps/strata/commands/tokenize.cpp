@@ -1,11 +1,11 @@
 // `strata tokenize`: ids (and byte offsets) exactly as the model's Hugging Face tokenizer gives them.
-#include <fstream>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
 
 #include "command.hpp"
 #include "core/error.hpp"
+#include "text/dataset.hpp"
 #include "text/tokenizer.hpp"
 
 namespace {
@@ -46,23 +46,10 @@ void setup(strata::cli::Commands& commands) {
       print_encoding(tokenizer.encode(opts->text, opts->special), opts->offsets);
       return 0;
     }
-    std::ifstream in(opts->jsonl);
-    if (!in) strata::fail("{}: cannot open", opts->jsonl);
-    std::string line;
-    int64_t line_no = 0;
-    while (std::getline(in, line)) {
-      ++line_no;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      nlohmann::json record;
-      try {
-        record = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        strata::fail("{}:{}: invalid JSON ({})", opts->jsonl, line_no, e.what());
-      }
-      if (!record.is_object() || !record.contains(opts->field) || !record[opts->field].is_string())
-        strata::fail("{}:{}: no string field {:?} (choose one with --field)", opts->jsonl, line_no, opts->field);
-      print_encoding(tokenizer.encode(record[opts->field].get<std::string>(), opts->special), opts->offsets);
-    }
+    // The records are read as `strata capture` reads a jsonl:PATH:FIELD dataset.
+    strata::text::DocumentReader records("jsonl:" + opts->jsonl + ":" + opts->field);
+    for (strata::text::Document doc; records.next(doc);)
+      print_encoding(tokenizer.encode(doc.text, opts->special), opts->offsets);
     return 0;
   });
 }
