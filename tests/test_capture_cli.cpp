@@ -7,7 +7,12 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+#include <torch/torch.h>
+
+#include <fstream>
+
 #include "io/activation_store.hpp"
+#include "io/safetensors.hpp"
 #include "test_capture_fixture.hpp"
 #include "test_helpers.hpp"
 
@@ -102,4 +107,49 @@ BOOST_AUTO_TEST_CASE(capturing_ten_times_the_tokens_does_not_raise_peak_memory) 
   const double growth_mib = (large_rss_kib - small_rss_kib) / 1024.0;
   // 10x tokens move ~130 MiB more activations through the process; allow 8 MiB for allocator noise.
   BOOST_TEST(growth_mib < 8.0, "peak RSS grew by " << growth_mib << " MiB for 10x the tokens");
+}
+
+// The done-when of capture, through the two commands a user has: the rows `strata capture` stores are
+// exactly `strata forward`'s resid_post at the same (sequence, position), bit for bit.
+BOOST_AUTO_TEST_CASE(captured_rows_equal_strata_forward_resid_post) {
+  const fs::path ckpt = testing::tiny_capture_checkpoint();
+  const fs::path dir = testing::fresh_dir("capture-vs-forward");
+  std::string output;
+  const int captured = testing::run_command(
+      fmt::format("{} capture --model {} --name tiny --layers 2,4 --dataset synthetic --batch-size 4 --num-batches 1 "
+                  "--seq-len 48 --keep-special --out {}",
+                  quoted(testing::strata_binary()), quoted(ckpt), quoted(dir / "stores")),
+      &output);
+  BOOST_TEST_REQUIRE(captured == 0, output);
+
+  // The same four sequences, as capture cut them, given to `strata forward` as one batch.
+  const auto seqs = text::make_sequences(text::Tokenizer::load(ckpt), text::load_dataset("synthetic", 4), 48,
+                                         text::PackingPolicy::Truncate, true);
+  BOOST_REQUIRE(seqs.size() == 4u);
+  size_t T = 0;
+  for (const auto& s : seqs) T = std::max(T, s.ids.size());
+  nlohmann::json ids = nlohmann::json::array(), mask = nlohmann::json::array();
+  for (const auto& s : seqs) {
+    std::vector<int64_t> row(s.ids.begin(), s.ids.end()), real(s.ids.size(), 1);
+    row.resize(T, 0), real.resize(T, 0);
+    ids.push_back(row), mask.push_back(real);
+  }
+  std::ofstream(dir / "ids.json") << nlohmann::json{{"input_ids", ids}, {"attention_mask", mask}}.dump();
+  const int forwarded = testing::run_command(fmt::format("{} forward --model {} --ids {} --out {}",
+                                                         quoted(testing::strata_binary()), quoted(ckpt),
+                                                         quoted(dir / "ids.json"), quoted(dir / "forward.safetensors")),
+                                             &output);
+  BOOST_TEST_REQUIRE(forwarded == 0, output);
+
+  io::SafetensorsFile forward(dir / "forward.safetensors");
+  for (int layer : {2, 4}) {
+    auto store = io::ActivationStore::open(dir / "stores", "tiny", layer);
+    const torch::Tensor hidden = forward.load(fmt::format("resid_post.{}", layer - 1));  // [4, T, H]
+    const torch::Tensor expected =
+        hidden.index({store.index_column("seq_id"), store.index_column("token_index")});  // [rows, H]
+    size_t real_tokens = 0;
+    for (const auto& s : seqs) real_tokens += s.ids.size();
+    BOOST_TEST(store.rows() == static_cast<int64_t>(real_tokens));  // --keep-special: every real token
+    BOOST_TEST(torch::equal(store.read_rows(0, store.rows()), expected), "layer " << layer);
+  }
 }
