@@ -232,18 +232,35 @@ BOOST_AUTO_TEST_CASE(special_tokens_and_norm_outliers_are_masked_and_recorded) {
   BOOST_TEST(store.rows() == total);
   BOOST_TEST(store.meta()["mask_policy"]["exclude_special"] == false);
 
-  // Norm outliers: with K = 1 every row above the batch median norm goes.
+  // Norm outliers: with K = 1 every position above a layer's batch median norm goes, from every layer,
+  // so the layers keep holding the same tokens: the union of the layers' outliers.
   options.keep_special = false;
   options.norm_outlier_factor = 1.0;
-  options.layers = {3};
+  options.layers = {1, 3};
   capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, out);
+  auto first = io::ActivationStore::open(out, "tiny", 1);
   store = io::ActivationStore::open(out, "tiny", 3);
-  int64_t dropped = store.meta()["mask_policy"]["norm_outliers_excluded"];
-  BOOST_TEST(dropped > 0);
+  const int64_t dropped = store.meta()["mask_policy"]["norm_outliers_excluded"];
+  const int64_t at_layer1 = first.meta()["mask_policy"]["norm_outliers_at_this_layer"];
+  const int64_t at_layer3 = store.meta()["mask_policy"]["norm_outliers_at_this_layer"];
+  BOOST_TEST(first.meta()["mask_policy"]["norm_outliers_excluded"] == dropped);
+  BOOST_TEST(dropped >= std::max(at_layer1, at_layer3));
+  BOOST_TEST(dropped <= at_layer1 + at_layer3);
+  BOOST_TEST(at_layer1 > 0);
+  BOOST_TEST(first.rows() == store.rows());
+  for (const char* column : io::kIndexColumns)
+    BOOST_TEST(torch::equal(first.index_column(column), store.index_column(column)), column);
   options.norm_outlier_factor = 0;
   fs::path all = testing::fresh_dir("capture-no-outlier");
   capture::capture_model("tiny", ckpt, text::DocumentReader(synthetic_docs()), "synthetic", options, all);
-  BOOST_TEST(store.rows() + dropped == io::ActivationStore::open(all, "tiny", 3).rows());
+  auto unfiltered = io::ActivationStore::open(all, "tiny", 3);
+  BOOST_TEST(store.rows() + dropped == unfiltered.rows());
+  // The kept rows are the unfiltered rows at the kept positions: (seq_id, token_index) pairs match up.
+  const torch::Tensor key = store.index_column("seq_id") * 100000 + store.index_column("token_index");
+  const torch::Tensor all_keys = unfiltered.index_column("seq_id") * 100000 + unfiltered.index_column("token_index");
+  const torch::Tensor where = torch::searchsorted(all_keys, key);
+  BOOST_TEST(torch::equal(all_keys.index_select(0, where), key));
+  BOOST_TEST(torch::equal(unfiltered.read_rows(where), store.read_rows(0, store.rows())));
 }
 
 BOOST_AUTO_TEST_CASE(token_ids_outside_the_vocabulary_fail) {

@@ -225,7 +225,8 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
   for (int layer : result.layers)
     writers.push_back(std::make_unique<io::ActivationStoreWriter>(
         out_dir, io::store_base_name(model_name, layer), H, options.store_dtype, options.shard_size_bytes));
-  std::vector<int64_t> outliers_excluded(result.layers.size(), 0);
+  std::vector<int64_t> outliers_flagged(result.layers.size(), 0);  // outliers at each layer
+  int64_t outliers_excluded = 0;                                     // positions dropped from every layer
 
   text::DatasetHash dataset_hash;
   SequenceStream stream(tokenizer, documents, dataset_hash, options.seq_len, options.packing);
@@ -258,6 +259,7 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
     const models::ForwardOutput out =
         model.forward(batch.input_ids.to(options.device), batch.attention_mask.to(options.device), request);
     const torch::Tensor keep = batch.keep.to(options.device);
+    std::vector<torch::Tensor> rows_by_layer;
     for (size_t i = 0; i < result.layers.size(); ++i) {
       const int layer = result.layers[i];
       const torch::Tensor& hidden = layer == 0 ? out.embed : out.resid_post.at(layer - 1);
@@ -266,17 +268,27 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
         fail("capture {}: layer {} batch {}: {} NaN/Inf activation values; the model's activations are not finite "
              "(no store was written)",
              model_name, layer, batches, rows.isfinite().logical_not().sum().item<int64_t>());
-      io::RowIndex index = batch.index;
-      if (options.norm_outlier_factor > 0 && rows.size(0) > 0) {
-        const torch::Tensor norms = rows.norm(2, {1});
-        const double limit = options.norm_outlier_factor * norms.median().item<double>();
-        const torch::Tensor kept = (norms <= limit).nonzero().squeeze(1);
-        outliers_excluded[i] += rows.size(0) - kept.size(0);
-        rows = rows.index_select(0, kept);
-        index = select_rows(index, kept);
-      }
-      writers[i]->append(rows, index);
+      rows_by_layer.push_back(std::move(rows));
     }
+    // The outlier mask is one mask over positions: a position that is an outlier at any captured layer
+    // goes from every layer, so that all layers of a model keep holding the same tokens (transfer pairs
+    // a model's layers row by row).
+    torch::Tensor kept_positions;
+    if (options.norm_outlier_factor > 0 && batch.keep.numel() > 0) {
+      torch::Tensor inlier = torch::ones({batch.keep.numel()}, torch::kBool);
+      for (size_t i = 0; i < result.layers.size(); ++i) {
+        const torch::Tensor norms = rows_by_layer[i].norm(2, {1});
+        const torch::Tensor layer_inlier = norms <= options.norm_outlier_factor * norms.median().item<double>();
+        outliers_flagged[i] += layer_inlier.logical_not().sum().item<int64_t>();
+        inlier &= layer_inlier;
+      }
+      kept_positions = inlier.nonzero().squeeze(1);
+      outliers_excluded += batch.keep.numel() - kept_positions.numel();
+    }
+    const io::RowIndex index = kept_positions.defined() ? select_rows(batch.index, kept_positions) : batch.index;
+    for (size_t i = 0; i < result.layers.size(); ++i)
+      writers[i]->append(kept_positions.defined() ? rows_by_layer[i].index_select(0, kept_positions) : rows_by_layer[i],
+                         index);
     runtime::release_free_memory();
     progress.advance(by_tokens ? batch.tokens : 1);
   }
@@ -311,10 +323,13 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
         {"mask_policy",
          {{"exclude_special", !options.keep_special},
           {"norm_outlier_factor", options.norm_outlier_factor},
-          {"norm_outlier_reference", "median row norm of the layer within each batch"},
+          {"norm_outlier_reference",
+           "median row norm of each captured layer within each batch; a position that is an outlier at any "
+           "captured layer is excluded from all of them"},
           {"padding", "excluded"},
           {"special_excluded", options.keep_special ? 0 : special_excluded},
-          {"norm_outliers_excluded", outliers_excluded[i]}}},
+          {"norm_outliers_excluded", outliers_excluded},
+          {"norm_outliers_at_this_layer", outliers_flagged[i]}}},
     };
     std::vector<fs::path> files = writers[i]->finish(std::move(meta));
     const nlohmann::json written = nlohmann::json::parse(read_text_file(files.back()));

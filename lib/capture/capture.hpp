@@ -8,7 +8,8 @@
 //
 // One forward pass per batch serves every requested layer; it stops after the deepest requested block
 // and never computes the final norm or the LM head. Stored rows are real tokens only (padding never),
-// special tokens excluded unless keep_special, optionally norm outliers excluded. Memory is bounded by
+// special tokens excluded unless keep_special, optionally norm outliers excluded (one position mask for
+// all layers, so every layer of a model holds the same tokens). Memory is bounded by
 // the batch and the writer's per-shard row index, never by the total token count.
 #pragma once
 #include <nlohmann/json.hpp>
@@ -32,8 +33,8 @@ struct CaptureOptions {
   int64_t seq_len = 128;        // tokens per sequence (see packing)
   torch::ScalarType store_dtype = torch::kFloat32;  // kFloat32, kFloat16 or kBFloat16
   bool keep_special = false;    // store BOS/EOS/other special tokens too
-  double norm_outlier_factor = 0;  // > 0: drop rows whose norm > factor x the median norm of that
-                                   // layer's rows in the same batch
+  double norm_outlier_factor = 0;  // > 0: drop the positions whose norm > factor x the median norm of
+                                   // the batch's rows at any captured layer (from every layer)
   int64_t shard_size_bytes = 512 << 20;  // activation bytes per shard before rolling over
   torch::Device device = torch::kCPU;
   text::PackingPolicy packing = text::PackingPolicy::Truncate;

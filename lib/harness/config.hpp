@@ -49,7 +49,8 @@ struct DatasetConfig {
 struct CaptureConfig {
   std::string store_dtype = "f32";  // "f32" | "f16" | "bf16"
   bool keep_special = false;        // store BOS and other special tokens too
-  double norm_outlier_factor = 0;   // 0 = off; else drop rows whose norm exceeds factor x the batch's median norm
+  double norm_outlier_factor = 0;   // 0 = off; else drop positions whose norm exceeds factor x the batch's median
+                                    // norm at any captured layer (from every layer)
   double shard_size_mb = 512;       // activation bytes per shard before a new shard starts
 };
 

@@ -91,7 +91,7 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--tokenizer", args->tokenizer, "Tokenizer directory or tokenizer.json (default: the checkpoint's)");
   cmd->add_flag("--keep-special", args->keep_special, "Also store special tokens (BOS/EOS), excluded by default");
   cmd->add_option("--norm-outlier", args->norm_outlier,
-                  "Drop rows whose norm exceeds K x the batch's median norm at that layer (0 = off)")
+                  "Drop positions whose norm exceeds K x the batch's median norm at any captured layer, from every layer (0 = off)")
       ->capture_default_str();
   cmd->add_option("--shard-size-mb", args->shard_size_mb, "Activation MiB per shard file")->capture_default_str();
   commands.bind(cmd, [args]() { return run(*args); });
