@@ -153,3 +153,23 @@ BOOST_AUTO_TEST_CASE(captured_rows_equal_strata_forward_resid_post) {
     BOOST_TEST(torch::equal(store.read_rows(0, store.rows()), expected), "layer " << layer);
   }
 }
+
+// Documents stream, so a bad record deep in a dataset is met mid-capture: the error names file and line,
+// and no store (finished or temporary) is left behind.
+BOOST_AUTO_TEST_CASE(a_bad_record_mid_dataset_fails_naming_file_and_line_and_leaves_nothing) {
+  const fs::path dir = testing::fresh_dir("capture-bad-jsonl");
+  {
+    std::ofstream jsonl(dir / "d.jsonl");
+    for (int i = 0; i < 100; ++i) jsonl << nlohmann::json{{"text", fmt::format("Tom has {} apples.", i)}}.dump() << "\n";
+    jsonl << "{broken\n";
+  }
+  std::string output;
+  const int code = testing::run_command(
+      fmt::format("{} capture --model {} --layers 1,2 --dataset jsonl:{} --seq-len 32 --batch-size 8 --num-batches 100 --out {}",
+                  quoted(testing::strata_binary()), quoted(testing::tiny_capture_checkpoint()),
+                  (dir / "d.jsonl").string(), quoted(dir / "out")),
+      &output);
+  BOOST_TEST(code == 1);
+  BOOST_TEST(output.find("d.jsonl:101: invalid JSON") != std::string::npos, output);
+  BOOST_TEST((!fs::exists(dir / "out") || fs::is_empty(dir / "out")));
+}
