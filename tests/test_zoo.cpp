@@ -139,3 +139,21 @@ BOOST_AUTO_TEST_CASE(training_is_bit_identical_across_runs) {
   zoo::train_zoo(c, o);
   BOOST_TEST(zoo::verify_zoo(a, c)["max_abs_diff"].get<double>() > 0.0);
 }
+
+// zoo.json records every option, so `strata zoo verify` (and each member process of `zoo train --jobs`)
+// trains with exactly the recorded ones.
+BOOST_AUTO_TEST_CASE(options_round_trip_through_json) {
+  zoo::ZooOptions o;
+  o.seed = 9, o.threads = 2, o.steps = 123, o.batch_size = 7, o.learning_rate = 1.25e-3, o.only = {"zoo-phi"};
+  o.train_problems = 11, o.heldout_problems = 5, o.answer_problems = 3, o.warmup_steps = 4, o.grad_clip = 0.5;
+  const auto back = zoo::options_from_json(zoo::options_to_json(o));
+  BOOST_TEST(zoo::options_to_json(back) == zoo::options_to_json(o));
+  BOOST_TEST(back.learning_rate == 1.25e-3);
+  BOOST_TEST(back.only == std::vector<std::string>{"zoo-phi"});
+  auto broken = zoo::options_to_json(o);
+  broken.erase("steps");
+  testing::expect_error([&] { zoo::options_from_json(broken); }, {"zoo options", "steps"});
+  broken = zoo::options_to_json(o);
+  broken["steps"] = "many";
+  testing::expect_error([&] { zoo::options_from_json(broken); }, {"zoo options", "steps"});
+}

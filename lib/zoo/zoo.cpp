@@ -19,6 +19,13 @@ namespace strata::zoo {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+double load_average() {
+  std::ifstream in("/proc/loadavg");
+  double one_minute = -1;
+  in >> one_minute;
+  return one_minute;
+}
+
 namespace {
 
 constexpr const char* kEndOfText = "<|endoftext|>";  // id 0 of every strata-trained tokenizer
@@ -33,13 +40,6 @@ json common_config(json config) {
   config["transformers_version"] = "4.40.0";
   config["use_cache"] = true;
   return config;
-}
-
-double load_average() {
-  std::ifstream in("/proc/loadavg");
-  double one_minute = -1;
-  in >> one_minute;
-  return one_minute;
 }
 
 // The model's tokenizer: byte-level BPE trained on the training corpus; Gemma-like members also get a
@@ -451,14 +451,59 @@ json train_zoo(const fs::path& out_dir, const ZooOptions& o) {
                                    heldout_problems));
   }
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return write_zoo_summary(out_dir, o, members, wall, load_before, 1);
+}
+
+json options_to_json(const ZooOptions& o) {
+  return {{"seed", o.seed},
+          {"threads", o.threads},
+          {"train_corpus_seed", o.train_corpus_seed},
+          {"train_problems", o.train_problems},
+          {"heldout_corpus_seed", o.heldout_corpus_seed},
+          {"heldout_problems", o.heldout_problems},
+          {"answer_problems", o.answer_problems},
+          {"steps", o.steps},
+          {"batch_size", o.batch_size},
+          {"learning_rate", o.learning_rate},
+          {"min_lr_ratio", o.min_lr_ratio},
+          {"warmup_steps", o.warmup_steps},
+          {"weight_decay", o.weight_decay},
+          {"grad_clip", o.grad_clip},
+          {"eval_every", o.eval_every},
+          {"only", o.only}};
+}
+
+ZooOptions options_from_json(const json& j) {
+  ZooOptions o;
+  auto read = [&](const char* key, auto& field) {
+    if (!j.contains(key)) fail("zoo options: missing key {:?}", key);
+    try {
+      j.at(key).get_to(field);
+    } catch (const json::exception& e) {
+      fail("zoo options: key {:?}: {}", key, e.what());
+    }
+  };
+  read("seed", o.seed), read("threads", o.threads), read("train_corpus_seed", o.train_corpus_seed);
+  read("train_problems", o.train_problems), read("heldout_corpus_seed", o.heldout_corpus_seed);
+  read("heldout_problems", o.heldout_problems), read("answer_problems", o.answer_problems);
+  read("steps", o.steps), read("batch_size", o.batch_size), read("learning_rate", o.learning_rate);
+  read("min_lr_ratio", o.min_lr_ratio), read("warmup_steps", o.warmup_steps), read("weight_decay", o.weight_decay);
+  read("grad_clip", o.grad_clip), read("eval_every", o.eval_every), read("only", o.only);
+  return o;
+}
+
+json write_zoo_summary(const fs::path& out_dir, const ZooOptions& o, const json& members, double wall_seconds,
+                       double load_before, int jobs) {
   json summary = {{"seed", o.seed},
                   {"threads", o.threads},
-                  {"wall_seconds", wall},
+                  {"jobs", jobs},
+                  {"options", options_to_json(o)},
+                  {"wall_seconds", wall_seconds},
                   {"load_average_1min", {{"before", load_before}, {"after", load_average()}}},
                   {"environment", runtime::environment_json()},
                   {"models", members}};
   atomic_write_text(out_dir / "zoo.json", summary.dump(2) + "\n");
-  log::info("zoo: trained {} model(s) in {:.1f} s", members.size(), wall);
+  log::info("zoo: trained {} model(s) in {:.1f} s", members.size(), wall_seconds);
   return summary;
 }
 

@@ -39,7 +39,7 @@ struct ZooOptions {
   uint64_t heldout_corpus_seed = 2;   // synthetic_problems(heldout_corpus_seed, heldout_problems)
   int64_t heldout_problems = 200;
   int64_t answer_problems = 50;       // the first N held-out problems are answered greedily
-  int64_t steps = 200;                // optimizer steps per model
+  int64_t steps = 1000;               // optimizer steps per model
   int64_t batch_size = 16;            // documents per step
   double learning_rate = 3e-3;        // peak; linear warm-up then cosine decay to min_lr_ratio * peak
   double min_lr_ratio = 0.1;
@@ -49,6 +49,10 @@ struct ZooOptions {
   int64_t eval_every = 50;            // held-out loss is logged every N steps (and at the end)
   std::vector<std::string> only;      // train only these members (names); empty = all four
 };
+
+// Every field of ZooOptions, as recorded in zoo.json "options" (so a retrain can use exactly them).
+nlohmann::json options_to_json(const ZooOptions& options);
+ZooOptions options_from_json(const nlohmann::json& options);  // throws naming a missing or mistyped key
 
 // The held-out figures of one model on a set of documents.
 struct Evaluation {
@@ -79,6 +83,14 @@ bool greedy_answer_is_correct(const models::Transformer& model, const text::Toke
 // Trains every member (or `options.only`) into out_dir/<name>/ and writes out_dir/zoo.json.
 // Returns the summary (per model: held-out loss, unigram baseline, answer accuracy, wall time).
 nlohmann::json train_zoo(const std::filesystem::path& out_dir, const ZooOptions& options);
+
+// Writes out_dir/zoo.json for `members` (each one entry of a train_zoo summary's "models") and returns it.
+// jobs: how many members were trained at once (in separate processes; see `strata zoo train --jobs`).
+nlohmann::json write_zoo_summary(const std::filesystem::path& out_dir, const ZooOptions& options,
+                                 const nlohmann::json& members, double wall_seconds, double load_before, int jobs);
+
+// The 1-minute load average (/proc/loadavg), recorded with timings; -1 when unavailable.
+double load_average();
 
 // Compares two zoo directories member by member: per-tensor max |difference| of model.safetensors,
 // and whether config.json and tokenizer.json are byte-identical. Result has "bit_identical" and

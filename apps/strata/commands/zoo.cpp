@@ -1,18 +1,32 @@
 // `strata zoo train` regenerates the embedded model zoo; `strata zoo verify` retrains it (or takes a
 // regenerated copy) and reports how closely the weights match the shipped ones.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
 #include <filesystem>
+#include <map>
+#include <thread>
 
 #include "command.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "zoo/zoo.hpp"
 
+extern char** environ;
+
 namespace {
 
 namespace fs = std::filesystem;
 
+int default_jobs() { return std::max(1, static_cast<int>(std::thread::hardware_concurrency())); }
+
 struct TrainArgs {
-  std::string out = "zoo";
+  std::string out = "zoo", options_json;
+  int jobs = default_jobs();
   strata::zoo::ZooOptions options;
 };
 
@@ -29,31 +43,83 @@ void print_summary(const nlohmann::json& summary) {
                m["parameters"].get<int64_t>(), m["vocab_size"].get<int64_t>(), m["heldout_loss"].get<double>(),
                m["unigram_baseline_loss"].get<double>(), m["greedy_answers_correct"].get<int64_t>(),
                m["greedy_answers_total"].get<int64_t>(), m["wall_seconds"].get<double>());
-  fmt::print("total wall time {:.1f} s with {} threads\n", summary["wall_seconds"].get<double>(),
-             summary["threads"].get<int>());
+  fmt::print("total wall time {:.1f} s with {} thread(s) per member, {} member(s) at once\n",
+             summary["wall_seconds"].get<double>(), summary["threads"].get<int>(), summary.value("jobs", 1));
 }
 
-// The options the shipped zoo was trained with (seed, threads), so that a retrain can reproduce it.
+// The options the shipped zoo was trained with, so that a retrain can reproduce it.
 strata::zoo::ZooOptions shipped_options(const fs::path& zoo_dir) {
-  strata::zoo::ZooOptions options;
   const fs::path summary_file = zoo_dir / "zoo.json";
   if (!fs::exists(summary_file)) strata::fail("{}: not found; is {} a zoo directory?", summary_file.string(), zoo_dir.string());
   const auto summary = nlohmann::json::parse(strata::read_text_file(summary_file));
-  options.seed = summary.at("seed").get<uint64_t>();
-  options.threads = summary.at("threads").get<int>();
-  if (!summary.at("models").empty()) {
-    const auto& first = summary["models"][0];
-    options.steps = first.at("steps").get<int64_t>();
-    options.batch_size = first.at("batch_size").get<int64_t>();
-    options.learning_rate = first.at("learning_rate").get<double>();
-    options.warmup_steps = first.at("warmup_steps").get<int64_t>();
-    options.min_lr_ratio = first.at("min_lr_ratio").get<double>();
-    options.weight_decay = first.at("weight_decay").get<double>();
-    options.grad_clip = first.at("grad_clip").get<double>();
-    options.train_problems = first.at("train_corpus").at("problems").get<int64_t>();
-    options.heldout_problems = first.at("heldout_corpus").at("problems").get<int64_t>();
+  if (!summary.contains("options"))
+    strata::fail("{}: no \"options\" record (written by an older strata); retrain with `strata zoo train`",
+                 summary_file.string());
+  return strata::zoo::options_from_json(summary["options"]);
+}
+
+// Trains the members `jobs` at a time, each in its own `strata zoo train --only M --jobs 1` process, then
+// moves them into out_dir and writes one zoo.json. Processes rather than threads: each member keeps its
+// own single-threaded BLAS/OpenMP state, so its weights are the bytes it gets when trained alone.
+nlohmann::json train_in_processes(const fs::path& out_dir, const strata::zoo::ZooOptions& options, int jobs) {
+  namespace zoo = strata::zoo;
+  std::vector<std::string> members = options.only;
+  if (members.empty())
+    for (const auto& plan : zoo::model_plans()) members.push_back(plan.name);
+  const auto start = std::chrono::steady_clock::now();
+  const double load_before = zoo::load_average();
+  fs::create_directories(out_dir);
+  const fs::path work = out_dir / fmt::format(".zoo-train-{}", ::getpid());
+  fs::create_directories(work);
+  const fs::path self = fs::read_symlink("/proc/self/exe");
+  std::map<pid_t, std::string> running;
+  std::vector<std::string> failed;
+  auto wait_one = [&] {
+    int status = 0;
+    const pid_t pid = ::waitpid(-1, &status, 0);
+    if (pid <= 0) strata::fail("zoo train: waitpid failed: {}", std::strerror(errno));
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) failed.push_back(running.at(pid));
+    running.erase(pid);
+  };
+  for (const auto& member : members) {
+    while (static_cast<int>(running.size()) >= jobs) wait_one();
+    zoo::ZooOptions one = options;
+    one.only = {member};
+    const fs::path options_file = work / (member + ".options.json");
+    strata::atomic_write_text(options_file, zoo::options_to_json(one).dump(2));
+    std::vector<std::string> args{self.string(), "zoo", "train", "--options-json", options_file.string(),
+                                  "--out", (work / member).string(), "--jobs", "1"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    if (::posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv.data(), environ) != 0)
+      strata::fail("zoo train: cannot start {}: {}", self.string(), std::strerror(errno));
+    running[pid] = member;
   }
-  return options;
+  while (!running.empty()) wait_one();
+  if (!failed.empty()) {
+    fs::remove_all(work);
+    strata::fail("zoo train: member(s) {} failed (see their log above); nothing was replaced in {}",
+                 fmt::join(failed, ", "), out_dir.string());
+  }
+  nlohmann::json models = nlohmann::json::array();
+  for (const auto& member : members) {
+    const auto summary = nlohmann::json::parse(strata::read_text_file(work / member / "zoo.json"));
+    models.push_back(summary.at("models").at(0));
+    fs::remove_all(out_dir / member);
+    fs::rename(work / member / member, out_dir / member);
+  }
+  fs::remove_all(work);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return zoo::write_zoo_summary(out_dir, options, models, wall, load_before, jobs);
+}
+
+// In this process when one job (or one member) is asked for, else in parallel processes.
+nlohmann::json train_members(const fs::path& out_dir, const strata::zoo::ZooOptions& options, int jobs) {
+  const size_t members = options.only.empty() ? strata::zoo::model_plans().size() : options.only.size();
+  if (jobs <= 1 || members <= 1) return strata::zoo::train_zoo(out_dir, options);
+  return train_in_processes(out_dir, options, jobs);
 }
 
 void setup(strata::cli::Commands& commands) {
@@ -68,8 +134,17 @@ void setup(strata::cli::Commands& commands) {
       ->capture_default_str();
   train->add_option("--steps", train_args->options.steps, "Optimizer steps per model")->capture_default_str();
   train->add_option("--only", train_args->options.only, "Train only these members (e.g. zoo-gpt2)");
+  train->add_option("--jobs", train_args->jobs,
+                    "Members trained at once, each in its own process (the weights do not depend on it)")
+      ->capture_default_str();
+  train->add_option("--options-json", train_args->options_json,
+                    "Every training option from a JSON file (zoo.json \"options\"), instead of the flags above");
   commands.bind(train, [train_args]() {
-    print_summary(strata::zoo::train_zoo(train_args->out, train_args->options));
+    const auto options = train_args->options_json.empty()
+                             ? train_args->options
+                             : strata::zoo::options_from_json(
+                                   nlohmann::json::parse(strata::read_text_file(train_args->options_json)));
+    print_summary(train_members(train_args->out, options, train_args->jobs));
     return 0;
   });
 
@@ -88,9 +163,9 @@ void setup(strata::cli::Commands& commands) {
       temporary = fs::temp_directory_path() / fmt::format("strata-zoo-verify-{}", ::getpid());
       regenerated = *temporary;
       const auto options = shipped_options(shipped);
-      fmt::print("retraining the zoo into {} (seed {}, {} threads)\n", regenerated.string(), options.seed,
-                 options.threads);
-      strata::zoo::train_zoo(regenerated, options);
+      fmt::print("retraining the zoo into {} (seed {}, {} threads per member, {} members at once)\n",
+                 regenerated.string(), options.seed, options.threads, default_jobs());
+      train_members(regenerated, options, default_jobs());
     }
     const auto result = strata::zoo::verify_zoo(shipped, regenerated);
     if (temporary) fs::remove_all(*temporary);
