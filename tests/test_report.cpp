@@ -205,6 +205,43 @@ BOOST_AUTO_TEST_CASE(bootstrap_ci_brackets_the_mean_and_is_deterministic) {
   BOOST_TEST(a.second > mean);
 }
 
+// Every reported mean lies inside its own CI: the CIs resample the very per-cell values that are
+// averaged. Here the cells' universality scores (high) differ from their pairs' q_excess (low), as they
+// do in real runs (the scores average both directions at the nearest depth only), so a CI taken over
+// the pairs would miss the reported mean.
+BOOST_AUTO_TEST_CASE(reported_means_lie_inside_their_confidence_intervals) {
+  report::TransferResults results;
+  const std::vector<std::string> models{"a", "b", "c"};
+  for (const auto& model : models)
+    for (int layer = 1; layer <= 3; ++layer) {
+      report::CellScore cell;
+      cell.model = model;
+      cell.layer = layer;
+      cell.relative_depth = layer / 3.0;
+      cell.mean_cross_model_q_excess = 0.8 + 0.05 * layer + (model == "b" ? 0.04 : 0.0);
+      results.universality.push_back(cell);
+      for (const auto& other : models)
+        for (int other_layer = 1; other_layer <= 3; ++other_layer) {
+          report::PairResult pair;
+          pair.source_model = model, pair.source_layer = layer;
+          pair.target_model = other, pair.target_layer = other_layer;
+          pair.same_model = model == other;
+          pair.entry = {{"q_excess", 0.1 + 0.01 * other_layer}};
+          results.pairs.push_back(pair);
+        }
+    }
+  report::AnalysisOptions options;
+  options.early_max_depth = 0.34;
+  const report::Analysis a = report::analyse(results, options);
+  BOOST_TEST(a.early_cells.size() == 3u);
+  BOOST_TEST(a.early_ci_lo <= a.early_mean);
+  BOOST_TEST(a.early_mean <= a.early_ci_hi);
+  for (const auto& group : a.groups) {
+    BOOST_TEST(group.ci_lo <= group.mean_q_excess);
+    BOOST_TEST(group.mean_q_excess <= group.ci_hi);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(tables_render_csv_latex_markdown) {
   report::Table t{"demo", "A caption with 50% & more_", {"name", "value"}, {{"a,b", "1.000"}, {"say \"hi\"", "2|3"}}};
   BOOST_TEST(t.csv() == "name,value\n\"a,b\",1.000\n\"say \"\"hi\"\"\",2|3\n");

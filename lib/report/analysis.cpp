@@ -161,17 +161,13 @@ Analysis analyse(const TransferResults& results, const AnalysisOptions& options)
     for (const auto& cell : results.universality)
       if (cell.relative_depth <= options.early_max_depth + 1e-12) a.early_cells.push_back(cell);
     if (a.early_cells.empty()) a.early_cells = a.groups.front().cells;
-    std::vector<double> early_values, early_pairs;
-    for (const auto& cell : a.early_cells) {
-      early_values.push_back(cell.mean_cross_model_q_excess);
-      for (const auto& pair : results.pairs)
-        if (!pair.same_model && pair.source_model == cell.model && pair.source_layer == cell.layer)
-          if (auto q = pair.metric("q_excess")) early_pairs.push_back(*q);
-    }
+    std::vector<double> early_values;
+    for (const auto& cell : a.early_cells) early_values.push_back(cell.mean_cross_model_q_excess);
     a.early_mean = mean_of(early_values);
+    // As for the depth groups: the CI resamples the same per-cell values whose mean is reported (each
+    // cell's layer-universality score), so the estimate always lies inside its interval.
     std::tie(a.early_ci_lo, a.early_ci_hi) =
-        bootstrap_mean_ci(early_pairs.empty() ? early_values : early_pairs, options.bootstrap_resamples,
-                          options.bootstrap_seed + 999);
+        bootstrap_mean_ci(early_values, options.bootstrap_resamples, options.bootstrap_seed + 999);
     a.early_universal = a.early_mean > options.early_universal;
     for (size_t g = 0; g < a.groups.size(); ++g)
       if (a.groups[g].mean_q_excess < options.divergence_threshold) {
