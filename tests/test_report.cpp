@@ -161,6 +161,21 @@ BOOST_AUTO_TEST_CASE(report_answers_the_questions_with_the_run_numbers) {
   BOOST_TEST(std::count(layers.begin(), layers.end(), '\n') == 6);  // header + 5 depth groups
 }
 
+// A dip at an interior depth is reported with the CIs of the dip and both neighbours, and whether they
+// separate it.
+BOOST_AUTO_TEST_CASE(bottleneck_is_reported_with_its_confidence_intervals) {
+  const fs::path dir = testing::copy_run(rendered().fixture.dir, testing::fresh_dir("report_bottleneck"));
+  const fs::path matrix_file = dir / "transfer" / "transfer_matrix.json";
+  json matrix = json::parse(read_text_file(matrix_file));
+  for (auto& score : matrix["layer_universality_scores"])  // depth 0.6 drops far below 0.4 and 0.8
+    if (std::abs(score["relative_depth"].get<double>() - 0.6) < 1e-9)
+      score["mean_cross_model_q_excess"] = score["mean_cross_model_q_excess"].get<double>() - 0.4;
+  atomic_write_text(matrix_file, matrix.dump());
+  const std::string md = read_text_file(report::write_report(dir).markdown);
+  BOOST_TEST(md.find("**Q3. Bottleneck:** relative depth 0.60") != std::string::npos, md.substr(0, 3000));
+  BOOST_TEST(md.find("so the dip is resolved at this sample size") != std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(failing_run_is_reported_no_go_with_reasons) {
   auto& run = rendered();
   const fs::path dir = testing::copy_run(run.fixture.dir, testing::fresh_dir("report_nogo"));

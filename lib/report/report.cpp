@@ -235,11 +235,16 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
     }
     if (a.bottleneck_group) {
       const DepthGroup& b = a.groups[*a.bottleneck_group];
-      md << fmt::format("- **Q3. Bottleneck:** relative depth {} ({}) dips to {} while its neighbouring depths reach {} "
-                        "and {} (a dip of at least {:.2f}).\n",
-                        depth_label(b), group_cells(b), fixed(b.mean_q_excess),
-                        fixed(a.groups[*a.bottleneck_group - 1].mean_q_excess),
-                        fixed(a.groups[*a.bottleneck_group + 1].mean_q_excess), ao.bottleneck_margin);
+      const DepthGroup &before = a.groups[*a.bottleneck_group - 1], &after = a.groups[*a.bottleneck_group + 1];
+      // Whether the 95% CIs separate the dip from both neighbours (a conservative check).
+      const bool resolved = b.ci_hi < before.ci_lo && b.ci_hi < after.ci_lo;
+      md << fmt::format("- **Q3. Bottleneck:** relative depth {} ({}) dips to {} (95% CI {}) while its neighbouring "
+                        "depths reach {} ({}) and {} ({}) (a dip of at least {:.2f}); {}.\n",
+                        depth_label(b), group_cells(b), fixed(b.mean_q_excess), ci(b.ci_lo, b.ci_hi),
+                        fixed(before.mean_q_excess), ci(before.ci_lo, before.ci_hi), fixed(after.mean_q_excess),
+                        ci(after.ci_lo, after.ci_hi), ao.bottleneck_margin,
+                        resolved ? "its CI lies below both neighbours' CIs, so the dip is resolved at this sample size"
+                                 : "the CIs overlap, so the dip is suggestive, not resolved at this sample size");
     } else {
       md << fmt::format("- **Q3. Bottleneck:** none stands out (no interior depth lies {:.2f} or more below both "
                         "neighbours).\n",
