@@ -3,7 +3,17 @@ execute_process(COMMAND git -C ${SRC} rev-parse HEAD OUTPUT_VARIABLE COMMIT OUTP
 if(NOT COMMIT)
   set(COMMIT "unknown")
 endif()
-set(CONTENT "#pragma once\n#define STRATA_VERSION \"${VERSION}\"\n#define STRATA_BUILD_COMMIT \"${COMMIT}\"\n#define STRATA_COMPILER \"${CXX_ID} ${CXX_VER}\"\n#define STRATA_SOURCE_DIR \"${SRC}\"\n")
+# Whether tracked files differed from that commit when this binary was built.
+execute_process(COMMAND git -C ${SRC} status --porcelain --untracked-files=no OUTPUT_VARIABLE STATUS
+                RESULT_VARIABLE STATUS_RESULT ERROR_QUIET)
+if(NOT STATUS_RESULT EQUAL 0)
+  set(DIRTY "unknown")
+elseif(STATUS)
+  set(DIRTY "true")
+else()
+  set(DIRTY "false")
+endif()
+set(CONTENT "#pragma once\n#define STRATA_VERSION \"${VERSION}\"\n#define STRATA_BUILD_COMMIT \"${COMMIT}\"\n#define STRATA_BUILD_DIRTY \"${DIRTY}\"\n#define STRATA_COMPILER \"${CXX_ID} ${CXX_VER}\"\n#define STRATA_SOURCE_DIR \"${SRC}\"\n")
 if(EXISTS ${OUT})
   file(READ ${OUT} OLD)
 endif()

@@ -146,6 +146,7 @@ nlohmann::json environment_json() {
   return {
       {"strata_version", STRATA_VERSION},
       {"build_commit", STRATA_BUILD_COMMIT},
+      {"build_dirty", STRATA_BUILD_DIRTY},
       {"compiler", STRATA_COMPILER},
       {"libtorch_version", TORCH_VERSION},
       {"os", os},

@@ -345,12 +345,13 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
       }
       return json();
     };
-    md << "- Commit: `" << json_scalar(find_any({"commit", "git_commit", "git_sha"})) << "`\n";
+    // The binary's source (baked in at build time), not the checkout's HEAD when the run started: a
+    // reproduction by the same binary after new commits must print the same bytes.
+    md << "- Build commit: `" << json_scalar(find_any({"build_commit", "commit", "git_commit", "git_sha"}))
+       << "` (tracked files modified at build time: " << json_scalar(find_any({"build_dirty"})) << ")\n";
     const json config_sha = m.contains("config") && m["config"].is_object() ? m["config"].value("sha256", json())
                                                                              : find_any({"config_sha256"});
     md << "- Config SHA-256 (resolved): `" << json_scalar(config_sha) << "`\n";
-    if (m.contains("git") && m["git"].is_object() && m["git"].contains("dirty"))
-      md << "- Working tree dirty at run time: " << json_scalar(m["git"]["dirty"]) << "\n";
     md << "- Regenerate: `strata reproduce RUN_DIR --out NEW_DIR`\n";
     if (m.contains("environment") && m["environment"].is_object()) {
       md << "\nEnvironment:\n\n";
