@@ -10,6 +10,7 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "core/runtime.hpp"
 #include "core/hash.hpp"
 #include "harness/config.hpp"
 #include "harness/manifest.hpp"
@@ -527,6 +528,26 @@ BOOST_AUTO_TEST_CASE(resume_reruns_a_step_whose_external_input_changed) {
   BOOST_TEST(g_capture_calls == 2);
   BOOST_TEST(verify_run(dir / "run").ok());
   g_checkpoint.clear();
+}
+
+// A step completed by another build of strata runs again on resume, so that every artifact of a run
+// comes from one version of the code; its identical output leaves the next step up to date.
+BOOST_AUTO_TEST_CASE(resume_reruns_a_step_made_by_another_build) {
+  fs::path dir = testing::fresh_dir("harness_run_build");
+  fs::path exp_file = write_file(dir / "exp.toml", kRunConfig);
+  StepRegistry registry = fake_registry();
+  g_capture_calls = g_train_calls = 0;
+  BOOST_TEST(run_experiment({.experiment_file = exp_file, .out_dir = dir / "run"}, registry).ok());
+  const fs::path manifest_file = dir / "run" / "manifest.json";
+  json manifest = json::parse(read_text_file(manifest_file));
+  BOOST_TEST(manifest["steps"]["capture"]["build"] == runtime::build_id());
+  manifest["steps"]["capture"]["build"] = "0000000000000000000000000000000000000000";
+  atomic_write_text(manifest_file, manifest.dump(2));
+  RunSummary resumed = run_experiment({.resume_dir = dir / "run"}, registry);
+  BOOST_TEST((resumed.completed == std::vector<std::string>{"capture"}));
+  BOOST_TEST((resumed.skipped == std::vector<std::string>{"train"}));
+  BOOST_TEST(json::parse(read_text_file(manifest_file))["steps"]["capture"]["build"] == runtime::build_id());
+  BOOST_TEST(contains(read_text_file(dir / "run" / "logs" / "strata.log"), "made by build 0000000000"));
 }
 
 BOOST_AUTO_TEST_CASE(failing_step_is_recorded_and_stops_the_run) {

@@ -161,6 +161,10 @@ nlohmann::json environment_json() {
   };
 }
 
+std::string build_id() {
+  return std::string(STRATA_BUILD_COMMIT) + (std::string_view(STRATA_BUILD_DIRTY) == "true" ? "+modified" : "");
+}
+
 void release_free_memory() { ::malloc_trim(0); }
 
 }  // namespace strata::runtime

@@ -38,6 +38,10 @@ void apply_determinism();
 // Environment description for the manifest: OS, CPU, compiler, LibTorch, BLAS, threads.
 nlohmann::json environment_json();
 
+// The build this binary was made from: its git commit, with "+modified" when tracked files differed
+// from that commit at build time. Two binaries with the same id are taken to compute the same results.
+std::string build_id();
+
 // Hands the allocator's free pages back to the kernel. glibc's heap keeps freed blocks of a loop whose
 // tensor sizes vary from step to step (batch shapes) resident and fragmented, so without this the RSS of
 // a long capture grows with the tokens processed although live memory stays flat. Costs a few page

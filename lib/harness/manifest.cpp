@@ -28,6 +28,7 @@ ArtifactRecord ArtifactRecord::from_json(const std::string& path, const json& j)
 
 json StepRecord::to_json() const {
   json j = {{"status", status},           {"config_sha256", config_sha256}, {"inputs_sha256", inputs_sha256},
+            {"build", build},
             {"started_at", started_at},   {"finished_at", finished_at},     {"seconds", seconds},
             {"failures", failures},       {"summary", summary}};
   if (!error.empty()) j["error"] = error;
@@ -40,6 +41,7 @@ StepRecord StepRecord::from_json(const std::string& name, const json& j) {
   r.status = j.at("status").get<std::string>();
   r.config_sha256 = j.value("config_sha256", "");
   r.inputs_sha256 = j.value("inputs_sha256", "");
+  r.build = j.value("build", "");
   r.started_at = j.value("started_at", "");
   r.finished_at = j.value("finished_at", "");
   r.seconds = j.value("seconds", 0.0);

@@ -42,6 +42,7 @@ struct StepRecord {
   std::string name;
   std::string status;  // "running" | "complete" | "failed"
   std::string config_sha256, inputs_sha256;
+  std::string build;  // runtime::build_id() of the binary that ran the step
   std::string started_at, finished_at;
   double seconds = 0;
   std::string error;

@@ -136,6 +136,7 @@ RunSummary run_experiment(const RunOptions& options, const StepRegistry& registr
   torch::Device device = runtime::parse_device(exp.experiment.device);
 
   std::vector<std::string> selected = options.steps.empty() ? kStepOrder : options.steps;
+  const std::string build = runtime::build_id();
   json git = git_state();
   {
     std::lock_guard lock(run->mutex());
@@ -171,15 +172,21 @@ RunSummary run_experiment(const RunOptions& options, const StepRegistry& registr
       std::lock_guard lock(run->mutex());
       inputs_sha = step_inputs_sha256(run->manifest(), *step);
       const StepRecord* previous = run->manifest().step(name);
-      if (resuming && previous && previous->status == "complete" && previous->config_sha256 == config_sha &&
-          previous->inputs_sha256 == inputs_sha && artifacts_intact(*run, name)) {
-        log::info("Step {}: up to date (config and inputs unchanged), skipped", name);
+      // A step made by another build re-runs: every artifact of a run comes from one version of the code.
+      const bool same_build = previous && previous->build == build;
+      if (resuming && previous && previous->status == "complete" && !same_build)
+        log::info("Step {}: made by build {}, this is build {}: running it again", name,
+                  previous->build.empty() ? "unknown" : previous->build, build);
+      if (resuming && previous && previous->status == "complete" && same_build &&
+          previous->config_sha256 == config_sha && previous->inputs_sha256 == inputs_sha &&
+          artifacts_intact(*run, name)) {
+        log::info("Step {}: up to date (build, config and inputs unchanged), skipped", name);
         summary.skipped.push_back(name);
         continue;
       }
       run->manifest().remove_artifacts_of(name);
       run->manifest().set_step(StepRecord{.name = name, .status = "running", .config_sha256 = config_sha,
-                                          .inputs_sha256 = inputs_sha, .started_at = now_iso8601()});
+                                          .inputs_sha256 = inputs_sha, .build = build, .started_at = now_iso8601()});
       run->save_manifest();
     }
     log::info("Step {}: {}", name, step->description);
