@@ -93,15 +93,16 @@ void check_relative(const std::string& relative) {
 }
 }  // namespace
 
-std::string path_sha256(const fs::path& path) {
-  if (fs::is_regular_file(path)) return sha256_file(path);
+std::string path_sha256(const fs::path& path, const std::function<std::string(const fs::path&)>& file_sha256) {
+  const auto hash_file = [&](const fs::path& file) { return file_sha256 ? file_sha256(file) : sha256_file(file); };
+  if (fs::is_regular_file(path)) return hash_file(path);
   if (!fs::is_directory(path)) fail("cannot hash {}: no such file or directory", path.string());
   std::vector<fs::path> files;
   for (const auto& entry : fs::recursive_directory_iterator(path))
     if (entry.is_regular_file()) files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   std::string listing;
-  for (const auto& file : files) listing += fs::relative(file, path).generic_string() + "  " + sha256_file(file) + "\n";
+  for (const auto& file : files) listing += fs::relative(file, path).generic_string() + "  " + hash_file(file) + "\n";
   return sha256_hex(listing);
 }
 
@@ -119,18 +120,20 @@ std::string RunDir::input_sha256(const std::string& input) {
       fail("input '{}' is neither a recorded artifact nor a file of the run {}", input, root_.string());
     return path_sha256(root_ / p);
   }
-  std::error_code ec;
-  auto write_time = fs::last_write_time(p, ec);
-  std::string stamp = fs::is_regular_file(p) ? fmt::format("{}:{}", fs::file_size(p), write_time.time_since_epoch().count())
-                                             : std::string();
+  return path_sha256(p, [this](const fs::path& file) { return cached_file_sha256(file); });
+}
+
+std::string RunDir::cached_file_sha256(const fs::path& file) {
+  const std::string stamp =
+      fmt::format("{}:{}", fs::file_size(file), fs::last_write_time(file).time_since_epoch().count());
   {
     std::lock_guard lock(mutex_);
-    auto it = hash_cache_.find(input);
-    if (!stamp.empty() && it != hash_cache_.end() && it->second.first == stamp) return it->second.second;
+    auto it = hash_cache_.find(file.string());
+    if (it != hash_cache_.end() && it->second.first == stamp) return it->second.second;
   }
-  std::string sha = path_sha256(p);
+  std::string sha = sha256_file(file);
   std::lock_guard lock(mutex_);
-  hash_cache_[input] = {stamp, sha};
+  hash_cache_[file.string()] = {stamp, sha};
   return sha;
 }
 

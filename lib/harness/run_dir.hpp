@@ -60,7 +60,8 @@ class RunDir {
 
   // SHA-256 of an input: a recorded artifact's recorded hash (run-relative path), else the file's hash;
   // a directory hashes as the list "<relative file>  <sha256>\n" of its regular files in name order.
-  // Hashes of files outside the run are cached by (path, size, mtime) for the process's lifetime.
+  // Hashes of files outside the run are cached per file by (path, size, mtime) for this RunDir's lifetime,
+  // so a checkpoint directory that is the input of many artifacts is read once.
   std::string input_sha256(const std::string& input);
 
  private:
@@ -69,10 +70,13 @@ class RunDir {
   std::unique_ptr<RunLock> lock_;
   Manifest manifest_;
   std::recursive_mutex mutex_;
-  std::map<std::string, std::pair<std::string, std::string>> hash_cache_;  // path -> (size:mtime, sha256)
+  std::string cached_file_sha256(const std::filesystem::path& file);
+  std::map<std::string, std::pair<std::string, std::string>> hash_cache_;  // file -> (size:mtime, sha256)
 };
 
 // SHA-256 of a regular file, or of a directory as described at RunDir::input_sha256.
-std::string path_sha256(const std::filesystem::path& path);
+// file_sha256 hashes one regular file (default: sha256_file).
+std::string path_sha256(const std::filesystem::path& path,
+                        const std::function<std::string(const std::filesystem::path&)>& file_sha256 = {});
 
 }  // namespace strata::harness

@@ -55,7 +55,6 @@ fs::path default_run_dir(const Experiment& exp) {
 // The step's artifacts are on disk as recorded, and the inputs they were made from outside the run (a
 // checkpoint, a tokenizer) still hash as recorded: a retrained checkpoint must not pass for up to date.
 bool artifacts_intact(RunDir& run, const std::string& step) {
-  std::map<std::string, std::string> external_now;  // each external input hashed once
   for (const auto& record : run.manifest().artifacts_of(step)) {
     fs::path file = run.path(record.path);
     if (!fs::is_regular_file(file) || fs::file_size(file) != record.size) return false;
@@ -66,9 +65,7 @@ bool artifacts_intact(RunDir& run, const std::string& step) {
         log::info("Step {}: input {} no longer exists", step, input);
         return false;
       }
-      auto [it, fresh] = external_now.try_emplace(input);
-      if (fresh) it->second = run.input_sha256(input);
-      if (it->second != sha) {
+      if (run.input_sha256(input) != sha) {  // cached per file: a checkpoint is read once
         log::info("Step {}: input {} changed since the step ran", step, input);
         return false;
       }
