@@ -105,15 +105,6 @@ void cut_sequence(text::Sequence& s, size_t n) {
   s.ids.resize(n), s.doc_id.resize(n), s.byte_begin.resize(n), s.byte_end.resize(n), s.special.resize(n);
 }
 
-const char* store_dtype_name(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32: return "f32";
-    case torch::kFloat16: return "f16";
-    case torch::kBFloat16: return "bf16";
-    default: fail("capture: store dtype must be f32, f16 or bf16, got {}", c10::toString(t));
-  }
-}
-
 text::Tokenizer load_tokenizer(const std::string& model_name, const fs::path& checkpoint_dir,
                                const std::string& tokenizer_dir) {
   if (!tokenizer_dir.empty()) return text::Tokenizer::load(tokenizer_dir);
@@ -192,7 +183,7 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
     fail("capture {}: give a positive number of batches or tokens", model_name);
   if (options.norm_outlier_factor < 0)
     fail("capture {}: norm outlier factor must be >= 0 (0 = off), got {}", model_name, options.norm_outlier_factor);
-  const char* dtype_name = store_dtype_name(options.store_dtype);
+  io::store_dtype_name(options.store_dtype);  // an unsupported dtype fails before any work
 
   // The config alone settles the layers, so a bad request fails before any weight is read.
   const fs::path config_path = checkpoint_dir / "config.json";
@@ -308,7 +299,6 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
         {"relative_depth", static_cast<double>(layer) / n_layers},
         {"hook", layer == 0 ? std::string("embed") : fmt::format("resid_post.{}", layer - 1)},
         {"hidden_size", H},
-        {"store_dtype", dtype_name},
         {"dataset", dataset_spec},
         {"dataset_sha256", dataset_sha},
         {"documents_read", documents.documents_read()},

@@ -20,8 +20,7 @@ std::string store_base_name(const std::string& model, int layer) {
   return fmt::format("{}_layer{}_activations", model, layer);
 }
 
-namespace {
-std::string dtype_label(torch::ScalarType t) {
+std::string store_dtype_name(torch::ScalarType t) {
   switch (t) {
     case torch::kFloat32: return "f32";
     case torch::kFloat16: return "f16";
@@ -29,7 +28,13 @@ std::string dtype_label(torch::ScalarType t) {
     default: fail("activation store: unsupported store dtype {} (use f32, f16 or bf16)", c10::toString(t));
   }
 }
-}  // namespace
+
+torch::ScalarType parse_store_dtype(const std::string& name) {
+  if (name == "f32") return torch::kFloat32;
+  if (name == "f16") return torch::kFloat16;
+  if (name == "bf16") return torch::kBFloat16;
+  fail("store dtype {:?} is not understood: use f32, f16 or bf16", name);
+}
 
 namespace {
 // The safetensors header of one shard of `rows` rows, tensors in sorted-name order (as save_safetensors).
@@ -58,7 +63,7 @@ std::string shard_header(int64_t rows, int64_t dim, torch::ScalarType dtype) {
 ActivationStoreWriter::ActivationStoreWriter(fs::path dir, std::string base_name, int64_t dim,
                                              torch::ScalarType store_dtype, int64_t max_shard_bytes)
     : dir_(std::move(dir)), base_(std::move(base_name)), dim_(dim), dtype_(store_dtype) {
-  dtype_label(store_dtype);
+  store_dtype_name(store_dtype);
   if (dim <= 0) fail("activation store {}: dimension must be positive, got {}", base_, dim);
   int64_t row_bytes = dim * static_cast<int64_t>(c10::elementSize(store_dtype));
   max_shard_rows_ = std::max<int64_t>(1, max_shard_bytes / row_bytes);
@@ -148,7 +153,7 @@ void ActivationStoreWriter::append(const torch::Tensor& activations, const RowIn
     const bool source_finite = activations.isfinite().all().item<bool>();
     fail("activation store {}: {} NaN/Inf values in rows {}..{}{}", base_, nonfinite, rows_, rows_ + n - 1,
          source_finite ? fmt::format(" after conversion to {} (the values overflow it; store f32 or bf16)",
-                                     dtype_label(dtype_))
+                                     store_dtype_name(dtype_))
                        : "");
   }
   sum_ += stored64.sum(0);
@@ -208,7 +213,7 @@ std::vector<fs::path> ActivationStoreWriter::finish(nlohmann::json meta) {
   };
   meta["rows"] = rows_;
   meta["dim"] = dim_;
-  meta["store_dtype"] = dtype_label(dtype_);
+  meta["store_dtype"] = store_dtype_name(dtype_);
   meta["shards"] = shard_names;
   meta["shard_rows"] = shard_rows_;
   meta["mean"] = as_vector(mean);

@@ -28,6 +28,10 @@ inline const char* const kIndexColumns[] = {"doc_id", "seq_id", "token_index", "
 
 std::string store_base_name(const std::string& model, int layer);  // "<model>_layer<L>_activations"
 
+// The store dtypes and their names in meta.json, the CLI and the config: "f32", "f16", "bf16".
+std::string store_dtype_name(torch::ScalarType dtype);  // throws for any other dtype
+torch::ScalarType parse_store_dtype(const std::string& name);  // throws naming the choices
+
 struct RowIndex {
   torch::Tensor doc_id, seq_id, token_index, byte_begin, byte_end;  // I64 [n] each
 };

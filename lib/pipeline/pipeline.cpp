@@ -31,12 +31,6 @@ namespace {
 
 std::string cell_name(const std::string& model, int64_t layer) { return fmt::format("{}_layer{}", model, layer); }
 
-torch::ScalarType store_dtype(const std::string& name) {
-  if (name == "f16") return torch::kFloat16;
-  if (name == "bf16") return torch::kBFloat16;
-  return torch::kFloat32;
-}
-
 // Run-relative paths of every artifact the given steps recorded (provenance inputs).
 std::vector<std::string> artifacts_of(const StepContext& ctx, std::initializer_list<const char*> steps) {
   std::vector<std::string> out;
@@ -79,7 +73,7 @@ void capture_step(StepContext& ctx) {
     options.num_batches = dataset.num_batches;
     options.max_tokens = dataset.tokens;
     options.seq_len = dataset.seq_len;
-    options.store_dtype = store_dtype(exp.capture.store_dtype);
+    options.store_dtype = io::parse_store_dtype(exp.capture.store_dtype);
     options.keep_special = exp.capture.keep_special;
     options.norm_outlier_factor = exp.capture.norm_outlier_factor;
     options.shard_size_bytes = static_cast<int64_t>(exp.capture.shard_size_mb * 1024.0 * 1024.0);

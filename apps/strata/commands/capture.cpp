@@ -4,6 +4,7 @@
 #include "command.hpp"
 #include "core/error.hpp"
 #include "core/runtime.hpp"
+#include "io/activation_store.hpp"
 #include "io/checkpoint.hpp"
 #include "text/dataset.hpp"
 
@@ -18,13 +19,6 @@ struct CaptureArgs {
   double shard_size_mb = 512;
   bool keep_special = false;
 };
-
-torch::ScalarType parse_store_dtype(const std::string& name) {
-  if (name == "f32") return torch::kFloat32;
-  if (name == "f16") return torch::kFloat16;
-  if (name == "bf16") return torch::kBFloat16;
-  strata::fail("--store-dtype {:?} is not understood: use f32, f16 or bf16", name);
-}
 
 // The store name of a checkpoint: its directory name, or the repository name of hf://org/name[@rev].
 std::string default_model_name(const std::string& model_spec, const std::filesystem::path& resolved) {
@@ -49,7 +43,7 @@ int run(const CaptureArgs& a) {
   options.num_batches = a.num_batches;
   options.max_tokens = a.tokens;
   options.seq_len = a.seq_len;
-  options.store_dtype = parse_store_dtype(a.store_dtype);
+  options.store_dtype = io::parse_store_dtype(a.store_dtype);
   options.keep_special = a.keep_special;
   options.norm_outlier_factor = a.norm_outlier;
   options.shard_size_bytes = static_cast<int64_t>(a.shard_size_mb * 1024 * 1024);
