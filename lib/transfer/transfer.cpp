@@ -267,7 +267,7 @@ class Runner {
   std::map<int64_t, int64_t> eval_doc_index_;  // doc id -> column of boot_weights_
   torch::Tensor boot_weights_;                 // fp64 [B, D_eval]
   std::map<std::string, nlohmann::json> pairs_;
-  std::map<std::string, std::vector<double>> q_excess_boot_, cka_boot_;
+  std::map<std::string, std::vector<double>> q_excess_boot_;
   nlohmann::json model_pairs_ = nlohmann::json::object();
   nlohmann::json ceilings_ = nlohmann::json::object();
 };
@@ -404,7 +404,9 @@ Selection Runner::select(size_t a, size_t b) const {
   s.eval_b = rows_b.index_select(0, eval_idx);
   torch::Tensor eval_doc_ids = docs.index_select(0, eval_idx);
   std::vector<int64_t> columns(eval_doc_ids.numel());
-  for (int64_t i = 0; i < eval_doc_ids.numel(); ++i) columns[i] = eval_doc_index_.at(eval_doc_ids[i].item<int64_t>());
+  const torch::Tensor eval_doc_column = eval_doc_ids.contiguous();
+  const int64_t* eval_doc = eval_doc_column.data_ptr<int64_t>();
+  for (int64_t i = 0; i < eval_doc_column.numel(); ++i) columns[i] = eval_doc_index_.at(eval_doc[i]);
   s.eval_doc = torch::tensor(columns, torch::kInt64);
   s.fit_sequences = std::get<0>(torch::_unique(docs.index_select(0, fit_idx))).numel();
   s.eval_sequences = std::get<0>(torch::_unique(eval_doc_ids)).numel();
@@ -639,7 +641,6 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
         {"evaluation", label_for(q_excess, options_)}};
     pairs_[key] = std::move(entry);
     q_excess_boot_[key] = std::move(q_excess_boot);
-    cka_boot_[key] = sym.cka_boot;
     progress.advance();
   };
   for (size_t i : ma.cells)

@@ -5,6 +5,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
+#include "io/activation_store.hpp"
 #include "transfer/transfer.hpp"
 
 namespace {
@@ -53,14 +54,7 @@ std::vector<strata::transfer::Cell> build_cells(const TransferArgs& args) {
     cell.store = store;
     cell.sae_dir = saes.at(name);
     if (ceilings.count(name)) cell.ceiling_sae_dir = fs::path(ceilings.at(name));
-    nlohmann::json meta = nlohmann::json::object();
-    fs::path meta_path = cell.store;
-    if (meta_path.extension() != ".json") {
-      std::string stem = meta_path.filename().string();
-      stem = std::regex_replace(stem, std::regex(R"((-\d+-of-\d+)?\.safetensors$)"), "");
-      meta_path = meta_path.parent_path() / (stem + ".meta.json");
-    }
-    if (fs::exists(meta_path)) meta = nlohmann::json::parse(strata::read_text_file(meta_path), nullptr, false);
+    const nlohmann::json meta = strata::io::ActivationStore::open(cell.store).meta();  // {} for a plain file
     std::smatch match;
     bool named = std::regex_match(name, match, pattern);
     if (meta.is_object() && meta.contains("model") && meta.contains("layer")) {
