@@ -6,20 +6,6 @@
 
 namespace strata::sae {
 
-uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
-  // Lemire 2019: unbiased bounded integers from one 64x64->128 multiply (rarely two draws).
-  unsigned __int128 m = (unsigned __int128)rng() * n;
-  uint64_t low = uint64_t(m);
-  if (low < n) {
-    uint64_t threshold = (0 - n) % n;
-    while (low < threshold) {
-      m = (unsigned __int128)rng() * n;
-      low = uint64_t(m);
-    }
-  }
-  return uint64_t(m >> 64);
-}
-
 BatchStream::BatchStream(const io::ActivationStore& store, std::vector<std::pair<int64_t, int64_t>> train,
                          int64_t batch_size, int64_t buffer_rows, uint64_t seed)
     : store_(store), train_(std::move(train)), batch_(batch_size), seed_(seed) {

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "core/random.hpp"
 #include "io/activation_store.hpp"
 
 namespace strata::sae {
@@ -51,11 +52,5 @@ class BatchStream {
   size_t emit_pos_ = 0, emit_end_ = 0;  // batches leave from buffer positions [emit_pos_, emit_end_)
 };
 
-// Deterministic uniform integer in [0, n) (Lemire's multiply-shift), the same on every platform.
-uint64_t uniform_below(std::mt19937_64& rng, uint64_t n);
-template <class T>
-void shuffle(std::vector<T>& v, std::mt19937_64& rng) {
-  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[uniform_below(rng, i)]);
-}
 
 }  // namespace strata::sae

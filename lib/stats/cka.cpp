@@ -9,6 +9,7 @@
 #include <random>
 
 #include "core/error.hpp"
+#include "core/random.hpp"
 
 namespace strata::stats {
 namespace {
@@ -22,20 +23,6 @@ void check_pair(const torch::Tensor& x, const torch::Tensor& y) {
   if (x.dim() != 2 || y.dim() != 2) fail("CKA: inputs must be 2-D [tokens, features]");
   if (x.size(0) != y.size(0)) fail("CKA: inputs pair {} vs {} rows; rows must be the same tokens", x.size(0), y.size(0));
   if (x.size(0) < 2) fail("CKA: needs at least 2 tokens");
-}
-
-// Uniform integer in [0, bound) from a 64-bit generator, without modulo bias (Lemire's method).
-uint64_t bounded(std::mt19937_64& rng, uint64_t bound) {
-  unsigned __int128 product = static_cast<unsigned __int128>(rng()) * bound;
-  uint64_t low = static_cast<uint64_t>(product);
-  if (low < bound) {
-    uint64_t threshold = -bound % bound;
-    while (low < threshold) {
-      product = static_cast<unsigned __int128>(rng()) * bound;
-      low = static_cast<uint64_t>(product);
-    }
-  }
-  return static_cast<uint64_t>(product >> 64);
 }
 
 }  // namespace
@@ -84,7 +71,7 @@ PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed) c
         std::mt19937_64 rng(seed ^ (0x9E3779B97F4A7C15ull * uint64_t(first + c + 1)));
         auto& perm = perms[c];
         std::iota(perm.begin(), perm.end(), 0);
-        for (int64_t i = n - 1; i > 0; --i) std::swap(perm[i], perm[bounded(rng, uint64_t(i + 1))]);
+        strata::shuffle(perm, rng);
       }
       // <K, P L P^T> = sum_i sum_j K_ij L_{p(i) p(j)}; K and L are symmetric, so twice the upper triangle.
       double totals[kBlock] = {};
