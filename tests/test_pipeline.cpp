@@ -7,6 +7,7 @@
 #include "harness/runner.hpp"
 #include "harness/verify.hpp"
 #include "pipeline/pipeline.hpp"
+#include "test_capture_fixture.hpp"
 #include "test_helpers.hpp"
 #include "text/dataset.hpp"
 #include "text/tokenizer.hpp"
@@ -16,18 +17,6 @@ using namespace strata;
 using nlohmann::json;
 
 namespace {
-
-// A complete tiny checkpoint: a fixture's random weights (4 layers, hidden 32, vocab 512) plus a
-// byte-level BPE tokenizer of exactly 512 ids trained on the synthetic corpus.
-fs::path tiny_checkpoint(const fs::path& dir, const std::string& fixture, size_t vocab_texts) {
-  fs::create_directories(dir);
-  for (const char* name : {"config.json", "model.safetensors"})
-    fs::copy_file(testing::data_dir() / "models" / fixture / name, dir / name, fs::copy_options::overwrite_existing);
-  std::vector<std::string> texts;
-  for (const auto& doc : text::load_dataset("synthetic", static_cast<int64_t>(vocab_texts))) texts.push_back(doc.text);
-  text::train_byte_level_bpe(texts, 512, dir / "tokenizer.json");
-  return dir;
-}
 
 const char* kTinyExperiment = R"(
 [experiment]
@@ -85,8 +74,8 @@ ceiling = true
 
 BOOST_AUTO_TEST_CASE(tiny_pipeline_runs_resumes_verifies_and_reproduces_bit_for_bit) {
   fs::path dir = testing::fresh_dir("pipeline_tiny");
-  tiny_checkpoint(dir / "ckpt-gpt2", "gpt2-tiny", 200);
-  tiny_checkpoint(dir / "ckpt-neox", "gpt-neox-tiny", 120);
+  testing::tiny_checkpoint(dir / "ckpt-gpt2", "gpt2-tiny", 200);
+  testing::tiny_checkpoint(dir / "ckpt-neox", "gpt-neox-tiny", 120);
   {
     std::ofstream(dir / "tiny.toml") << kTinyExperiment;
   }
