@@ -114,7 +114,7 @@ void capture_step(StepContext& ctx) {
 
 sae::TrainOptions train_options(const harness::SaeConfig& s, const std::string& name) {
   sae::TrainOptions o;
-  o.architecture = s.architecture == "relu" ? "standard" : s.architecture;
+  o.architecture = s.architecture;  // train_sae maps the alias "relu" to "standard"
   o.k = s.k;
   o.expansion = s.expansion;
   o.lr = s.lr;
@@ -158,7 +158,7 @@ void train_one(StepContext& ctx, const json& cell, const std::string& relative_d
                      {"layer", layer},
                      {"n_layers", cell.at("n_layers")},
                      {"relative_depth", depth},
-                     {"hook_name", layer == 0 ? std::string("hook_embed") : fmt::format("blocks.{}.hook_resid_post", layer - 1)},
+                     {"hook_name", sae::hook_name(layer)},
                      {"seed", seed}};
   log::info("Training SAE for {} ({}, l1 {}, seed {})", relative_dir, config.architecture, config.l1, seed);
   sae::TrainResult result = sae::train_sae(store, train_options(config, name), seed, ctx.path(relative_dir), provenance);

@@ -20,6 +20,10 @@
 namespace strata::sae {
 namespace fs = std::filesystem;
 
+std::string hook_name(int64_t layer) {
+  return layer == 0 ? std::string("hook_embed") : fmt::format("blocks.{}.hook_resid_post", layer - 1);
+}
+
 nlohmann::json TrainOptions::to_json() const {
   return {{"architecture", architecture == "relu" ? "standard" : architecture},
           {"k", k},

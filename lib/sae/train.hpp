@@ -67,6 +67,10 @@ struct TrainResult {
   Sae sae;  // the saved SAE (acts on raw activations); empty unless ok
 };
 
+// The SAELens / TransformerLens hook of strata layer L (1-based; 0 = embeddings): "hook_embed" or
+// "blocks.{L-1}.hook_resid_post".
+std::string hook_name(int64_t layer);
+
 // Trains, evaluates on the held-out split and saves <out_dir>/{cfg.json, sae_weights.safetensors,
 // training_curve.csv}. `provenance` (model, layer, n_layers, relative_depth, hook_name, ...) is merged
 // into cfg.json. Never throws for a training failure (NaN/Inf): it returns ok = false with the reason and

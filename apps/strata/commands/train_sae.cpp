@@ -44,14 +44,13 @@ void setup(strata::cli::Commands& commands) {
     strata::runtime::apply_determinism();
     auto store = strata::io::ActivationStore::open(args->activations, args->tensor);
     auto options = args->options;
-    options.architecture = args->arch == "relu" ? "standard" : args->arch;
+    options.architecture = args->arch;  // train_sae maps the alias "relu" to "standard"
     nlohmann::json provenance = nlohmann::json::object();
     const auto& meta = store.meta();
     for (const char* key : {"model", "layer", "n_layers", "relative_depth", "checkpoint_sha256", "dataset_sha256"})
       if (meta.contains(key)) provenance[key] = meta[key];
     if (meta.contains("layer") && meta["layer"].is_number_integer()) {
-      int layer = meta["layer"].get<int>();  // 1-based: the residual stream after block `layer`
-      provenance["hook_name"] = layer > 0 ? fmt::format("blocks.{}.hook_resid_post", layer - 1) : "hook_embed";
+      provenance["hook_name"] = strata::sae::hook_name(meta["layer"].get<int64_t>());
     }
     provenance["activations"] = args->activations;
     auto result = strata::sae::train_sae(store, options, args->seed, args->out, provenance);
