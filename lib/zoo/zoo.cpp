@@ -424,14 +424,13 @@ json train_zoo(const fs::path& out_dir, const ZooOptions& o) {
     fail("zoo: steps, batch size and held-out problems must be positive and train problems >= batch size");
   if (o.warmup_steps < 0 || o.warmup_steps > o.steps) fail("zoo: warm-up steps must lie in [0, steps]");
   if (o.threads <= 0) fail("zoo: threads must be positive (bit-identity holds for a fixed thread count)");
-  std::vector<ModelPlan> plans;
-  for (const auto& plan : model_plans())
-    if (o.only.empty() || std::find(o.only.begin(), o.only.end(), plan.name) != o.only.end()) plans.push_back(plan);
-  for (const auto& name : o.only) {
-    bool known = false;
-    for (const auto& plan : model_plans()) known |= plan.name == name;
-    if (!known) fail("zoo: unknown member {:?}; the members are zoo-gpt2, zoo-neox, zoo-phi, zoo-gemma", name);
-  }
+  const std::vector<ModelPlan> all = model_plans();
+  for (const auto& name : o.only)
+    if (std::none_of(all.begin(), all.end(), [&](const ModelPlan& plan) { return plan.name == name; }))
+      fail("zoo: unknown member {:?}; the members are zoo-gpt2, zoo-neox, zoo-phi, zoo-gemma", name);
+  auto selected = [&](const ModelPlan& plan) {
+    return o.only.empty() || std::find(o.only.begin(), o.only.end(), plan.name) != o.only.end();
+  };
   runtime::set_threads(o.threads);
   runtime::apply_determinism();
   const auto start = std::chrono::steady_clock::now();
@@ -444,12 +443,10 @@ json train_zoo(const fs::path& out_dir, const ZooOptions& o) {
 
   fs::create_directories(out_dir);
   json members = json::array();
-  for (size_t i = 0; i < plans.size(); ++i) {
-    size_t member_index = 0;
-    for (const auto& all = model_plans(); all[member_index].name != plans[i].name;) ++member_index;
-    members.push_back(train_member(plans[i], member_index, out_dir / plans[i].name, o, train_problems, train_texts,
-                                   heldout_problems));
-  }
+  for (size_t member_index = 0; member_index < all.size(); ++member_index)  // the index seeds the member
+    if (selected(all[member_index]))
+      members.push_back(train_member(all[member_index], member_index, out_dir / all[member_index].name, o,
+                                     train_problems, train_texts, heldout_problems));
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return write_zoo_summary(out_dir, o, members, wall, load_before, 1);
 }
