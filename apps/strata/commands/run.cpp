@@ -1,6 +1,8 @@
 // `strata run EXP`: the whole pipeline (capture, train, transfer, figures, report, gates) in one
 // reproducible run directory, with resume. Exit status: 0 = done (and GO when the gates ran), 1 = error
 // or a failed step, 2 = NO-GO (a must-pass gate failed; everything was still written).
+#include <algorithm>
+
 #include "command.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -54,7 +56,12 @@ void setup(strata::cli::Commands& commands) {
                    summary.failed_step.c_str(), summary.error.c_str(), summary.run_dir.c_str());
       return 1;
     }
-    if (!std::filesystem::exists(gates)) return 0;
+    // Only a verdict this invocation stands behind: the gates ran now or are up to date with the run.
+    const auto& done = summary.completed;
+    const auto& current = summary.skipped;
+    const bool gates_current = std::find(done.begin(), done.end(), "gates") != done.end() ||
+                               std::find(current.begin(), current.end(), "gates") != current.end();
+    if (!gates_current || !std::filesystem::exists(gates)) return 0;
     // The exit code carries the verdict, as `strata gate` does, so a script can gate on `strata run`.
     const nlohmann::json verdict = nlohmann::json::parse(strata::read_text_file(gates));
     const bool go = verdict.value("must_pass_ok", false);
