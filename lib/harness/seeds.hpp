@@ -7,7 +7,8 @@
 
 namespace strata::harness {
 
-// The first 8 bytes (big-endian) of SHA-256("strata-seed-v1\n<master>\n<step>\n<model>\n<layer>"),
+// strata::derive(master, step, model, layer) (core/random.hpp): SHA-256 of
+// "strata-seed-v1\n<master>\n<step>\n<model>\n<layer>", first 8 bytes,
 // masked to 63 bits so the value survives every signed-64-bit consumer. model "" and layer -1 mean
 // "not specific to a model / layer". Changing this function changes every recorded seed: never do.
 uint64_t derive_seed(uint64_t master, std::string_view step, std::string_view model = "", int64_t layer = -1);
