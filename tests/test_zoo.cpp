@@ -5,6 +5,9 @@
 #include <set>
 
 #include "test_helpers.hpp"
+#include "core/fs.hpp"
+#include "core/random.hpp"
+#include "io/safetensors.hpp"
 #include "zoo/zoo.hpp"
 
 namespace fs = std::filesystem;
@@ -33,7 +36,7 @@ double model_loss(const models::Transformer& model, const std::vector<std::vecto
 
 BOOST_AUTO_TEST_CASE(shipped_members_have_their_family_wiring_and_beat_the_unigram_baseline) {
   const auto plans = zoo::model_plans();
-  BOOST_REQUIRE_EQUAL(plans.size(), 4u);
+  BOOST_REQUIRE_EQUAL(plans.size(), 5u);  // four families and the positive control
   std::set<int64_t> hidden_sizes, vocab_sizes;
   // Training documents (the first problems of the training corpus) for the unigram distribution, and
   // problems from a seed no member was trained on for the held-out loss.
@@ -156,4 +159,58 @@ BOOST_AUTO_TEST_CASE(options_round_trip_through_json) {
   broken = zoo::options_to_json(o);
   broken["steps"] = "many";
   testing::expect_error([&] { zoo::options_from_json(broken); }, {"zoo options", "steps"});
+}
+
+// The positive control: zoo-gpt2's config, tokenizer and data, its own init and data order (derived from the
+// member's name). Trained briefly here; the shipped pair is checked below.
+BOOST_AUTO_TEST_CASE(control_member_shares_config_and_tokenizer_but_not_seeds) {
+  const auto plans = zoo::model_plans();
+  BOOST_REQUIRE_EQUAL(plans.back().name, "zoo-gpt2-control");
+  BOOST_TEST(plans.back().control_of == "zoo-gpt2");
+  BOOST_TEST(plans.back().config == plans.front().config);
+  BOOST_TEST(plans.back().vocab_size == plans.front().vocab_size);
+  for (size_t i = 0; i + 1 < plans.size(); ++i) BOOST_TEST(plans[i].control_of.empty(), plans[i].name);
+
+  zoo::ZooOptions o;
+  o.only = {"zoo-gpt2", "zoo-gpt2-control"};
+  o.train_problems = 64;
+  o.heldout_problems = 8;
+  o.answer_problems = 1;
+  o.steps = 2;
+  o.warmup_steps = 1;
+  o.batch_size = 8;
+  o.eval_every = 2;
+  const fs::path dir = testing::fresh_dir("zoo_control");
+  const auto summary = zoo::train_zoo(dir, o);
+  BOOST_REQUIRE_EQUAL(summary["models"].size(), 2u);
+  const auto& gpt2 = summary["models"][0];
+  const auto& control = summary["models"][1];
+  BOOST_TEST(control["name"] == "zoo-gpt2-control");
+  BOOST_TEST(control["control_of"] == "zoo-gpt2");
+  BOOST_TEST(gpt2["control_of"].is_null());
+  BOOST_TEST(gpt2["init_seed"].get<uint64_t>() == derive(0, "zoo/init", "zoo-gpt2"));
+  BOOST_TEST(control["init_seed"].get<uint64_t>() == derive(0, "zoo/init", "zoo-gpt2-control"));
+  BOOST_TEST(control["data_order_seed"].get<uint64_t>() == derive(0, "zoo/data-order", "zoo-gpt2-control"));
+  BOOST_TEST(control["tokenizer_sha256"] == gpt2["tokenizer_sha256"]);
+  BOOST_TEST(read_text_file(dir / "zoo-gpt2" / "config.json") == read_text_file(dir / "zoo-gpt2-control" / "config.json"));
+  BOOST_TEST(control["model_sha256"] != gpt2["model_sha256"]);
+}
+
+BOOST_AUTO_TEST_CASE(shipped_control_differs_from_its_original_only_by_seeds) {
+  const fs::path a = shipped_zoo() / "zoo-gpt2", b = shipped_zoo() / "zoo-gpt2-control";
+  BOOST_REQUIRE(fs::exists(b / "model.safetensors"));
+  BOOST_TEST(read_text_file(a / "config.json") == read_text_file(b / "config.json"));
+  BOOST_TEST(read_text_file(a / "tokenizer.json") == read_text_file(b / "tokenizer.json"));
+  const auto report_a = nlohmann::json::parse(read_text_file(a / "zoo_report.json"));
+  const auto report_b = nlohmann::json::parse(read_text_file(b / "zoo_report.json"));
+  BOOST_TEST(report_b["control_of"] == "zoo-gpt2");
+  BOOST_TEST(report_b["init_seed"] != report_a["init_seed"]);
+  BOOST_TEST(report_b["data_order_seed"] != report_a["data_order_seed"]);
+  BOOST_TEST(report_b["train_corpus"] == report_a["train_corpus"]);
+  // Two independently trained models: different weights, comparable quality.
+  const auto ta = io::SafetensorsFile(a / "model.safetensors").load("wte.weight");
+  const auto tb = io::SafetensorsFile(b / "model.safetensors").load("wte.weight");
+  BOOST_TEST((ta - tb).abs().max().item<double>() > 0.01);
+  BOOST_TEST(std::abs(report_b["heldout_loss"].get<double>() - report_a["heldout_loss"].get<double>()) <
+             0.25 * report_a["heldout_loss"].get<double>());
 }

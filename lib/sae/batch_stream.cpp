@@ -18,7 +18,7 @@ BatchStream::BatchStream(const io::ActivationStore& store, std::vector<std::pair
 }
 
 void BatchStream::begin_epoch(int64_t epoch, int64_t skip) {
-  rng_.seed(seed_ ^ (0x9E3779B97F4A7C15ull * uint64_t(epoch + 1)));
+  rng_.seed(derive(seed_, "sae/batch-order", epoch));  // one independent order per epoch
   shard_order_.clear();
   for (size_t s = 0; s < train_.size(); ++s)
     if (train_[s].second > train_[s].first) shard_order_.push_back(s);

@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/hash.hpp"
+#include "core/random.hpp"
 
 namespace strata::text {
 namespace {
@@ -17,22 +18,18 @@ namespace fs = std::filesystem;
 
 constexpr int64_t kDefaultSyntheticCount = 2000;
 
-// SplitMix64: a fixed, platform-independent generator (std:: distributions differ between libraries).
+// The corpus generator: a Mersenne Twister (its output sequence is fixed by the standard, unlike std::
+// distributions) seeded through strata::derive, with unbiased draws (uniform_below).
 class Rng {
  public:
-  explicit Rng(uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL) {}
-  uint64_t next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-  }
-  int64_t uniform(int64_t lo, int64_t hi) { return lo + int64_t(next() % uint64_t(hi - lo + 1)); }  // [lo, hi]
+  explicit Rng(uint64_t seed) : engine_(derive(seed, "text/synthetic")) {}
+  uint64_t below(uint64_t n) { return uniform_below(engine_, n); }                         // [0, n)
+  int64_t uniform(int64_t lo, int64_t hi) { return lo + int64_t(below(uint64_t(hi - lo + 1))); }  // [lo, hi]
   template <class T, size_t N>
-  const T& pick(const std::array<T, N>& items) { return items[next() % N]; }
+  const T& pick(const std::array<T, N>& items) { return items[below(N)]; }
 
  private:
-  uint64_t state_;
+  std::mt19937_64 engine_;
 };
 
 struct Person {
@@ -68,7 +65,7 @@ Problem make_shopping_problem(Rng& rng) {
   std::string solution = fmt::format("The {} cost {} * {} = {} dollars. {} has {} - {} = {} dollars left.", goods, count,
                                      price, cost, who.name, money, cost, money - cost);
   int64_t value = money - cost;
-  if (rng.next() % 2) {
+  if (rng.below(2) == 1) {
     int64_t earned = rng.uniform(1, 20);
     question += fmt::format(" Then {} earns {} dollars.", who.pronoun == std::string("She") ? "she" : "he", earned);
     solution += fmt::format(" After earning {}, {} has {} + {} = {} dollars.", earned, who.name, value, earned, value + earned);
@@ -79,7 +76,7 @@ Problem make_shopping_problem(Rng& rng) {
 }
 
 Problem make_problem(Rng& rng) {
-  if (rng.next() % 4 == 0) return make_shopping_problem(rng);
+  if (rng.below(4) == 0) return make_shopping_problem(rng);
   const Person& who = rng.pick(kPeople);
   Person friend_ = rng.pick(kPeople);
   while (std::string(friend_.name) == who.name) friend_ = rng.pick(kPeople);
@@ -99,7 +96,7 @@ Problem make_problem(Rng& rng) {
         break;
       }
     if (value < 2) ops = {0};
-    int op = ops[rng.next() % ops.size()];
+    int op = ops[rng.below(ops.size())];
     int64_t before = value;
     std::string sentence, work;
     if (op == 0) {
@@ -122,7 +119,7 @@ Problem make_problem(Rng& rng) {
       std::vector<int64_t> divisors;
       for (int64_t d = 2; d <= 5; ++d)
         if (before % d == 0 && before >= 2 * d) divisors.push_back(d);
-      int64_t d = divisors[rng.next() % divisors.size()];
+      int64_t d = divisors[rng.below(divisors.size())];
       value = before / d;
       sentence = fmt::format("{} shares the {} equally among {} friends and keeps one share.", who.pronoun, items, d);
       work = fmt::format("{} / {} = {}", before, d, value);

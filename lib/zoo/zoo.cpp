@@ -11,6 +11,7 @@
 #include "core/fs.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
+#include "core/random.hpp"
 #include "core/runtime.hpp"
 #include "io/safetensors.hpp"
 #include "strata_build_info.hpp"
@@ -129,7 +130,7 @@ double learning_rate_at(const ZooOptions& o, int64_t step) {
 
 std::string format_number(double x) { return fmt::format("{:.6f}", x); }
 
-json train_member(const ModelPlan& plan, size_t member_index, const fs::path& dir, const ZooOptions& o,
+json train_member(const ModelPlan& plan, const fs::path& dir, const ZooOptions& o,
                   const std::vector<text::Problem>& train_problems, const std::vector<std::string>& train_texts,
                   const std::vector<text::Problem>& heldout_problems) {
   const auto start = std::chrono::steady_clock::now();
@@ -149,9 +150,11 @@ json train_member(const ModelPlan& plan, size_t member_index, const fs::path& di
   int64_t train_tokens = 0;
   for (const auto& d : train_docs) train_tokens += int64_t(d.size());
 
-  // Seeds of this member: parameters and data order, both derived from the zoo seed.
-  const uint64_t member_seed = o.seed * 1000003ULL + 1000ULL * (member_index + 1);
-  auto params = models::Transformer::init_parameters(spec, member_seed);
+  // Seeds of this member: parameters and data order, each derived from the zoo seed and the member's name
+  // (so a positive control, same plan under another name, gets its own init and order).
+  const uint64_t init_seed = derive(o.seed, "zoo/init", plan.name);
+  const uint64_t order_seed = derive(o.seed, "zoo/data-order", plan.name);
+  auto params = models::Transformer::init_parameters(spec, init_seed);
   std::vector<torch::Tensor> decayed, not_decayed, all;
   for (auto& [name, t] : params) {
     t.requires_grad_(true);
@@ -170,7 +173,7 @@ json train_member(const ModelPlan& plan, size_t member_index, const fs::path& di
 
   log::info("zoo: {}: {} ({} parameters, hidden {}, {} layers, vocab {}), {} steps x {} documents", plan.name,
             spec.model_type, n_params, spec.hidden_size, spec.n_layers, spec.vocab_size, o.steps, o.batch_size);
-  auto order_generator = at::detail::createCPUGenerator(member_seed + 1);
+  auto order_generator = at::detail::createCPUGenerator(order_seed);
   std::vector<int64_t> order;
   size_t cursor = 0;
   auto next_rows = [&]() {
@@ -242,7 +245,9 @@ json train_member(const ModelPlan& plan, size_t member_index, const fs::path& di
       {"vocab_size", spec.vocab_size},
       {"tokenizer_vocab_target", plan.vocab_size},
       {"seed", o.seed},
-      {"member_seed", member_seed},
+      {"init_seed", init_seed},
+      {"data_order_seed", order_seed},
+      {"control_of", plan.control_of.empty() ? json() : json(plan.control_of)},
       {"threads", o.threads},
       {"steps", o.steps},
       {"batch_size", o.batch_size},
@@ -352,6 +357,13 @@ std::vector<ModelPlan> model_plans() {
                                   {"pad_token_id", 0},
                                   {"tie_word_embeddings", true}}),
                    576, true});
+  // The positive control: zoo-gpt2's config, tokenizer (trained on the same corpus to the same vocabulary,
+  // hence the same bytes) and training data, with its own init and data order. Two trained models that
+  // differ only by chance, so the cross-model path should find their features shared.
+  ModelPlan control = plans.front();
+  control.name = "zoo-gpt2-control";
+  control.control_of = "zoo-gpt2";
+  plans.push_back(std::move(control));
   return plans;
 }
 
@@ -425,9 +437,11 @@ json train_zoo(const fs::path& out_dir, const ZooOptions& o) {
   if (o.warmup_steps < 0 || o.warmup_steps > o.steps) fail("zoo: warm-up steps must lie in [0, steps]");
   if (o.threads <= 0) fail("zoo: threads must be positive (bit-identity holds for a fixed thread count)");
   const std::vector<ModelPlan> all = model_plans();
+  std::vector<std::string> names;
+  for (const auto& plan : all) names.push_back(plan.name);
   for (const auto& name : o.only)
-    if (std::none_of(all.begin(), all.end(), [&](const ModelPlan& plan) { return plan.name == name; }))
-      fail("zoo: unknown member {:?}; the members are zoo-gpt2, zoo-neox, zoo-phi, zoo-gemma", name);
+    if (std::find(names.begin(), names.end(), name) == names.end())
+      fail("zoo: unknown member {:?}; the members are {}", name, fmt::join(names, ", "));
   auto selected = [&](const ModelPlan& plan) {
     return o.only.empty() || std::find(o.only.begin(), o.only.end(), plan.name) != o.only.end();
   };
@@ -443,10 +457,9 @@ json train_zoo(const fs::path& out_dir, const ZooOptions& o) {
 
   fs::create_directories(out_dir);
   json members = json::array();
-  for (size_t member_index = 0; member_index < all.size(); ++member_index)  // the index seeds the member
-    if (selected(all[member_index]))
-      members.push_back(train_member(all[member_index], member_index, out_dir / all[member_index].name, o,
-                                     train_problems, train_texts, heldout_problems));
+  for (const auto& plan : all)
+    if (selected(plan))
+      members.push_back(train_member(plan, out_dir / plan.name, o, train_problems, train_texts, heldout_problems));
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return write_zoo_summary(out_dir, o, members, wall, load_before, 1);
 }

@@ -1,5 +1,5 @@
 // The embedded model zoo: four tiny language models (gpt2, gpt_neox, phi, gemma wiring), each with its own
-// byte-level BPE tokenizer, trained by strata on the synthetic reasoning corpus so that the default
+// byte-level BPE tokenizer, plus a positive control (zoo-gpt2 again, other init and data order), trained by strata on the synthetic reasoning corpus so that the default
 // experiment runs offline on real, trained models. Each model is a genuine Hugging Face checkpoint
 // directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) plus its training
 // record (training_log.csv, zoo_report.json). Training is bit-for-bit deterministic for a fixed seed,
@@ -25,12 +25,15 @@ struct ModelPlan {
   nlohmann::json config;    // genuine HF config.json fields for the family
   int64_t vocab_size = 0;   // target vocabulary of the model's own BPE tokenizer
   bool add_bos = false;     // the tokenizer prepends <|endoftext|> as BOS (Gemma-like)
+  // Non-empty for a positive control: the member whose config, tokenizer and data this one shares; only
+  // the seeds (derived from the name) differ.
+  std::string control_of;
 };
-// The four members in training order: zoo-gpt2, zoo-neox, zoo-phi, zoo-gemma.
+// The members in training order: zoo-gpt2, zoo-neox, zoo-phi, zoo-gemma, then the control zoo-gpt2-control.
 std::vector<ModelPlan> model_plans();
 
 struct ZooOptions {
-  uint64_t seed = 0;                  // model init and data order; the corpus seeds below are fixed
+  uint64_t seed = 0;  // model init and data order: derive(seed, "zoo/init" | "zoo/data-order", member name)
   // Intra-op threads; bit-identity holds for the same count. One thread: the zoo's matrices are too small
   // to gain from two, and on a shared machine two spinning OpenMP threads ran 18x slower than one.
   int threads = 1;
@@ -47,7 +50,7 @@ struct ZooOptions {
   double weight_decay = 0.1;          // AdamW, on matrices and embeddings only
   double grad_clip = 1.0;
   int64_t eval_every = 50;            // held-out loss is logged every N steps (and at the end)
-  std::vector<std::string> only;      // train only these members (names); empty = all four
+  std::vector<std::string> only;      // train only these members (names); empty = all members
 };
 
 // Every field of ZooOptions, as recorded in zoo.json "options" (so a retrain can use exactly them).

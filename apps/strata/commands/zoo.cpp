@@ -123,10 +123,10 @@ nlohmann::json train_members(const fs::path& out_dir, const strata::zoo::ZooOpti
 }
 
 void setup(strata::cli::Commands& commands) {
-  auto* zoo = commands.group("zoo", "The embedded model zoo: four tiny LMs trained by strata");
+  auto* zoo = commands.group("zoo", "The embedded model zoo: four tiny LMs trained by strata, plus a positive control");
 
   auto train_args = std::make_shared<TrainArgs>();
-  auto* train = zoo->add_subcommand("train", "Train the four zoo models (gpt2, gpt_neox, phi, gemma wiring)");
+  auto* train = zoo->add_subcommand("train", "Train the zoo models (gpt2, gpt_neox, phi, gemma wiring, and the zoo-gpt2 control)");
   train->add_option("--out", train_args->out, "Output directory (one sub-directory per model)")->capture_default_str();
   train->add_option("--seed", train_args->options.seed, "Seed of model init and data order")->capture_default_str();
   train->add_option("--train-threads", train_args->options.threads,
