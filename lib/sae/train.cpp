@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
+#include "core/random.hpp"
 #include "io/safetensors.hpp"
 #include "sae/architecture.hpp"
 #include "sae/batch_stream.hpp"
@@ -472,7 +473,7 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
       if (arch->name() == "standard" && o.resample_interval_steps > 0 && s.step % o.resample_interval_steps == 0 &&
           s.step <= max_steps / 2) {
         auto to_resample = dead_latents(s, o.dead_window_tokens);
-        int64_t n = resample_dead(p, adam, to_resample, batch, seed ^ (0xD1B54A32D192ED03ull * uint64_t(s.step)));
+        int64_t n = resample_dead(p, adam, to_resample, batch, derive(seed, "sae/resample", s.step));
         if (n > 0) {
           s.tokens_since_fired.index_fill_(0, to_resample, 0);
           s.resamples += n;
@@ -480,7 +481,6 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
         }
       }
       if (o.stop_after_steps > 0 && s.step >= o.stop_after_steps) {
-        s.epoch = s.epoch;  // the cursor already points at the next batch of this epoch
         save_checkpoint(checkpoint_file, p, adam, s, fingerprint);
         write_curve(out_dir / "training_curve.csv", s.curve);
         result.interrupted = true;
