@@ -5,6 +5,7 @@
 
 #include "capture/capture.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
 #include "core/hash.hpp"
 #include "io/activation_store.hpp"
 #include "io/checkpoint.hpp"
@@ -290,15 +291,55 @@ BOOST_AUTO_TEST_CASE(nan_activations_fail_naming_model_layer_and_batch_and_leave
   BOOST_TEST(store_files(out).empty());
 }
 
-BOOST_AUTO_TEST_CASE(writer_refuses_values_that_overflow_the_store_dtype) {
+// The writer stores what it is given and records the true NaN/Inf count (Gate 1 reads it): here an f16
+// overflow, counted on the values as stored. Statistics cover the finite rows only.
+BOOST_AUTO_TEST_CASE(writer_records_the_nonfinite_count_of_what_it_stored) {
   fs::path dir = testing::fresh_dir("capture-writer-overflow");
-  {
-    io::ActivationStoreWriter writer(dir, "w", 2, torch::kFloat16, 1 << 20);
-    auto index = torch::zeros({2}, torch::kInt64);
-    io::RowIndex rows{index, index, index, index, index};
-    writer.append(torch::ones({2, 2}), rows);
-    testing::expect_error([&] { writer.append(torch::full({2, 2}, 1e6), rows); }, {"f16", "overflow"});
-    BOOST_CHECK_THROW(writer.finish({}), Error);
-  }
-  BOOST_TEST(store_files(dir).empty());
+  io::ActivationStoreWriter writer(dir, "w", 2, torch::kFloat16, 1 << 20);
+  auto index = torch::zeros({2}, torch::kInt64);
+  io::RowIndex rows{index, index, index, index, index};
+  BOOST_TEST(writer.append(torch::tensor({{1.0f, 3.0f}, {3.0f, 5.0f}}), rows) == 0);
+  BOOST_TEST(writer.append(torch::tensor({{1e6f, 2.0f}, {1e6f, 1e6f}}), rows) == 3);  // 1e6 overflows f16
+  const auto files = writer.finish({{"model", "w"}});
+  const auto meta = nlohmann::json::parse(read_text_file(files.back()));
+  BOOST_TEST(meta["rows"] == 4);
+  BOOST_TEST(meta["nonfinite_count"] == 3);
+  BOOST_TEST(meta["nonfinite_rows"] == 2);
+  BOOST_TEST(meta["mean"][0].get<double>() == 2.0);
+  BOOST_TEST(meta["mean"][1].get<double>() == 4.0);
+  BOOST_TEST(meta["std"][0].get<double>() == 1.0);
+  BOOST_TEST(meta["mean_norm"].get<double>() == (std::sqrt(10.0) + std::sqrt(34.0)) / 2, boost::test_tools::tolerance(1e-12));
+  const auto stored = io::ActivationStore::open(files.back()).read_rows(0, 4);
+  BOOST_TEST(torch::isinf(stored).sum().item<int64_t>() == 3);
+}
+
+// Capture stops at the first non-finite value the writer counts, saying whether the model or the store
+// dtype produced it, and leaves no store behind.
+BOOST_AUTO_TEST_CASE(activations_that_overflow_the_store_dtype_fail_the_capture) {
+  const fs::path ckpt = testing::tiny_capture_checkpoint();
+  fs::path loud = testing::fresh_dir("capture-overflow-model");
+  auto model = models::Transformer::load(ckpt);
+  auto params = model.parameters();
+  params["wte.weight"] = params["wte.weight"] * 1e7;
+  models::save_checkpoint(loud, model.spec(), params);
+  fs::copy_file(ckpt / "tokenizer.json", loud / "tokenizer.json");
+  auto options = small_options();
+  options.layers = {0};
+  options.store_dtype = torch::kFloat16;
+  fs::path out = testing::fresh_dir("capture-overflow");
+  testing::expect_error([&] { capture::capture_model("loud", loud, text::DocumentReader(synthetic_docs()), "synthetic", options, out); },
+                        {"loud", "layer 0", "batch 1", "after conversion to f16", "overflow"});
+  BOOST_TEST(store_files(out).empty());
+}
+
+// A malformed config.json is reported with its path, before any weight is read.
+BOOST_AUTO_TEST_CASE(malformed_config_json_error_names_the_file) {
+  const fs::path ckpt = testing::tiny_capture_checkpoint();
+  fs::path bad = testing::fresh_dir("capture-bad-config");
+  for (const char* file : {"model.safetensors", "tokenizer.json"}) fs::copy_file(ckpt / file, bad / file);
+  atomic_write_text(bad / "config.json", "{\"model_type\": \"gpt2\", \"n_layer\": 4,");
+  fs::path out = testing::fresh_dir("capture-bad-config-out");
+  testing::expect_error([&] { capture::capture_model("bad", bad, text::DocumentReader(synthetic_docs()), "synthetic", small_options(), out); },
+                        {(bad / "config.json").string(), "not valid JSON"});
+  BOOST_TEST(store_files(out).empty());
 }

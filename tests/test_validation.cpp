@@ -93,6 +93,42 @@ BOOST_AUTO_TEST_CASE(nonfinite_values_fail_gate1_by_streaming) {
   BOOST_TEST(any_reason_contains(gate1, "gamma_layer2: shard 1 holds 1 NaN/Inf"), gate1.dump());
 }
 
+// A store written with NaN/Inf rows records their true count, and Gate 1 fails on that record alone (no
+// shard is re-read with the deep check off), naming the file.
+BOOST_AUTO_TEST_CASE(recorded_nonfinite_count_fails_gate1_naming_the_file) {
+  const fs::path dir = testing::copy_run(good_run(), testing::fresh_dir("validation_nan_recorded"));
+  const std::string base = io::store_base_name("gamma", 2);
+  const fs::path meta_file = dir / "activations" / (base + ".meta.json");
+  torch::Tensor rows;
+  io::RowIndex index;
+  json meta;
+  {
+    const io::ActivationStore store = io::ActivationStore::open(meta_file);
+    rows = store.read_rows(0, store.rows());
+    index = {store.index_column("doc_id"), store.index_column("seq_id"), store.index_column("token_index"),
+             store.index_column("byte_begin"), store.index_column("byte_end")};
+    meta = store.meta();
+  }
+  const int64_t dim = rows.size(1);
+  rows[3][1] = std::numeric_limits<float>::quiet_NaN();
+  rows[5].fill_(std::numeric_limits<float>::infinity());
+  io::ActivationStoreWriter writer(dir / "activations", base, dim, torch::kFloat32, 1 << 20);
+  BOOST_TEST(writer.append(rows, index) == 1 + dim);
+  writer.finish(meta);
+  const json written = json::parse(read_text_file(meta_file));
+  BOOST_TEST(written["nonfinite_count"] == 1 + dim);
+  BOOST_TEST(written["nonfinite_rows"] == 2);
+
+  validation::GateThresholds shallow;
+  shallow.stream_store_check = false;
+  const json gate1 = validation::gate1_stores(dir, validation::expected_cells(dir), shallow);
+  BOOST_TEST(gate1["status"] == "FAIL");
+  BOOST_TEST(any_reason_contains(gate1, fmt::format("gamma_layer2: activations/{}.meta.json records nonfinite_count = {} (2 rows",
+                                                    base, 1 + dim)),
+             gate1.dump());
+  BOOST_TEST(gate1["reasons"].size() == 1u, gate1.dump());
+}
+
 BOOST_AUTO_TEST_CASE(inconsistent_token_counts_and_dims_fail_gate1) {
   const fs::path dir = testing::copy_run(good_run(), testing::fresh_dir("validation_counts"));
   testing::FixtureOptions other;

@@ -35,11 +35,16 @@ json gate1_stores(const fs::path& run_dir, const std::vector<ExpectedCell>& cell
       if (cell.hidden_size && *cell.hidden_size != store.dim())
         reasons.push_back(fmt::format("{}: stored dim {} != hidden size {} of the model config", cell.name(),
                                       store.dim(), *cell.hidden_size));
+      // The writer counted NaN/Inf as it stored the rows; the count is read, not recomputed. Re-reading every
+      // shard is the explicit deep check below ([gates] stream_store_check), for stores changed after writing.
+      const std::string meta_name = fs::relative(meta_file, run_dir).string();
       const auto nonfinite = meta.find("nonfinite_count");
       if (nonfinite == meta.end() || !nonfinite->is_number_integer())
-        reasons.push_back(fmt::format("{}: meta.json has no nonfinite_count", cell.name()));
+        reasons.push_back(fmt::format("{}: {} has no nonfinite_count (written by an older strata; re-run the capture step)",
+                                      cell.name(), meta_name));
       else if (nonfinite->get<int64_t>() != 0)
-        reasons.push_back(fmt::format("{}: meta.json nonfinite_count = {}", cell.name(), nonfinite->get<int64_t>()));
+        reasons.push_back(fmt::format("{}: {} records nonfinite_count = {} ({} rows hold NaN/Inf values)", cell.name(),
+                                      meta_name, nonfinite->get<int64_t>(), meta.value("nonfinite_rows", int64_t{-1})));
       if (thresholds.stream_store_check) {
         for (size_t shard = 0; shard < store.num_shards(); ++shard) {
           const torch::Tensor rows = store.load_shard(shard);

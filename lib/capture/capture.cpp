@@ -190,8 +190,13 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
   if (!fs::exists(config_path))
     fail("capture {}: {} not found; --model must name a Hugging Face checkpoint directory", model_name,
          config_path.string());
-  const models::ModelSpec config_spec = models::parse_config(
-      nlohmann::json::parse(read_text_file(config_path), nullptr, true), config_path.string());
+  nlohmann::json config_json;
+  try {
+    config_json = nlohmann::json::parse(read_text_file(config_path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("capture {}: {}: not valid JSON ({})", model_name, config_path.string(), e.what());
+  }
+  const models::ModelSpec config_spec = models::parse_config(config_json, config_path.string());
   const int n_layers = static_cast<int>(config_spec.n_layers);
   CaptureResult result;
   result.layers = resolve_layers(options.layers, options.depths, n_layers, model_name);
@@ -254,12 +259,7 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
     for (size_t i = 0; i < result.layers.size(); ++i) {
       const int layer = result.layers[i];
       const torch::Tensor& hidden = layer == 0 ? out.embed : out.resid_post.at(layer - 1);
-      torch::Tensor rows = hidden.reshape({-1, H}).index_select(0, keep).to(torch::kCPU);
-      if (!rows.isfinite().all().item<bool>())
-        fail("capture {}: layer {} batch {}: {} NaN/Inf activation values; the model's activations are not finite "
-             "(no store was written)",
-             model_name, layer, batches, rows.isfinite().logical_not().sum().item<int64_t>());
-      rows_by_layer.push_back(std::move(rows));
+      rows_by_layer.push_back(hidden.reshape({-1, H}).index_select(0, keep).to(torch::kCPU));
     }
     // The outlier mask is one mask over positions: a position that is an outlier at any captured layer
     // goes from every layer, so that all layers of a model keep holding the same tokens (transfer pairs
@@ -268,8 +268,10 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
     if (options.norm_outlier_factor > 0 && batch.keep.numel() > 0) {
       torch::Tensor inlier = torch::ones({batch.keep.numel()}, torch::kBool);
       for (size_t i = 0; i < result.layers.size(); ++i) {
+        // A non-finite row is never an outlier: it goes on to the writer, whose count stops the capture.
         const torch::Tensor norms = rows_by_layer[i].norm(2, {1});
-        const torch::Tensor layer_inlier = norms <= options.norm_outlier_factor * norms.median().item<double>();
+        const torch::Tensor layer_inlier = (norms <= options.norm_outlier_factor * norms.nanmedian().item<double>()) |
+                                           norms.isfinite().logical_not();
         outliers_flagged[i] += layer_inlier.logical_not().sum().item<int64_t>();
         inlier &= layer_inlier;
       }
@@ -277,9 +279,19 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
       outliers_excluded += batch.keep.numel() - kept_positions.numel();
     }
     const io::RowIndex index = kept_positions.defined() ? select_rows(batch.index, kept_positions) : batch.index;
-    for (size_t i = 0; i < result.layers.size(); ++i)
-      writers[i]->append(kept_positions.defined() ? rows_by_layer[i].index_select(0, kept_positions) : rows_by_layer[i],
-                         index);
+    for (size_t i = 0; i < result.layers.size(); ++i) {
+      const torch::Tensor rows =
+          kept_positions.defined() ? rows_by_layer[i].index_select(0, kept_positions) : rows_by_layer[i];
+      // The writer counts NaN/Inf as stored (meta.json nonfinite_count); capture stops at the first, and the
+      // unfinished stores are removed with their writers.
+      if (const int64_t nonfinite = writers[i]->append(rows, index); nonfinite > 0)
+        fail("capture {}: layer {} batch {}: {} NaN/Inf activation values{} (no store was written)", model_name,
+             result.layers[i], batches, nonfinite,
+             rows.isfinite().all().item<bool>()
+                 ? fmt::format(" after conversion to {}: the values overflow it; store f32 or bf16",
+                               io::store_dtype_name(options.store_dtype))
+                 : std::string("; the model's activations are not finite"));
+    }
     runtime::release_free_memory();
     progress.advance(by_tokens ? batch.tokens : 1);
   }

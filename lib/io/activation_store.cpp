@@ -129,7 +129,7 @@ void ActivationStoreWriter::close_shard() {
   shard_open_rows_ = 0;
 }
 
-void ActivationStoreWriter::append(const torch::Tensor& activations, const RowIndex& index) {
+int64_t ActivationStoreWriter::append(const torch::Tensor& activations, const RowIndex& index) {
   if (finished_) fail("activation store {}: append after finish", base_);
   if (activations.dim() != 2 || activations.size(1) != dim_)
     fail("activation store {}: rows must be [n, {}], got [{}]", base_, dim_, fmt::join(activations.sizes(), ", "));
@@ -143,22 +143,27 @@ void ActivationStoreWriter::append(const torch::Tensor& activations, const RowIn
       fail("activation store {}: index column {} must be [{}]", base_, kIndexColumns[c], n);
     index64.push_back(columns[c]->to(torch::kCPU, torch::kInt64).contiguous());
   }
-  if (n == 0) return;
-  // Statistics and the non-finite check run on the values as stored, after conversion.
+  if (n == 0) return 0;
+  // The one NaN/Inf count of a store: taken here, on the values as stored (after conversion, so an f16
+  // overflow counts), and recorded in meta.json. The statistics cover the finite rows only.
   const torch::Tensor stored = activations.detach().to(torch::kCPU, dtype_).contiguous();
   const torch::Tensor stored64 = stored.to(torch::kFloat64);
-  const int64_t nonfinite = stored64.isfinite().logical_not().sum().item<int64_t>();
-  if (nonfinite > 0) {
-    failed_ = true;
-    const bool source_finite = activations.isfinite().all().item<bool>();
-    fail("activation store {}: {} NaN/Inf values in rows {}..{}{}", base_, nonfinite, rows_, rows_ + n - 1,
-         source_finite ? fmt::format(" after conversion to {} (the values overflow it; store f32 or bf16)",
-                                     store_dtype_name(dtype_))
-                       : "");
+  const torch::Tensor finite = stored64.isfinite();
+  const int64_t nonfinite = finite.numel() - finite.sum().item<int64_t>();
+  if (nonfinite == 0) {
+    sum_ += stored64.sum(0);
+    sum_sq_ += stored64.square().sum(0);
+    norm_sum_ += stored64.norm(2, {1}).sum().item<double>();
+    finite_rows_ += n;
+  } else {
+    const torch::Tensor finite_rows = stored64.index_select(0, finite.all(1).nonzero().squeeze(1));
+    sum_ += finite_rows.sum(0);
+    sum_sq_ += finite_rows.square().sum(0);
+    norm_sum_ += finite_rows.norm(2, {1}).sum().item<double>();
+    finite_rows_ += finite_rows.size(0);
+    nonfinite_values_ += nonfinite;
+    nonfinite_rows_ += n - finite_rows.size(0);
   }
-  sum_ += stored64.sum(0);
-  sum_sq_ += stored64.square().sum(0);
-  norm_sum_ += stored64.norm(2, {1}).sum().item<double>();
   const size_t row_bytes = static_cast<size_t>(dim_) * stored.element_size();
   const char* bytes = static_cast<const char*>(stored.data_ptr());
   int64_t offset = 0;
@@ -175,6 +180,7 @@ void ActivationStoreWriter::append(const torch::Tensor& activations, const RowIn
     if (shard_open_rows_ == max_shard_rows_) close_shard();
   }
   rows_ += n;
+  return nonfinite;
 }
 
 std::vector<fs::path> ActivationStoreWriter::finish(nlohmann::json meta) {
@@ -206,8 +212,9 @@ std::vector<fs::path> ActivationStoreWriter::finish(nlohmann::json meta) {
   for (size_t i = 0; i < n; ++i) fs::rename(temp_shards_[i], written[i]);
   fsync_path(dir_);
   temp_shards_.clear();
-  auto mean = sum_ / double(rows_);
-  auto var = (sum_sq_ / double(rows_) - mean * mean).clamp_min(0.0);
+  const double stat_rows = double(std::max<int64_t>(1, finite_rows_));
+  auto mean = sum_ / stat_rows;
+  auto var = (sum_sq_ / stat_rows - mean * mean).clamp_min(0.0);
   auto as_vector = [&](const torch::Tensor& t) {
     return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + dim_);
   };
@@ -218,8 +225,9 @@ std::vector<fs::path> ActivationStoreWriter::finish(nlohmann::json meta) {
   meta["shard_rows"] = shard_rows_;
   meta["mean"] = as_vector(mean);
   meta["std"] = as_vector(var.sqrt().contiguous());
-  meta["mean_norm"] = norm_sum_ / double(rows_);
-  meta["nonfinite_count"] = 0;  // append() refuses NaN/Inf, so a finished store never holds any
+  meta["mean_norm"] = norm_sum_ / stat_rows;
+  meta["nonfinite_count"] = nonfinite_values_;  // NaN/Inf values as written; Gate 1 fails on any
+  meta["nonfinite_rows"] = nonfinite_rows_;     // rows holding one or more (left out of mean/std/mean_norm)
   atomic_write_text(meta_path, meta.dump(1));
   written.push_back(meta_path);
   finished_ = true;

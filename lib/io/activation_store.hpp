@@ -47,15 +47,17 @@ class ActivationStoreWriter {
   ~ActivationStoreWriter();  // removes unfinished temporary shards
   ActivationStoreWriter(const ActivationStoreWriter&) = delete;
   ActivationStoreWriter& operator=(const ActivationStoreWriter&) = delete;
-  // activations: [n, dim] float (any float dtype, any device; converted to the store dtype). A NaN or
-  // Inf in the converted rows (e.g. an f16 overflow) throws; the writer then refuses to finish.
-  void append(const torch::Tensor& activations, const RowIndex& index);
+  // activations: [n, dim] float (any float dtype, any device; converted to the store dtype). Returns the
+  // number of NaN/Inf values in the rows as stored (e.g. an f16 overflow counts): the writer stores them
+  // and records the total as meta.json nonfinite_count, which Gate 1 reads; whether a producer may go
+  // on after a non-finite row is the producer's decision (capture refuses).
+  int64_t append(const torch::Tensor& activations, const RowIndex& index);
   int64_t rows() const { return rows_; }
   int64_t max_shard_rows() const { return max_shard_rows_; }
   // Renames shards to their final names, removes shards of an earlier store under the same base name
   // that this one does not overwrite, and writes meta.json last (all atomically). `meta` is extended
-  // with rows, dim, store_dtype, shards, shard_rows, mean/std per dimension, mean_norm and
-  // nonfinite_count. Returns every file written.
+  // with rows, dim, store_dtype, shards, shard_rows, mean/std per dimension and mean_norm (over the finite
+  // rows), nonfinite_count (NaN/Inf values) and nonfinite_rows. Returns every file written.
   std::vector<std::filesystem::path> finish(nlohmann::json meta);
 
  private:
@@ -76,6 +78,9 @@ class ActivationStoreWriter {
   std::vector<int64_t> shard_rows_;
   torch::Tensor sum_, sum_sq_;  // fp64 [dim]
   double norm_sum_ = 0.0;
+  int64_t finite_rows_ = 0;       // rows in sum_, sum_sq_, norm_sum_
+  int64_t nonfinite_values_ = 0;  // NaN/Inf values written
+  int64_t nonfinite_rows_ = 0;
   bool failed_ = false;
   bool finished_ = false;
 };
