@@ -138,6 +138,20 @@ BOOST_AUTO_TEST_CASE(vocab_and_merges_directory_equals_tokenizer_json) {
   check_cases(pair, tokenizer_dir("gpt2") / "external_cases.jsonl");
 }
 
+// A vocab.json that parses but maps a token to a non-integer (and the same in added_tokens.json): the error
+// names the file and the token instead of surfacing a bare JSON type error.
+BOOST_AUTO_TEST_CASE(malformed_vocab_json_error_names_the_file) {
+  auto dir = strata::testing::fresh_dir("text_bad_vocab");
+  strata::atomic_write_text(dir / "vocab.json", R"({"a": 0, "b": "one", "ab": 2})");
+  strata::atomic_write_text(dir / "merges.txt", "#version: 0.2\na b\n");
+  strata::testing::expect_error([&] { Tokenizer::load(dir); },
+                                {(dir / "vocab.json").string(), "token \"b\"", "\"one\"", "not an integer"});
+  strata::atomic_write_text(dir / "vocab.json", R"({"a": 0, "b": 1, "ab": 2})");
+  strata::atomic_write_text(dir / "added_tokens.json", R"({"<pad>": 3.5})");
+  strata::testing::expect_error([&] { Tokenizer::load(dir); },
+                                {(dir / "added_tokens.json").string(), "token \"<pad>\"", "not an integer"});
+}
+
 BOOST_AUTO_TEST_CASE(invalid_utf8_is_an_error) {
   BOOST_CHECK_THROW(cached_tokenizer("gpt2").encode("ab\xC3", false), strata::Error);
   BOOST_CHECK_THROW(cached_tokenizer("gpt2").decode({-1}), strata::Error);

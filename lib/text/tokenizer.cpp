@@ -932,7 +932,11 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
     m->sha = sha256_hex(sha256_file(file) + sha256_file(merges_file));
     json vocab = parse_json(read_text_file(file), file);
     if (!vocab.is_object()) fail("{}: expected a JSON object mapping tokens to ids", file.string());
-    for (auto& [token, id] : vocab.items()) m->vocab.emplace(token, id.get<int32_t>());
+    for (auto& [token, id] : vocab.items()) {
+      if (!id.is_number_integer())
+        fail("{}: the id of token {:?} is {}, not an integer", file.string(), token, id.dump());
+      m->vocab.emplace(token, id.get<int32_t>());
+    }
     std::vector<std::pair<std::string, std::string>> merges;
     std::istringstream lines(read_text_file(merges_file));
     std::string line;
@@ -962,8 +966,11 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       m->eos = it->second;
     }
     if (auto extra = read_optional_json(dir / "added_tokens.json"))
-      for (auto& [content, id] : extra->items())
+      for (auto& [content, id] : extra->items()) {
+        if (!id.is_number_integer())
+          fail("{}: the id of token {:?} is {}, not an integer", (dir / "added_tokens.json").string(), content, id.dump());
         if (content != "<|endoftext|>") m->added.push_back({id.get<int32_t>(), content, false, false, false, true, false});
+      }
     finish_pipeline(*m);
   } else {
     m->sha = sha256_file(file);
