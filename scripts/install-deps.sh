@@ -8,7 +8,7 @@ PACKAGES=(
   libtorch-dev                      # LibTorch 1.13 (CPU)
   libopenblas0-openmp               # fast BLAS honouring LibTorch's thread count (see README: numerics)
   libboost-test-dev libboost-math-dev libboost-iostreams-dev libboost-system-dev libboost-filesystem-dev
-  libtomlplusplus-dev libxtensor-dev nlohmann-json3-dev libcli11-dev
+  libtomlplusplus-dev nlohmann-json3-dev libcli11-dev
   libspdlog-dev libfmt-dev libpcre2-dev libicu-dev libssl-dev zlib1g-dev
   libgnuplot-iostream-dev gnuplot-nox
 )
