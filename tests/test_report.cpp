@@ -4,6 +4,9 @@
 #include <zlib.h>
 
 #include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"

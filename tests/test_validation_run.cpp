@@ -110,7 +110,7 @@ BOOST_AUTO_TEST_CASE(report_is_recorded_independent_of_the_gates_and_judged_by_t
   const harness::RunSummary again = harness::run_experiment(resume, registry());
   BOOST_REQUIRE_MESSAGE(again.ok(), again.error);
   BOOST_TEST((again.completed == std::vector<std::string>{"report"}));
-  BOOST_TEST(file_bytes(run / "report") == report_before);
+  BOOST_TEST((file_bytes(run / "report") == report_before));
   BOOST_TEST(harness::verify_run(run).ok());
 }
 
@@ -130,7 +130,7 @@ BOOST_AUTO_TEST_CASE(strata_report_records_what_it_writes_and_respects_the_lock)
   const std::string command = testing::strata_binary().string() + " report " + run.string();
   BOOST_TEST(testing::run_command(command, &output) == 0, output);
   BOOST_TEST(output.find("written and recorded in the manifest") != std::string::npos, output);
-  BOOST_TEST(file_bytes(run / "report") == recorded);
+  BOOST_TEST((file_bytes(run / "report") == recorded));
   const auto verified = harness::verify_run(run);
   BOOST_TEST(verified.ok());
   // Nothing changed since: up to date.
