@@ -4,6 +4,9 @@
 #include <zlib.h>
 
 #include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -128,7 +131,7 @@ BOOST_AUTO_TEST_CASE(report_answers_the_questions_with_the_run_numbers) {
   const auto result = report::write_report(run.fixture.dir);
   const std::string md = read_text_file(result.markdown);
   for (const char* section : {"## Executive summary", "## Figures", "## Per-layer results", "## Per-model-pair results",
-                              "## Nulls and ceilings", "## Gate results", "## Metric definitions", "## Limitations",
+                              "## Nulls and ceilings", "## Metric definitions", "## Limitations",
                               "## Reproducibility appendix"})
     BOOST_TEST(md.find(section) != std::string::npos, section);
   // Q1: the early mean computed from the fixture, printed to 3 decimals.
@@ -146,7 +149,15 @@ BOOST_AUTO_TEST_CASE(report_answers_the_questions_with_the_run_numbers) {
   BOOST_TEST(md.find("master: 42") != std::string::npos);                                // seeds
   BOOST_TEST(md.find("q_excess | (q - q_null) / (1 - q_null)") != std::string::npos);   // definitions
   BOOST_TEST(md.find("alpha_layer1: q_excess 0.950") != std::string::npos);             // seed ceiling
-  BOOST_TEST(md.find("Verdict: NOT EVALUATED") != std::string::npos);
+  // The verdict is the gates step's (after the report): the report points there and has no gates section.
+  BOOST_TEST(md.find("see gates/gates.json") != std::string::npos);
+  BOOST_TEST(md.find("## Gate results") == std::string::npos);
+  BOOST_TEST(!fs::exists(run.fixture.dir / "report" / "tables" / "gates.csv"));
+  BOOST_TEST(md.find("## Positive control") == std::string::npos);  // none configured
+  // The sparse fixture SAEs (L0 / d_in 0.125-0.375, dead <= 0.05) are within the default thresholds.
+  BOOST_TEST(md.find("L0 / d_in 0.125-0.375 (max 0.5), dead fraction 0.010-0.050 (max 0.2); all 20 SAEs are within "
+                     "both.") != std::string::npos);
+  BOOST_TEST(md.find("CKA permutation p-values: 400 of 400 pairs") != std::string::npos);
   for (const char* table : {"per_layer", "per_model_pair", "pairs", "saes", "artifacts"}) {
     const fs::path csv = run.fixture.dir / "report" / "tables" / (std::string(table) + ".csv");
     const fs::path tex = run.fixture.dir / "report" / "tables" / (std::string(table) + ".tex");
@@ -174,25 +185,6 @@ BOOST_AUTO_TEST_CASE(bottleneck_is_reported_with_its_confidence_intervals) {
   const std::string md = read_text_file(report::write_report(dir).markdown);
   BOOST_TEST(md.find("**Q3. Bottleneck:** relative depth 0.60") != std::string::npos, md.substr(0, 3000));
   BOOST_TEST(md.find("so the dip is resolved at this sample size") != std::string::npos);
-}
-
-BOOST_AUTO_TEST_CASE(failing_run_is_reported_no_go_with_reasons) {
-  auto& run = rendered();
-  const fs::path dir = testing::copy_run(run.fixture.dir, testing::fresh_dir("report_nogo"));
-  json gates = {{"verdict", "NO-GO"},
-                {"must_pass",
-                 {{{"name", "gate2_saes"}, {"title", "Gate 2: SAEs converged, FVU < max"}, {"passed", false},
-                   {"status", "FAIL"}, {"summary", "worst FVU 0.7"}, {"reasons", {"alpha_layer3: FVU 0.7000 >= 0.5"}}}}},
-                {"should_pass", json::array()},
-                {"publication_ready", json::array()}};
-  report::ReportOptions options;
-  options.gates = gates;
-  const auto result = report::write_report(dir, options);
-  BOOST_TEST(result.verdict == "NO-GO");
-  const std::string md = read_text_file(result.markdown);
-  BOOST_TEST(md.find("**Verdict: NO-GO**") != std::string::npos);
-  BOOST_TEST(md.find("alpha_layer3: FVU 0.7000 >= 0.5") != std::string::npos);
-  BOOST_TEST(md.find("## Executive summary") != std::string::npos);  // the science is still reported
 }
 
 BOOST_AUTO_TEST_CASE(kendall_trend_matches_hand_computation) {
@@ -277,4 +269,247 @@ BOOST_AUTO_TEST_CASE(bands_follow_the_seed) {
   BOOST_TEST(b.label(0.75) == "partial");
   BOOST_TEST(b.label(0.5) == "diverging");
   BOOST_TEST(b.label(0.1) == "model-specific");
+}
+
+namespace {
+
+json read_json_file(const fs::path& file) { return json::parse(read_text_file(file)); }
+
+// Edits a run's config.resolved.json in place.
+void edit_config(const fs::path& dir, const std::function<void(json&)>& edit) {
+  json resolved = read_json_file(dir / "config.resolved.json");
+  edit(resolved);
+  atomic_write_text(dir / "config.resolved.json", resolved.dump(2));
+}
+
+// Every file under `dir` with its bytes, by relative path.
+std::map<std::string, std::string> file_bytes(const fs::path& dir) {
+  std::map<std::string, std::string> out;
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    if (entry.is_regular_file()) out[fs::relative(entry.path(), dir).string()] = read_text_file(entry.path());
+  return out;
+}
+
+// The CSV column `name` of a table, one string per row.
+std::vector<std::string> csv_column(const fs::path& csv, const std::string& name) {
+  std::istringstream in(read_text_file(csv));
+  std::string line;
+  std::getline(in, line);
+  std::vector<std::string> header;
+  {
+    std::stringstream fields(line);
+    for (std::string f; std::getline(fields, f, ',');) header.push_back(f);
+  }
+  const size_t column = std::find(header.begin(), header.end(), name) - header.begin();
+  BOOST_REQUIRE_MESSAGE(column < header.size(), "no column " << name << " in " << csv);
+  std::vector<std::string> values;
+  while (std::getline(in, line)) {
+    // Split on commas outside quotes.
+    std::vector<std::string> cells(1);
+    bool quoted = false;
+    for (char c : line) {
+      if (c == '"') quoted = !quoted;
+      else if (c == ',' && !quoted) cells.emplace_back();
+      else cells.back() += c;
+    }
+    values.push_back(column < cells.size() ? cells[column] : "<missing>");
+  }
+  return values;
+}
+
+}  // namespace
+
+// Issue 13.3: when no CKA permutation test ran, the transfer step writes cka_p / p_adjusted as null. The
+// report says "not computed", the CSV cells are empty, and no significance count is printed.
+BOOST_AUTO_TEST_CASE(p_values_that_were_not_computed_are_reported_as_such) {
+  const fs::path dir = testing::copy_run(rendered().fixture.dir, testing::fresh_dir("report_no_p"));
+  const fs::path matrix_file = dir / "transfer" / "transfer_matrix.json";
+  json matrix = read_json_file(matrix_file);
+  for (auto& [key, entry] : matrix["transfer_matrix"].items()) {
+    entry["cka_p"] = nullptr;
+    entry["p_adjusted"] = nullptr;
+  }
+  atomic_write_text(matrix_file, matrix.dump());
+  const auto result = report::write_report(dir);
+  const std::string md = read_text_file(result.markdown);
+  BOOST_TEST(md.find("CKA permutation p-values: not computed") != std::string::npos);
+  const auto pairs_p = csv_column(dir / "report" / "tables" / "pairs.csv", "CKA p (BH)");
+  BOOST_TEST(pairs_p.size() == 400u);
+  BOOST_TEST(std::all_of(pairs_p.begin(), pairs_p.end(), [](const std::string& v) { return v.empty(); }));
+  const auto median = csv_column(dir / "report" / "tables" / "per_model_pair.csv", "median BH p (CKA)");
+  BOOST_TEST(median.size() == 16u);
+  BOOST_TEST(std::all_of(median.begin(), median.end(), [](const std::string& v) { return v.empty(); }));
+  const auto significant = csv_column(dir / "report" / "tables" / "per_model_pair.csv", "significant (p_adj < alpha)");
+  BOOST_TEST(std::all_of(significant.begin(), significant.end(), [](const std::string& v) { return v.empty(); }));
+  const auto layer_p = csv_column(dir / "report" / "tables" / "per_layer.csv", "max BH p (CKA)");
+  BOOST_TEST(std::all_of(layer_p.begin(), layer_p.end(), [](const std::string& v) { return v.empty(); }));
+  // In markdown the same cells read "not computed".
+  BOOST_TEST(md.find("| not computed |") != std::string::npos);
+  const json analysis = read_json_file(result.analysis);
+  BOOST_TEST(analysis["pairs_with_p"] == 0);
+  BOOST_TEST(analysis["model_pairs"][0]["median_p_adjusted"].is_null());
+  // With p-values the same column holds them (the fixture's p_adjusted of an off-diagonal pair).
+  report::write_report(rendered().fixture.dir);
+  const auto with_p = csv_column(rendered().fixture.dir / "report" / "tables" / "pairs.csv", "CKA p (BH)");
+  BOOST_TEST(with_p[1] == "1.5e-04");
+}
+
+// Issue 13.5: every CI label follows ci_level, and the intervals are computed at that level.
+BOOST_AUTO_TEST_CASE(ci_labels_and_intervals_follow_ci_level) {
+  const fs::path dir = testing::copy_run(rendered().fixture.dir, testing::fresh_dir("report_ci90"));
+  edit_config(dir, [](json& c) { c["transfer"] = {{"ci_level", 0.9}, {"bootstrap", 500}}; });
+  const auto options = report::analysis_options_for_run(dir);
+  BOOST_TEST(options.ci_level == 0.9);
+  BOOST_TEST(options.bootstrap_resamples == 500);
+  const auto figures = report::render_figures(dir);
+  const auto result = report::write_report(dir);
+  const std::string md = read_text_file(result.markdown);
+  BOOST_TEST(md.find("95%") == std::string::npos);
+  BOOST_TEST(md.find("(90% CI [") != std::string::npos);
+  BOOST_TEST(md.find("| 90% CI |") != std::string::npos);
+  BOOST_TEST(read_text_file(dir / "report" / "tables" / "per_layer.csv").find("90% CI") != std::string::npos);
+  BOOST_TEST(read_text_file(dir / "report" / "tables" / "pairs.csv").find("q_excess 90% CI") != std::string::npos);
+  bool curve = false;
+  for (const auto& f : figures)
+    if (f.name == "layer_universality_curve") {
+      curve = true;
+      BOOST_TEST(f.caption.find("shaded: 90% bootstrap CI over sequences") != std::string::npos, f.caption);
+    }
+  BOOST_TEST(curve);
+  // The early-cell interval is the 90% percentile bootstrap of the early cells' scores.
+  const report::Analysis a = report::analyse(report::load_transfer(dir), options);
+  std::vector<double> early;
+  for (const auto& c : a.early_cells) early.push_back(c.mean_cross_model_q_excess);
+  const auto expected = report::bootstrap_mean_ci(early, 500, options.bootstrap_seed + 999, 0.9);
+  BOOST_TEST(a.early_ci_lo == expected.first);
+  BOOST_TEST(a.early_ci_hi == expected.second);
+  const auto at95 = report::bootstrap_mean_ci(early, 500, options.bootstrap_seed + 999, 0.95);
+  BOOST_TEST(at95.second - at95.first > expected.second - expected.first);
+  BOOST_TEST(report::ci_label(0.9) == "90%");
+  BOOST_TEST(report::ci_label(0.995) == "99.5%");
+}
+
+// Issue 17: the report reads nothing written after it. Written before and after gates.json exists (and
+// after an earlier report and the gates were recorded in the manifest), it has the same bytes.
+BOOST_AUTO_TEST_CASE(report_bytes_do_not_depend_on_gates_or_an_earlier_report) {
+  const fs::path dir = testing::copy_run(rendered().fixture.dir, testing::fresh_dir("report_history"));
+  fs::remove_all(dir / "report");
+  report::write_report(dir);
+  const auto before = file_bytes(dir / "report");
+  BOOST_TEST(before.count("analysis.json") == 1u);
+  BOOST_TEST(before.count("tables/artifacts.csv") == 1u);
+  // What a later gates step and an earlier report leave behind.
+  atomic_write_text(dir / "gates" / "gates.json", json({{"verdict", "NO-GO"}, {"must_pass", json::array()}}).dump());
+  atomic_write_text(dir / "report" / "tables" / "gates.csv", "tier,check\n");
+  json manifest = read_json_file(dir / "manifest.json");
+  manifest["artifacts"]["gates/gates.json"] = {{"size", 10}, {"sha256", std::string(64, 'c')}, {"step", "gates"}};
+  manifest["artifacts"]["report/report.md"] = {{"size", 11}, {"sha256", std::string(64, 'd')}, {"step", "report"}};
+  atomic_write_text(dir / "manifest.json", manifest.dump(2));
+  report::write_report(dir);
+  const auto after = file_bytes(dir / "report");
+  BOOST_TEST(after.size() == before.size());
+  for (const auto& [path, bytes] : before) BOOST_TEST((after.count(path) && after.at(path) == bytes), path);
+  BOOST_TEST(read_text_file(dir / "report" / "tables" / "artifacts.csv").find("gates") == std::string::npos);
+}
+
+// Issue 13.10: a dense SAE (L0 near d_in) or one with many dead latents is named in the report.
+BOOST_AUTO_TEST_CASE(dense_saes_are_named_in_the_sparsity_line) {
+  const fs::path dir = testing::copy_run(rendered().fixture.dir, testing::fresh_dir("report_dense"));
+  auto set_metric = [&](const std::string& cell, const char* key, double value) {
+    const fs::path file = dir / "saes" / cell / "cfg.json";
+    json cfg = read_json_file(file);
+    cfg["metrics"][key] = value;
+    atomic_write_text(file, cfg.dump(2));
+  };
+  set_metric("beta_layer3", "l0", 6.0);             // 0.75 of d_in = 8
+  set_metric("gamma_layer2", "dead_fraction", 0.4);
+  const auto result = report::write_report(dir);
+  const std::string md = read_text_file(result.markdown);
+  BOOST_TEST(md.find("L0 / d_in 0.125-0.750 (max 0.5)") != std::string::npos);
+  BOOST_TEST(md.find("2 finding(s): beta_layer3: L0 6.0 is 0.75 of d_in 8 (max 0.5); gamma_layer2: dead fraction "
+                     "0.400 (max 0.2).") != std::string::npos);
+  const json analysis = read_json_file(result.analysis);
+  BOOST_TEST(analysis["sparsity"].size() == 20u);
+  for (const auto& s : analysis["sparsity"])
+    if (s["cell"] == "beta_layer3") BOOST_TEST(s["l0_fraction"].get<double>() == 0.75);
+}
+
+// Positive control: a control model is left out of every main number, and its pairs with its twin are
+// reported beside the cross-family pairs of each depth.
+BOOST_AUTO_TEST_CASE(positive_control_is_reported_beside_the_main_matrix) {
+  testing::FixtureOptions with_control;
+  with_control.control = "alpha-control";
+  with_control.control_of = "alpha";
+  const auto fx = testing::make_run_fixture(testing::fresh_dir("report_control"), with_control);
+  const auto plain = testing::make_run_fixture(testing::fresh_dir("report_control_plain"));
+  const auto options = report::analysis_options_for_run(fx.dir);
+  BOOST_TEST(options.controls.size() == 1u);
+  BOOST_TEST(options.controls.at("alpha-control") == "alpha");
+  const report::Analysis a = report::analyse(report::load_transfer(fx.dir), options);
+  const report::Analysis b = report::analyse(report::load_transfer(plain.dir), report::analysis_options_for_run(plain.dir));
+  // The main analysis is that of the same run without the control.
+  BOOST_TEST(a.total_pairs == 400);
+  BOOST_TEST(a.model_pairs.size() == 16u);
+  BOOST_REQUIRE(a.groups.size() == b.groups.size());
+  for (size_t g = 0; g < a.groups.size(); ++g) {
+    BOOST_TEST(a.groups[g].cells.size() == 4u);
+    BOOST_TEST(a.groups[g].mean_q_excess == b.groups[g].mean_q_excess, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(a.groups[g].ci_lo == b.groups[g].ci_lo, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(a.groups[g].spread == b.groups[g].spread, boost::test_tools::tolerance(1e-12));
+  }
+  BOOST_TEST(a.early_mean == fx.early_mean, boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(a.trend.tau == b.trend.tau, boost::test_tools::tolerance(1e-12));
+  // The control: q_excess 0.99 (CI 0.985-0.995) at every depth, against the cross-family mean.
+  BOOST_REQUIRE(a.positive_controls.size() == 1u);
+  const auto& pc = a.positive_controls[0];
+  BOOST_TEST(pc.twin == "alpha");
+  BOOST_REQUIRE(pc.depths.size() == 5u);
+  for (size_t k = 0; k < 5; ++k) {
+    const auto& d = pc.depths[k];
+    const double depth = 0.2 * static_cast<double>(k + 1);
+    BOOST_TEST(d.control_cell == fmt::format("alpha-control_layer{}", k + 1));
+    BOOST_TEST(d.relative_depth == depth, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(*d.q_excess == 0.99, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(*d.q_lo == 0.985, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(*d.q_hi == 0.995, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(*d.cka == 0.94, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(*d.mmac == 0.6 * 0.99, boost::test_tools::tolerance(1e-12));
+    // Cross-family pairs at this depth: 4 x 3 ordered pairs, q_excess = planted + the source's offset.
+    BOOST_TEST(d.cross_family_pairs == 12);
+    double expected = 0;
+    for (size_t m = 0; m < 4; ++m) expected += testing::planted_universality(depth) + testing::model_offset(m);
+    BOOST_TEST(*d.family_q_excess == expected / 4, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(*d.family_q_lo <= *d.family_q_excess);
+    BOOST_TEST(*d.family_q_excess <= *d.family_q_hi);
+    BOOST_TEST(d.separates());
+  }
+  BOOST_TEST(pc.separated_depths() == 5);
+
+  report::render_figures(fx.dir);
+  const auto result = report::write_report(fx.dir);
+  const std::string md = read_text_file(result.markdown);
+  BOOST_TEST(md.find("4 models, 20 cells, 400 SAE x activation pairs, 25 SAEs.") != std::string::npos);
+  BOOST_TEST(md.find("Positive control alpha-control (of alpha) left out") != std::string::npos);
+  BOOST_TEST(md.find("## Positive control") != std::string::npos);
+  BOOST_TEST(md.find("| 0.20 | alpha-control_layer1 <-> alpha_layer1 | 0.990 | [0.985, 0.995] | 0.950 |") != std::string::npos,
+             md.substr(md.find("## Positive control"), 2000));
+  BOOST_TEST(md.find("The control separates from the cross-family pairs at every depth (5 of 5)") != std::string::npos);
+  BOOST_TEST(fs::exists(fx.dir / "report" / "tables" / "positive_control_alpha-control.csv"));
+  const std::string pairs = read_text_file(fx.dir / "report" / "tables" / "pairs.csv");
+  BOOST_TEST(std::count(pairs.begin(), pairs.end(), '\n') == 401);  // header + the 400 main pairs
+  BOOST_TEST(pairs.find("alpha-control") == std::string::npos);
+  const json figures = read_json_file(fx.dir / "figures" / "figures.json");
+  for (const auto& f : figures["figures"]) BOOST_TEST(f["name"].get<std::string>().find("alpha-control") == std::string::npos);
+  const json analysis = read_json_file(result.analysis);
+  BOOST_TEST(analysis["positive_controls"][0]["separated_depths"] == 5);
+  BOOST_TEST(analysis["positive_controls"][0]["depths"][0]["q_excess_ci"][0].get<double>() == 0.985,
+             boost::test_tools::tolerance(1e-12));
+
+  // A control that transfers no better than the families does not separate, and the report says so.
+  testing::FixtureOptions weak = with_control;
+  weak.control_q_excess = 0.2;  // below every depth's cross-family interval
+  const auto wfx = testing::make_run_fixture(testing::fresh_dir("report_control_weak"), weak);
+  const std::string weak_md = read_text_file(report::write_report(wfx.dir).markdown);
+  BOOST_TEST(weak_md.find("The control does not separate from the cross-family pairs at any of 5 depths") !=
+             std::string::npos);
 }

@@ -21,7 +21,9 @@ json GateThresholds::to_json() const {
           {"divergence_threshold", divergence_threshold},
           {"trend_alpha", trend_alpha},
           {"min_dpi", min_dpi},
-          {"significance_alpha", significance_alpha}};
+          {"significance_alpha", significance_alpha},
+          {"max_l0_fraction", max_l0_fraction},
+          {"max_dead_fraction", max_dead_fraction}};
 }
 
 GateThresholds GateThresholds::from_json(const json& section) {
@@ -47,6 +49,8 @@ GateThresholds GateThresholds::from_json(const json& section) {
     else if (key == "trend_alpha") t.trend_alpha = number();
     else if (key == "min_dpi") t.min_dpi = static_cast<int64_t>(number());
     else if (key == "significance_alpha") t.significance_alpha = number();
+    else if (key == "max_l0_fraction") t.max_l0_fraction = number();
+    else if (key == "max_dead_fraction") t.max_dead_fraction = number();
     else fail("[gates] has no key '{}' (known: {})", key, [] {
       std::string keys;
       const json defaults = GateThresholds{}.to_json();  // named: items() of a temporary would dangle

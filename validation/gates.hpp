@@ -29,6 +29,8 @@ struct GateThresholds {
   double trend_alpha = 0.05;          // should-pass: one-sided Kendall trend test of the decline
   int64_t min_dpi = 300;              // Gate 4 and publication-ready: figure resolution
   double significance_alpha = 0.05;   // BH-adjusted p-values counted as significant below this
+  double max_l0_fraction = 0.5;       // should-pass: every SAE's held-out L0 at most this fraction of d_in
+  double max_dead_fraction = 0.2;     // should-pass: every SAE's dead-latent fraction at most this
   nlohmann::json to_json() const;
   // Unknown keys are an error naming the key; missing keys keep their defaults.
   static GateThresholds from_json(const nlohmann::json& gates_section);
@@ -45,9 +47,6 @@ struct ExpectedCell {
 // config.resolved.gates), defaults when neither exists.
 GateThresholds thresholds_for_run(const std::filesystem::path& run_dir);
 
-// The report's analysis settings implied by the gate thresholds (early depth, divergence threshold).
-report::AnalysisOptions analysis_options(const GateThresholds& thresholds);
-
 // Expected cells from RUN_DIR/config.resolved.json (models[].name|id, models[].layers or top-level layers,
 // models[].hidden_size), else manifest.json "cells". Throws naming both files when neither lists them.
 std::vector<ExpectedCell> expected_cells(const std::filesystem::path& run_dir);
@@ -60,6 +59,7 @@ nlohmann::json gate2_saes(const std::filesystem::path& run_dir, const std::vecto
 nlohmann::json gate3_pairs(const std::filesystem::path& run_dir, const std::vector<ExpectedCell>& cells,
                            const GateThresholds& thresholds);
 nlohmann::json gate4_figures(const std::filesystem::path& run_dir, const GateThresholds& thresholds);
+// Should-pass checks judge the report's analysis (RUN_DIR/report/analysis.json): run the report first.
 std::vector<nlohmann::json> should_pass_checks(const std::filesystem::path& run_dir, const GateThresholds& thresholds);
 std::vector<nlohmann::json> publication_checks(const std::filesystem::path& run_dir, const GateThresholds& thresholds);
 

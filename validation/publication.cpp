@@ -45,12 +45,18 @@ std::vector<json> publication_checks(const fs::path& run_dir, const GateThreshol
     size_t with_p = 0;
     for (const auto& pair : results.pairs) {
       if (pair.source == pair.target) continue;  // a cell with itself has no test
+      // metric() is nullopt for null: a p-value the transfer step did not compute is missing, not 1.
       if (pair.metric("p_adjusted") && pair.metric("cka_p")) ++with_p;
       else missing.push_back(pair.key);
     }
     std::vector<std::string> reasons;
-    if (!missing.empty())
-      reasons.push_back(fmt::format("{} pairs without cka_p / p_adjusted, e.g. {}", missing.size(), missing.front()));
+    if (!missing.empty() && with_p == 0)
+      reasons.push_back(fmt::format("p-values missing: no CKA permutation test ran ({} pairs without cka_p / p_adjusted); "
+                                    "set [transfer] cka_permutations > 0 and re-run the transfer step",
+                                    missing.size()));
+    else if (!missing.empty())
+      reasons.push_back(fmt::format("p-values missing on {} pairs (no cka_p / p_adjusted), e.g. {}", missing.size(),
+                                    missing.front()));
     finish_check(pvalues, reasons, fmt::format("{} off-diagonal pairs with BH-adjusted p-values", with_p));
   } catch (const std::exception& e) {
     finish_check(pvalues, {e.what()}, "transfer results unavailable");

@@ -281,6 +281,7 @@ void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
   r.read("depths", m.depths);
   r.read("tokenizer", m.tokenizer);
   r.read("dtype", m.dtype);
+  r.read("control_of", m.control_of);
   r.reject_unknown();
   static const std::regex name_re("[A-Za-z0-9._-]+");
   if (!r.has("name")) r.fail_table("[[models]] entry needs a 'name'");
@@ -451,6 +452,8 @@ void read_gates(TableReader& r, GatesConfig& g) {
   r.read("trend_alpha", g.trend_alpha);
   r.read("min_dpi", g.min_dpi);
   r.read("significance_alpha", g.significance_alpha);
+  r.read("max_l0_fraction", g.max_l0_fraction);
+  r.read("max_dead_fraction", g.max_dead_fraction);
   r.reject_unknown();
   r.require(g.max_fvu > 0, "max_fvu", "must be > 0");
   r.require(g.pixel_tolerance >= 0, "pixel_tolerance", "must be >= 0");
@@ -461,6 +464,8 @@ void read_gates(TableReader& r, GatesConfig& g) {
   r.require(g.trend_alpha > 0 && g.trend_alpha < 1, "trend_alpha", "must lie in (0, 1)");
   r.require(g.min_dpi >= 1, "min_dpi", "must be >= 1");
   r.require(g.significance_alpha > 0 && g.significance_alpha < 1, "significance_alpha", "must lie in (0, 1)");
+  r.require(g.max_l0_fraction > 0, "max_l0_fraction", "must be > 0");
+  r.require(g.max_dead_fraction >= 0 && g.max_dead_fraction <= 1, "max_dead_fraction", "must lie in [0, 1]");
 }
 
 }  // namespace
@@ -497,6 +502,7 @@ json Experiment::section(const std::string& name) const {
       j["tokenizer_path"] = m.tokenizer_path.string();
       if (!m.layers.empty()) j["layers"] = m.layers;
       if (!m.depths.empty()) j["depths"] = m.depths;
+      if (!m.control_of.empty()) j["control_of"] = m.control_of;  // only when set: other configs hash as before
       out.push_back(std::move(j));
     }
     return out;
@@ -533,7 +539,9 @@ json Experiment::section(const std::string& name) const {
             {"divergence_threshold", gates.divergence_threshold},
             {"trend_alpha", gates.trend_alpha},
             {"min_dpi", gates.min_dpi},
-            {"significance_alpha", gates.significance_alpha}};
+            {"significance_alpha", gates.significance_alpha},
+            {"max_l0_fraction", gates.max_l0_fraction},
+            {"max_dead_fraction", gates.max_dead_fraction}};
   fail("internal: unknown config section '{}'", name);
 }
 
@@ -576,6 +584,20 @@ Experiment parse_experiment(const std::string& toml_text, const std::string& dis
     for (const auto& other : exp.models)
       if (other.name == model.name) m.require(false, "name", fmt::format("\"{}\" is used by two models", model.name));
     exp.models.push_back(std::move(model));
+  }
+  // A positive control names another model, which is not itself a control.
+  for (size_t i = 0; i < exp.models.size(); ++i) {
+    const ModelConfig& model = exp.models[i];
+    if (model.control_of.empty()) continue;
+    TableReader m(*models->as_array()->get(i)->as_table(), "models", display_name);
+    const auto twin = std::find_if(exp.models.begin(), exp.models.end(),
+                                   [&](const ModelConfig& other) { return other.name == model.control_of; });
+    m.require(model.control_of != model.name, "control_of", fmt::format("names the model itself (\"{}\"); name its twin", model.name));
+    m.require(twin != exp.models.end(), "control_of",
+              fmt::format("names \"{}\", which is not a [[models]] name of this experiment", model.control_of));
+    m.require(twin->control_of.empty(), "control_of",
+              fmt::format("names \"{}\", which is itself a control (of \"{}\"); name a model of the main matrix",
+                          twin->name, twin->control_of));
   }
 
   TableReader sae(section_table(r, "sae", empty), "sae", display_name);

@@ -4,7 +4,7 @@
 //   [dataset]     spec ("synthetic[:SEED]" | "jsonl:PATH[:FIELD]" | "text:PATH"), template, num_documents,
 //                 seq_len, batch_size, num_batches | tokens, packing ("truncate" | "pack")
 //   [capture]     store_dtype, keep_special, norm_outlier_factor, shard_size_mb
-//   [[models]]    name, checkpoint (local path or hf://org/name[@rev]), layers | depths, tokenizer, dtype
+//   [[models]]    name, checkpoint (local path or hf://org/name[@rev]), layers | depths, tokenizer, dtype, control_of
 //   [sae]         architecture, expansion, k, lr, l1, epochs, batch_size, ... and
 //   [[sae.overrides]]  min_depth / max_depth plus any [sae] key, applied by relative depth
 //   [transfer]    fit_fraction, top_k, cka_permutations, bootstrap, thresholds, ceiling, ...
@@ -65,6 +65,10 @@ struct ModelConfig {
   std::string tokenizer;                 // as written; empty = the checkpoint's own
   std::filesystem::path tokenizer_path;  // resolved; empty = the checkpoint's own
   std::string dtype = "f32";             // compute dtype: "f32" | "f16" | "bf16"
+  // Positive control: the name of the model this one is a second training of (same architecture,
+  // tokenizer and data, another seed). Controls stay out of the main matrix and its gates; the report
+  // sets their pairs with the twin beside the cross-family pairs. "" = not a control.
+  std::string control_of;
 
   bool is_hf() const { return checkpoint.rfind("hf://", 0) == 0; }
   // What io::resolve_checkpoint accepts: the absolute local path, or the hf:// spec unchanged.
@@ -135,6 +139,8 @@ struct GatesConfig {
   double trend_alpha = 0.05;          // significance level of the monotonic-decline trend test
   int64_t min_dpi = 300;              // Gate 4 / publication-ready: figure resolution
   double significance_alpha = 0.05;   // BH-adjusted p-values count as significant below this
+  double max_l0_fraction = 0.5;       // should-pass: every SAE's held-out L0 at most this fraction of d_in
+  double max_dead_fraction = 0.2;     // should-pass: every SAE's dead-latent fraction at most this
 };
 
 // report::FigureOptions (lib/report/figures.hpp).

@@ -97,9 +97,9 @@ StepDefinition default_step(const std::string& name) {
   if (name == "train") return {name, "one SAE per (model, layer)", nullptr, {"sae", "transfer.ceiling"}, {"capture"}};
   if (name == "transfer")
     return {name, "layer x model transfer matrix", nullptr, {"transfer"}, {"capture", "train"}};
-  if (name == "figures") return {name, "publication figures", nullptr, {"transfer"}, {"train", "transfer"}};
+  if (name == "figures") return {name, "publication figures", nullptr, {"transfer", "models"}, {"train", "transfer"}};
   if (name == "report")
-    return {name, "markdown report with tables", nullptr, {"transfer", "gates"}, {"capture", "train", "transfer", "figures"}};
+    return {name, "markdown report with tables", nullptr, {"transfer", "gates", "models"}, {"capture", "train", "transfer", "figures"}};
   if (name == "gates")
     return {name, "go/no-go gates", nullptr, {"gates"}, {"capture", "train", "transfer", "figures", "report"}};
   std::string known;

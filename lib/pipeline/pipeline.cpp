@@ -244,27 +244,17 @@ void transfer_step(StepContext& ctx) {
 
 // ---------------------------------------------------------------- figures, report, gates
 
-report::AnalysisOptions analysis_options(StepContext& ctx) {
-  const auto& exp = ctx.exp;
-  report::AnalysisOptions a;
-  a.bands.universal = exp.transfer.high_threshold;
-  a.bands.partial = exp.transfer.moderate_threshold;
-  a.bands.diverging = exp.transfer.diverging_threshold;
-  a.divergence_threshold = exp.gates.divergence_threshold;
-  a.early_universal = exp.gates.early_transfer;
-  a.early_max_depth = exp.gates.early_max_depth;
-  a.alpha = exp.gates.trend_alpha;
-  a.bootstrap_resamples = static_cast<int>(exp.transfer.bootstrap);
-  a.bootstrap_seed = ctx.shared_seed("analysis");  // figures and report draw the same bootstrap
-  return a;
-}
+// The figures and the report take their analysis settings from the run's config.resolved.json
+// (report::analysis_options_for_run, the one derivation); its bootstrap seed is this shared seed, which
+// is recorded in the manifest here.
+void record_analysis_seed(StepContext& ctx) { ctx.shared_seed("analysis"); }
 
 void figures_step(StepContext& ctx) {
   report::FigureOptions o;
   o.dpi = static_cast<int>(ctx.exp.figures.dpi);
   o.font_pt = ctx.exp.figures.font_pt;
   o.max_annotated_cells = static_cast<int>(ctx.exp.figures.max_annotated_cells);
-  o.analysis = analysis_options(ctx);
+  record_analysis_seed(ctx);
   auto figures = report::render_figures(ctx.run.root(), o);
   ctx.record_directory("figures", artifacts_of(ctx, {"transfer"}));
   ctx.set_summary("figures", figures.size());
@@ -284,20 +274,19 @@ void register_steps(harness::StepRegistry& registry, const GateHooks& gates) {
   registry.add("train", train_step);
   registry.add("transfer", transfer_step);
   registry.add("figures", figures_step);
-  registry.add("report", [gates](StepContext& ctx) {
-    report::ReportOptions o;
-    o.analysis = analysis_options(ctx);
-    if (gates.evaluate) o.gates = gates.evaluate(ctx.run.root(), ctx.exp.section("gates"), expected_cells(ctx.run));
-    report::ReportResult result = report::write_report(ctx.run.root(), o);
-    ctx.record_directory("report", artifacts_of(ctx, {"transfer", "figures"}));
-    ctx.set_summary("verdict", result.verdict);
-    log::info("Report: {} (verdict {})", result.markdown.string(), result.verdict);
+  // The report reads only what precedes it (never gates.json), so its bytes do not depend on history;
+  // it writes report/analysis.json, which the gates step then judges: one analysis per run.
+  registry.add("report", [](StepContext& ctx) {
+    record_analysis_seed(ctx);
+    report::ReportResult result = report::write_report(ctx.run.root());
+    ctx.record_directory("report", artifacts_of(ctx, {"train", "transfer", "figures"}));
+    log::info("Report: {}", result.markdown.string());
   });
   if (gates.evaluate && gates.write) {
     registry.add("gates", [gates](StepContext& ctx) {
       json result = gates.evaluate(ctx.run.root(), ctx.exp.section("gates"), expected_cells(ctx.run));
       gates.write(ctx.run.root(), result);
-      ctx.record_artifact("gates/gates.json", artifacts_of(ctx, {"capture", "train", "transfer", "figures"}));
+      ctx.record_artifact("gates/gates.json", artifacts_of(ctx, {"capture", "train", "transfer", "figures", "report"}));
       if (gates.format_table) {
         std::string table = gates.format_table(result);
         std::string line;

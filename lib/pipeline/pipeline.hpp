@@ -6,8 +6,8 @@
 //             [transfer] ceiling, a second-seed SAE of each model's middle cell -> saes_ceiling/<cell>/
 //   transfer  transfer::run_transfer over every cell with a trained SAE -> transfer/
 //   figures   report::render_figures -> figures/
-//   report    report::write_report (with the gate results) -> report/
-//   gates     the validation gates -> gates/gates.json
+//   report    report::write_report -> report/ (report.md, tables/, analysis.json); never reads the gates
+//   gates     the validation gates (should-pass: on report/analysis.json) -> gates/gates.json
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -31,7 +31,7 @@ struct GateHooks {
 };
 
 // Registers every step this build implements into `registry` (harness::global_steps() for the CLI).
-// Without gate hooks, the gates step is not registered and the report says "gates not evaluated".
+// Without gate hooks, the gates step is not registered.
 void register_steps(harness::StepRegistry& registry, const GateHooks& gates = {});
 
 // The cells the capture step recorded in the manifest ("cells": [{name, model, layer, n_layers,

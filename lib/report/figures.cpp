@@ -134,7 +134,7 @@ Plot heatmap_plot(const TransferResults& results, const std::vector<std::string>
   s << "set xtics (" << xtics << ") rotate by 60 right font \"," << tic_font << "\" nomirror\n";
   s << "set ytics (" << ytics << ") font \"," << tic_font << "\" nomirror\n";
   s << "set size square\nset tics scale 0\nset rmargin 18\n";
-  s << band_palette(options.analysis.bands);
+  s << band_palette(options.analysis->bands);
   // Lines between the models' blocks.
   if (label_with_model) {
     for (size_t i = 1; i < n; ++i) {
@@ -164,9 +164,9 @@ Plot transfer_heatmap(const TransferResults& results, const FigureOptions& optio
       "q_excess of each source SAE (rows) on each target cell's mapped activations (columns), {} cells "
       "({} pairs); black lines separate models; colours are the seed's bands (>= {} universal, {}-{} partial, "
       "{}-{} diverging, < {} model-specific).",
-      results.cells.size(), results.pairs.size(), options.analysis.bands.universal, options.analysis.bands.partial,
-      options.analysis.bands.universal, options.analysis.bands.diverging, options.analysis.bands.partial,
-      options.analysis.bands.diverging);
+      results.cells.size(), results.pairs.size(), options.analysis->bands.universal, options.analysis->bands.partial,
+      options.analysis->bands.universal, options.analysis->bands.diverging, options.analysis->bands.partial,
+      options.analysis->bands.diverging);
   plot.body = axis_labels(r.xlabel, r.ylabel) + plot.body;
   return plot;
 }
@@ -217,7 +217,7 @@ Plot universality_curve(const TransferResults& results, const FigureOptions& opt
     }
     s << "EOD\n";
   }
-  const Bands& b = options.analysis.bands;
+  const Bands& b = options.analysis->bands;
   s << fmt::format("set xrange [0:1]\nset yrange [{}:1.05]\nset grid ytics lc rgb '#dddddd'\n",
                    std::floor(y_min * 10) / 10);
   for (double edge : {b.universal, b.partial, b.diverging})
@@ -241,7 +241,8 @@ Plot universality_curve(const TransferResults& results, const FigureOptions& opt
   r.caption = fmt::format(
       "Mean cross-model q_excess of each cell's SAE (solid, {}) and mean cross-model linear CKA (dashed) against "
       "relative depth, one colour per model; dotted lines mark the seed's band edges.",
-      any_ci ? "shaded: 95% bootstrap CI over sequences" : "no CI recorded");
+      any_ci ? fmt::format("shaded: {} bootstrap CI over sequences", ci_label(options.analysis->ci_level))
+             : std::string("no CI recorded"));
   return plot;
 }
 
@@ -332,13 +333,16 @@ Plot l0_dead_bars(const std::vector<SaeSummary>& saes) {
 
 }  // namespace
 
-std::vector<FigureRecord> render_figures(const fs::path& run_dir, const FigureOptions& options) {
+std::vector<FigureRecord> render_figures(const fs::path& run_dir, const FigureOptions& given) {
   if (!fs::is_directory(run_dir)) fail("run directory {} does not exist", run_dir.string());
+  FigureOptions options = given;
+  if (!options.analysis) options.analysis = analysis_options_for_run(run_dir);
   FigureWriter writer(run_dir, options);
   json skipped = json::array();
 
   if (fs::exists(run_dir / "transfer" / "transfer_matrix.json")) {
-    const TransferResults results = load_transfer(run_dir);
+    // The main matrix: positive controls are reported in the report's own section, not in these figures.
+    const TransferResults results = without_models(load_transfer(run_dir), options.analysis->controls);
     writer.write(transfer_heatmap(results, options));
     if (!results.universality.empty()) writer.write(universality_curve(results, options));
     else skipped.push_back({{"name", "layer_universality_curve"}, {"reason", "no layer_universality_scores"}});

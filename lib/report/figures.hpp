@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,8 @@ struct FigureOptions {
   int dpi = 300;
   double font_pt = 9;
   int max_annotated_cells = 20;  // values are printed in heatmap cells up to this many rows/columns
-  AnalysisOptions analysis;      // bands and divergence threshold drawn on the figures
+  // Bands, controls and CI level; default: analysis_options_for_run(run_dir), the run's own config.
+  std::optional<AnalysisOptions> analysis;
 };
 
 struct FigureRecord {

@@ -39,20 +39,13 @@ std::string group_cells(const DepthGroup& g) {
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
-// The verdict and its reasons from a gates document.
-std::pair<std::string, std::vector<std::string>> verdict_of(const std::optional<json>& gates) {
-  if (!gates) return {"NOT EVALUATED", {}};
-  std::vector<std::string> reasons;
-  for (const auto& check : gates->value("must_pass", json::array()))
-    if (!check.value("passed", false))
-      for (const auto& reason : check.value("reasons", json::array()))
-        reasons.push_back(check.value("title", check.value("name", "")) + ": " + json_scalar(reason));
-  return {gates->value("verdict", reasons.empty() ? "GO" : "NO-GO"), reasons};
-}
+std::string p_or_not_computed(const std::optional<double>& p) { return p ? p_value(*p) : kNotComputed; }
 
 Table layer_table(const Analysis& a) {
-  Table t{"per_layer", "Mean cross-model transfer quality by relative depth (95% bootstrap CI over cross-model pairs).",
-          {"depth group", "relative depth", "cells", "mean q_excess", "95% CI", "band", "mean CKA", "spread across models",
+  const std::string level = ci_label(a.options.ci_level);
+  Table t{"per_layer",
+          fmt::format("Mean cross-model transfer quality by relative depth ({} bootstrap CI over the group's cells).", level),
+          {"depth group", "relative depth", "cells", "mean q_excess", level + " CI", "band", "mean CKA", "spread across models",
            "cross-model pairs", "max BH p (CKA)"},
           {}};
   for (size_t g = 0; g < a.groups.size(); ++g) {
@@ -60,7 +53,7 @@ Table layer_table(const Analysis& a) {
     t.rows.push_back({std::to_string(g + 1), depth_label(group), group_cells(group), fixed(group.mean_q_excess),
                       ci(group.ci_lo, group.ci_hi), a.options.bands.label(group.mean_q_excess), opt(group.mean_cka),
                       fixed(group.spread), std::to_string(group.cross_model_pairs),
-                      group.max_p_adjusted ? p_value(*group.max_p_adjusted) : "n/a"});
+                      p_or_not_computed(group.max_p_adjusted)});
   }
   return t;
 }
@@ -68,19 +61,20 @@ Table layer_table(const Analysis& a) {
 Table model_pair_table(const Analysis& a) {
   Table t{"per_model_pair",
           "Transfer quality by (source model, target model), over all their layer pairs except a cell with itself.",
-          {"source model", "target model", "pairs", "mean q_excess", "95% CI", "mean CKA", "median BH p (CKA)",
+          {"source model", "target model", "pairs", "mean q_excess", ci_label(a.options.ci_level) + " CI", "mean CKA", "median BH p (CKA)",
            "significant (p_adj < alpha)", "retained token fraction"},
           {}};
   for (const auto& s : a.model_pairs)
     t.rows.push_back({s.source_model, s.target_model, std::to_string(s.pairs), fixed(s.mean_q_excess), ci(s.ci_lo, s.ci_hi),
-                      opt(s.mean_cka), s.median_p_adjusted ? p_value(*s.median_p_adjusted) : "n/a",
-                      fmt::format("{}/{}", s.significant, s.pairs), opt(s.mean_retained_fraction)});
+                      opt(s.mean_cka), p_or_not_computed(s.median_p_adjusted),
+                      s.median_p_adjusted ? fmt::format("{}/{}", s.significant, s.pairs) : kNotComputed,
+                      opt(s.mean_retained_fraction)});
   return t;
 }
 
-Table pair_table(const TransferResults& r) {
+Table pair_table(const TransferResults& r, const AnalysisOptions& ao) {
   Table t{"pairs", "Every (source SAE, target cell) pair.",
-          {"source", "target", "q", "q_null", "q_excess", "q_excess 95% CI", "CKA", "CKA p (BH)", "MMAC", "MMAC random",
+          {"source", "target", "q", "q_null", "q_excess", "q_excess " + ci_label(ao.ci_level) + " CI", "CKA", "CKA p (BH)", "MMAC", "MMAC random",
            "transfer_recon_ratio", "evaluation"},
           {}};
   for (const auto& source : r.cells)
@@ -93,7 +87,7 @@ Table pair_table(const TransferResults& r) {
         q_ci = ci((*it)[0].get<double>(), (*it)[1].get<double>());
       auto p_adj = p->metric("p_adjusted");
       t.rows.push_back({source, target, opt(p->metric("q")), opt(p->metric("q_null")), opt(p->metric("q_excess")), q_ci,
-                        opt(p->metric("cka")), p_adj ? p_value(*p_adj) : "n/a", opt(p->metric("mmac")),
+                        opt(p->metric("cka")), p_or_not_computed(p_adj), opt(p->metric("mmac")),
                         opt(p->metric("mmac_random")), opt(p->metric("transfer_recon_ratio")),
                         p->entry.value("evaluation", "n/a")});
     }
@@ -118,12 +112,27 @@ Table sae_table(const std::vector<SaeSummary>& saes) {
   return t;
 }
 
-Table gate_table(const json& gates) {
-  Table t{"gates", "Go/no-go gates.", {"tier", "check", "result", "summary"}, {}};
-  for (const char* tier : {"must_pass", "should_pass", "publication_ready"})
-    for (const auto& check : gates.value(tier, json::array()))
-      t.rows.push_back({tier, check.value("title", check.value("name", "")), check.value("status", "n/a"),
-                        check.value("summary", "")});
+Table control_table(const PositiveControl& pc, const AnalysisOptions& ao) {
+  const std::string level = ci_label(ao.ci_level);
+  Table t{"positive_control_" + pc.control,
+          fmt::format("Positive control: {} (a second training of {}) against its twin at each depth, beside the "
+                      "cross-family pairs of that depth. Control: mean of both directions, CI the union of the two "
+                      "directions' {} sequence-bootstrap intervals; cross-family: mean with a {} bootstrap CI over "
+                      "its pairs.",
+                      pc.control, pc.twin, level, level),
+          {"relative depth", "control pair", "control q_excess", level + " CI", "cross-family q_excess", level + " CI",
+           "control CKA", level + " CI", "cross-family CKA", level + " CI", "control MMAC", "cross-family MMAC",
+           "cross-family pairs", "separates"},
+          {}};
+  auto interval = [](const std::optional<double>& lo, const std::optional<double>& hi) {
+    return lo && hi ? ci(*lo, *hi) : std::string("n/a");
+  };
+  for (const auto& d : pc.depths)
+    t.rows.push_back({fixed(d.relative_depth, 2), d.control_cell + " <-> " + d.twin_cell, opt(d.q_excess),
+                      interval(d.q_lo, d.q_hi), opt(d.family_q_excess), interval(d.family_q_lo, d.family_q_hi),
+                      opt(d.cka), interval(d.cka_lo, d.cka_hi), opt(d.family_cka),
+                      interval(d.family_cka_lo, d.family_cka_hi), opt(d.mmac), opt(d.family_mmac),
+                      std::to_string(d.cross_family_pairs), d.separates() ? "yes" : "no"});
   return t;
 }
 
@@ -158,22 +167,19 @@ const char* kDefinitions = R"(All FVU-based quantities are pooled over the evalu
 
 ReportResult write_report(const fs::path& run_dir, const ReportOptions& options) {
   if (!fs::is_directory(run_dir)) fail("run directory {} does not exist", run_dir.string());
-  const TransferResults results = load_transfer(run_dir);
-  const Analysis a = analyse(results, options.analysis);
+  const AnalysisOptions ao = options.analysis ? *options.analysis : analysis_options_for_run(run_dir);
+  const TransferResults everything = load_transfer(run_dir);
+  const TransferResults results = without_models(everything, ao.controls);  // the main matrix
   const auto saes = load_saes(run_dir);
-  std::optional<json> gates = options.gates;
-  if (!gates) gates = read_json_if_exists(run_dir / "gates" / "gates.json");
+  const Analysis a = analyse(everything, ao, saes);
   const std::optional<json> manifest = read_json_if_exists(run_dir / "manifest.json");
   const std::optional<json> figures = read_json_if_exists(run_dir / "figures" / "figures.json");
-  const auto [verdict, reasons] = verdict_of(gates);
-  const AnalysisOptions& ao = options.analysis;
+  const std::string level = ci_label(ao.ci_level);
 
   ReportResult result;
-  result.verdict = verdict;
   const fs::path report_dir = run_dir / "report";
   const fs::path tables_dir = report_dir / "tables";
-  std::vector<Table> tables = {layer_table(a), model_pair_table(a), pair_table(results), sae_table(saes)};
-  if (gates) tables.push_back(gate_table(*gates));
+  std::vector<Table> tables = {layer_table(a), model_pair_table(a), pair_table(results, ao), sae_table(saes)};
 
   std::ostringstream md;
   // Named after the experiment, not the directory, so a reproduced run writes the same report.
@@ -182,16 +188,17 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
       resolved && resolved->contains("experiment") && (*resolved)["experiment"].contains("name"))
     run_name = (*resolved)["experiment"]["name"].get<std::string>();
   md << "# strata report: " << run_name << "\n\n";
-  md << "**Verdict: " << verdict << "**";
-  if (verdict == "NOT EVALUATED") md << " (gates not evaluated; run `strata gate RUN_DIR`)";
-  md << "\n\n";
-  if (!reasons.empty()) {
-    md << "Failed must-pass checks:\n\n";
-    for (const auto& reason : reasons) md << "- " << reason << "\n";
-    md << "\n";
-  }
+  md << "The go/no-go verdict is the gates step's, which runs after this report and judges the same analysis "
+        "(report/analysis.json): see gates/gates.json, or run `strata gate RUN_DIR`.\n\n";
   md << fmt::format("{} models, {} cells, {} SAE x activation pairs, {} SAEs.\n\n", results.models.size(),
                     results.cells.size(), results.pairs.size(), saes.size());
+  if (!ao.controls.empty()) {
+    std::vector<std::string> names;
+    for (const auto& [control, twin] : ao.controls) names.push_back(fmt::format("{} (of {})", control, twin));
+    md << fmt::format("Positive control{} {} left out of the main matrix (the pair counts, tables, figures and "
+                      "Q1-Q4; the SAE table includes it) and reported in the \"Positive control\" section.\n\n",
+                      names.size() > 1 ? "s" : "", fmt::join(names, ", "));
+  }
 
   // ---- Executive summary ----
   md << "## Executive summary\n\n";
@@ -209,10 +216,10 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
                                           : std::accumulate(early_ckas.begin(), early_ckas.end(), 0.0) / early_ckas.size();
     md << fmt::format(
         "- **Q1. Are early layers universal?** {}. Over the early cells (relative depth <= {:.2f}: {}), the mean "
-        "cross-model q_excess is {} (95% CI {}), {} the criterion q_excess > {:.2f}; band: {}. Criterion: q_excess, "
+        "cross-model q_excess is {} ({} CI {}), {} the criterion q_excess > {:.2f}; band: {}. Criterion: q_excess, "
         "the SAE's explained variance on another model's mapped activations relative to its own, corrected for the "
         "shuffled-pairing null{}.\n",
-        a.early_universal ? "Yes" : "No", ao.early_max_depth, fmt::join(early_names, ", "), fixed(a.early_mean),
+        a.early_universal ? "Yes" : "No", ao.early_max_depth, fmt::join(early_names, ", "), fixed(a.early_mean), level,
         ci(a.early_ci_lo, a.early_ci_hi), a.early_universal ? "above" : "not above", ao.early_universal,
         ao.bands.label(a.early_mean),
         std::isfinite(early_cka) ? fmt::format("; their mean cross-model linear CKA is {}", fixed(early_cka)) : "");
@@ -220,8 +227,8 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
       const DepthGroup& d = a.groups[*a.divergence_group];
       md << fmt::format(
           "- **Q2. Divergence point:** relative depth {} (depth group {}), the first depth where the mean cross-model "
-          "q_excess ({}, 95% CI {}) falls below {:.2f}; {}.\n",
-          depth_label(d), *a.divergence_group + 1, fixed(d.mean_q_excess), ci(d.ci_lo, d.ci_hi), ao.divergence_threshold,
+          "q_excess ({}, {} CI {}) falls below {:.2f}; {}.\n",
+          depth_label(d), *a.divergence_group + 1, fixed(d.mean_q_excess), level, ci(d.ci_lo, d.ci_hi), ao.divergence_threshold,
           a.divergence_clear ? "every deeper depth stays below it (a clear divergence point)"
                              : (*a.divergence_group == 0 ? "already at the first depth, so no universal prefix"
                                                          : "but a deeper depth rises above it again (not a clean break)"));
@@ -236,11 +243,11 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
     if (a.bottleneck_group) {
       const DepthGroup& b = a.groups[*a.bottleneck_group];
       const DepthGroup &before = a.groups[*a.bottleneck_group - 1], &after = a.groups[*a.bottleneck_group + 1];
-      // Whether the 95% CIs separate the dip from both neighbours (a conservative check).
+      // Whether the CIs separate the dip from both neighbours (a conservative check).
       const bool resolved = b.ci_hi < before.ci_lo && b.ci_hi < after.ci_lo;
-      md << fmt::format("- **Q3. Bottleneck:** relative depth {} ({}) dips to {} (95% CI {}) while its neighbouring "
+      md << fmt::format("- **Q3. Bottleneck:** relative depth {} ({}) dips to {} ({} CI {}) while its neighbouring "
                         "depths reach {} ({}) and {} ({}) (a dip of at least {:.2f}); {}.\n",
-                        depth_label(b), group_cells(b), fixed(b.mean_q_excess), ci(b.ci_lo, b.ci_hi),
+                        depth_label(b), group_cells(b), fixed(b.mean_q_excess), level, ci(b.ci_lo, b.ci_hi),
                         fixed(before.mean_q_excess), ci(before.ci_lo, before.ci_hi), fixed(after.mean_q_excess),
                         ci(after.ci_lo, after.ci_hi), ao.bottleneck_margin,
                         resolved ? "its CI lies below both neighbours' CIs, so the dip is resolved at this sample size"
@@ -254,12 +261,12 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
       const DepthGroup& r = a.groups[*a.recommended_group];
       const bool in_band = r.mean_q_excess >= ao.bands.partial;
       md << fmt::format("- **Q4. Recommended layer for the next phase:** relative depth {} ({}), {} (mean cross-model "
-                        "q_excess {}, 95% CI {}).\n",
+                        "q_excess {}, {} CI {}).\n",
                         depth_label(r), group_cells(r),
                         in_band ? fmt::format("the deepest depth still at least partially universal (>= {:.2f})",
                                               ao.bands.partial)
                                 : "the best-transferring depth (no depth reaches the partial band)",
-                        fixed(r.mean_q_excess), ci(r.ci_lo, r.ci_hi));
+                        fixed(r.mean_q_excess), level, ci(r.ci_lo, r.ci_hi));
     }
     md << fmt::format("- **Trend:** Kendall's tau between relative depth and cell mean cross-model q_excess is {} "
                       "(n = {}, z = {}, one-sided p = {}): {}.\n",
@@ -284,10 +291,55 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
   // ---- Tables ----
   md << "## Per-layer results\n\n" << tables[0].caption << "\n\n" << tables[0].markdown() << "\n";
   md << "## Per-model-pair results\n\n" << tables[1].caption << "\n\n" << tables[1].markdown() << "\n";
+  if (!a.positive_controls.empty()) {
+    md << "## Positive control\n\n";
+    for (const auto& pc : a.positive_controls) {
+      Table t = control_table(pc, ao);
+      const int separated = pc.separated_depths(), depths = static_cast<int>(pc.depths.size());
+      md << t.caption << "\n\n" << t.markdown() << "\n";
+      if (depths == 0)
+        md << fmt::format("{} has no pairs with {} in the transfer matrix, so the control cannot be judged.\n\n",
+                          pc.control, pc.twin);
+      else if (separated == depths)
+        md << fmt::format("The control separates from the cross-family pairs at every depth ({} of {}): its q_excess "
+                          "interval lies above theirs, so the cross-model path sees universality where it is "
+                          "planted by training.\n\n",
+                          separated, depths);
+      else if (separated > 0)
+        md << fmt::format("The control separates from the cross-family pairs at {} of {} depths (its q_excess "
+                          "interval lies above theirs only there).\n\n",
+                          separated, depths);
+      else
+        md << fmt::format("The control does not separate from the cross-family pairs at any of {} depths: the "
+                          "cross-model path does not show universality between two trainings of one model, so a "
+                          "\"not universal\" answer above is not evidence until this is understood.\n\n",
+                          depths);
+      tables.push_back(std::move(t));
+    }
+  }
   md << "## All pairs\n\n";
   if (tables[2].rows.size() <= 100) md << tables[2].markdown() << "\n";
   else md << fmt::format("{} pairs; see [tables/pairs.csv](tables/pairs.csv) and tables/pairs.tex.\n\n", tables[2].rows.size());
   md << "## SAE quality\n\n" << tables[3].caption << "\n\n" << tables[3].markdown() << "\n";
+  {
+    std::vector<double> fractions, dead;
+    std::vector<std::string> problems;
+    for (const auto& s : a.sparsity) {
+      if (auto f = s.l0_fraction()) fractions.push_back(*f);
+      if (s.dead_fraction) dead.push_back(*s.dead_fraction);
+      problems.insert(problems.end(), s.problems.begin(), s.problems.end());
+    }
+    auto range = [](const std::vector<double>& v) {
+      return v.empty() ? std::string("n/a")
+                       : fmt::format("{}-{}", fixed(*std::min_element(v.begin(), v.end())),
+                                     fixed(*std::max_element(v.begin(), v.end())));
+    };
+    md << fmt::format("Sparsity (a dense code meets any FVU threshold): L0 / d_in {} (max {}), dead fraction {} "
+                      "(max {}); ",
+                      range(fractions), ao.max_l0_fraction, range(dead), ao.max_dead_fraction);
+    if (problems.empty()) md << fmt::format("all {} SAEs are within both.\n\n", a.sparsity.size());
+    else md << fmt::format("{} finding(s): {}.\n\n", problems.size(), fmt::join(problems, "; "));
+  }
 
   // ---- Nulls and ceilings ----
   md << "## Nulls and ceilings\n\n";
@@ -298,6 +350,12 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
                     opt(a.mean_q_excess_within));
   md << fmt::format("- MMAC = {} against the random-dictionary baseline mmac_random = {}.\n", opt(a.mean_mmac),
                     opt(a.mean_mmac_random));
+  if (a.pairs_with_p == 0)
+    md << "- CKA permutation p-values: not computed (no permutation test ran, `cka_permutations = 0`), so no pair "
+          "has a p-value or a BH adjustment.\n";
+  else
+    md << fmt::format("- CKA permutation p-values: {} of {} pairs, BH-adjusted across pairs.\n", a.pairs_with_p,
+                      a.total_pairs);
   if (results.seed_ceilings.is_array() && !results.seed_ceilings.empty()) {
     md << "- Seed-to-seed ceiling (a second SAE trained with another seed on the same cell):\n";
     for (const auto& c : results.seed_ceilings)
@@ -309,11 +367,6 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
   }
   md << "\n";
 
-  // ---- Gates ----
-  md << "## Gate results\n\n";
-  if (gates) md << tables.back().markdown() << "\n";
-  else md << "Gates not evaluated (gates/gates.json missing; run `strata gate RUN_DIR`).\n\n";
-
   md << "## Metric definitions\n\n" << kDefinitions << "\n";
   md << fmt::format("Bands on q_excess (the seed's): >= {} universal, {}-{} partial, {}-{} diverging, < {} model-specific. "
                     "Depth groups: the k-th captured layer of every model when all models have the same number of "
@@ -324,8 +377,9 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
   md << "## Limitations\n\n"
         "- Cross-model comparisons go through a fitted semi-orthogonal map on aligned tokens; a pair's q_excess "
         "bounds what a linear isometry can carry, not every possible correspondence.\n"
-        "- Confidence intervals in the per-layer and per-model-pair tables resample pairs, which are not independent "
-        "(they share SAEs and tokens); the per-cell intervals in the universality figure resample sequences.\n"
+        "- Confidence intervals in the per-layer table resample cells, in the per-model-pair table pairs; neither are "
+        "independent (they share SAEs and tokens). The per-cell intervals in the universality figure and the pairs "
+        "table resample sequences.\n"
         "- Tokens are restricted to positions where the tokenizations agree on a byte boundary; the retained fraction "
         "is reported per model pair.\n"
         "- The trend test uses the normal approximation, which is coarse for fewer than ~10 cells.\n"
@@ -373,8 +427,12 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
       md << "\nSeeds: not recorded in manifest.json.\n";
     }
     if (m.contains("artifacts")) {
-      Table artifacts{"artifacts", "Artifacts and their SHA-256.", {"artifact", "sha256", "bytes"}, {}};
+      Table artifacts{"artifacts", "Artifacts the report was made from, and their SHA-256.", {"artifact", "sha256", "bytes"}, {}};
       auto add = [&](const std::string& path, const json& info) {
+        // Only what precedes the report: its own earlier files and the gates (which run after it) would make
+        // the bytes depend on the run's history (a resumed run against a fresh one).
+        const std::string step = info.is_object() ? info.value("step", "") : "";
+        if (step == "report" || step == "gates" || path.rfind("report/", 0) == 0 || path.rfind("gates/", 0) == 0) return;
         artifacts.rows.push_back({path, info.is_object() ? json_scalar(info.value("sha256", json())) : json_scalar(info),
                                   info.is_object() ? json_scalar(info.value("bytes", info.value("size", json()))) : ""});
       };
@@ -387,6 +445,11 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
     }
   }
 
+  // The report step owns report/: files of an earlier report that this one does not write must not stay
+  // behind to be recorded with it.
+  fs::remove_all(report_dir);
+  result.analysis = report_dir / "analysis.json";
+  atomic_write_text(result.analysis, to_json(a).dump(2) + "\n");
   for (const auto& table : tables) {
     table.write(tables_dir);
     result.tables.push_back(tables_dir / (table.name + ".csv"));
@@ -394,7 +457,7 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
   }
   result.markdown = report_dir / "report.md";
   atomic_write_text(result.markdown, md.str());
-  log::info("report: {} (verdict {})", result.markdown.string(), verdict);
+  log::info("report: {}", result.markdown.string());
   return result;
 }
 

@@ -1,5 +1,6 @@
 // The report step: report/report.md answering the seed's Q1-Q4 with numbers, plus every table as
-// report/tables/<name>.csv and .tex (booktabs). Sections and definitions: docs/report.md.
+// report/tables/<name>.csv and .tex (booktabs), and the analysis behind them as report/analysis.json.
+// Sections and definitions: docs/report.md.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -13,16 +14,18 @@
 namespace strata::report {
 
 struct ReportOptions {
-  AnalysisOptions analysis;
-  // Gate results (validation::evaluate_gates). When absent, gates/gates.json is read if it exists;
-  // a run without gate results is reported as "gates not evaluated".
-  std::optional<nlohmann::json> gates;
+  // Default: analysis_options_for_run(run_dir), the settings of the run's own config.
+  std::optional<AnalysisOptions> analysis;
 };
 
+// The report depends only on the artifacts of the steps before it (capture, train, transfer, figures)
+// and the config, never on gates/gates.json or an earlier report: a report written before or after the
+// gates, fresh or resumed, has the same bytes. The gates step runs after it and judges the same
+// analysis, which the report writes as report/analysis.json (validation/should_pass.cpp reads it).
 struct ReportResult {
   std::filesystem::path markdown;             // RUN_DIR/report/report.md
+  std::filesystem::path analysis;             // RUN_DIR/report/analysis.json
   std::vector<std::filesystem::path> tables;  // csv and tex files
-  std::string verdict;                        // "GO", "NO-GO" or "NOT EVALUATED"
 };
 
 ReportResult write_report(const std::filesystem::path& run_dir, const ReportOptions& options = {});

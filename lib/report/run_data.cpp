@@ -125,6 +125,9 @@ TransferResults load_transfer(const fs::path& run_dir) {
       cell.ci_hi = (*ci)[1].get<double>();
     }
     cell.mean_cross_model_cka = number_at(score, "mean_cross_model_cka");
+    if (auto keys = score.find("pairs"); keys != score.end() && keys->is_array())
+      for (const auto& key : *keys)
+        if (key.is_string()) cell.pairs.push_back(key.get<std::string>());
     results.universality.push_back(cell);
   }
   std::stable_sort(results.universality.begin(), results.universality.end(), [&](const auto& a, const auto& b) {

@@ -30,6 +30,7 @@ struct CellScore {  // one entry of layer_universality_scores
   double mean_cross_model_q_excess = 0;
   std::optional<double> ci_lo, ci_hi;
   std::optional<double> mean_cross_model_cka;
+  std::vector<std::string> pairs;  // the pair keys the transfer step averaged ("pairs"); may be empty
   std::string name() const { return cell_name(model, layer); }
 };
 

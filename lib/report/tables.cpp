@@ -34,6 +34,7 @@ std::string Table::markdown() const {
 
 std::string Table::csv() const {
   auto quote = [](const std::string& cell) {
+    if (cell == kNotComputed) return std::string();
     if (cell.find_first_of(",\"\n") == std::string::npos) return cell;
     std::string out = "\"";
     for (char c : cell) out += c == '"' ? std::string("\"\"") : std::string(1, c);

@@ -20,6 +20,10 @@ struct Table {
   void write(const std::filesystem::path& dir) const;
 };
 
+// A value no step computed (e.g. a CKA p-value when no permutation test ran): printed as is in markdown
+// and LaTeX, an empty cell in CSV.
+inline constexpr const char* kNotComputed = "not computed";
+
 // Numbers as printed in tables: fixed decimals, "n/a" for missing, p-values in scientific below 1e-3.
 std::string fixed(double value, int decimals = 3);
 std::string p_value(double p);

@@ -1,7 +1,7 @@
-// `strata figures RUN_DIR`: publication figures (300-DPI PNG + vector PDF + caption) into RUN_DIR/figures.
+// `strata figures RUN_DIR`: publication figures (300-DPI PNG + vector PDF + caption) into RUN_DIR/figures,
+// with the run's own analysis settings (bands, controls, CI level: report::analysis_options_for_run).
 #include "command.hpp"
 #include "report/figures.hpp"
-#include "validation/gates.hpp"
 
 namespace {
 
@@ -13,9 +13,7 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--dpi", options->dpi, "PNG resolution (pixels = inches x dpi)")->capture_default_str();
   cmd->add_option("--font-pt", options->font_pt, "font size as printed, in points")->capture_default_str();
   commands.bind(cmd, [run_dir, options]() {
-    strata::report::FigureOptions o = *options;
-    o.analysis = strata::validation::analysis_options(strata::validation::thresholds_for_run(*run_dir));
-    const auto figures = strata::report::render_figures(*run_dir, o);
+    const auto figures = strata::report::render_figures(*run_dir, *options);
     for (const auto& f : figures)
       fmt::print("{}  ({:.2f} x {:.2f} in, {} DPI)  {}\n", f.png.string(), f.width_in, f.height_in, f.dpi, f.caption);
     return 0;

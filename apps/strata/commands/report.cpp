@@ -1,8 +1,11 @@
-// `strata report RUN_DIR`: evaluates the gates, then writes RUN_DIR/report/report.md and its tables.
-// A run that fails a gate still gets its report, marked NO-GO with the reasons.
+// `strata report RUN_DIR`: the run's report step, as `strata run --resume RUN_DIR --steps report` runs
+// it: under run.lock, with the run's own config, and recorded in the manifest (so `strata verify` still
+// holds afterwards). Up to date when nothing it reads changed. The gates are their own step (`strata
+// gate RUN_DIR`); the report does not depend on them.
 #include "command.hpp"
-#include "report/report.hpp"
-#include "validation/gates.hpp"
+#include "core/error.hpp"
+#include "harness/runner.hpp"
+#include "pipeline_steps.hpp"
 
 namespace {
 
@@ -11,13 +14,20 @@ void setup(strata::cli::Commands& commands) {
   auto run_dir = std::make_shared<std::string>();
   cmd->add_option("RUN_DIR", *run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
   commands.bind(cmd, [run_dir]() {
-    const auto thresholds = strata::validation::thresholds_for_run(*run_dir);
-    strata::report::ReportOptions options;
-    options.analysis = strata::validation::analysis_options(thresholds);
-    options.gates = strata::validation::evaluate_gates(*run_dir, thresholds);
-    strata::validation::write_gates(*run_dir, *options.gates);
-    const auto result = strata::report::write_report(*run_dir, options);
-    fmt::print("report: {} (verdict {})\n", result.markdown.string(), result.verdict);
+    namespace fs = std::filesystem;
+    if (!fs::exists(fs::path(*run_dir) / "manifest.json"))
+      strata::fail("{} is not a strata run (no manifest.json): the report is written into a run and recorded in its "
+                   "manifest; make one with `strata run EXP`",
+                   *run_dir);
+    strata::cli::register_pipeline_steps();
+    strata::harness::RunOptions options;
+    options.resume_dir = *run_dir;
+    options.steps = {"report"};
+    options.command_line = "strata report " + *run_dir;
+    const auto summary = strata::harness::run_experiment(options);
+    if (!summary.ok()) strata::fail("the report step failed: {}", summary.error);
+    fmt::print("report: {} ({})\n", (summary.run_dir / "report" / "report.md").string(),
+               summary.skipped.empty() ? "written and recorded in the manifest" : "up to date");
     return 0;
   });
 }
