@@ -136,41 +136,41 @@ BOOST_AUTO_TEST_CASE(saelens_normalize_activations_modes_match_the_reference) {
     fs::path dir = testing::fresh_dir("formats_norm_constant");
     write_saelens(dir, {{"architecture", "standard"}, {"d_in", kDIn}, {"d_sae", kDSae}, {"normalize_activations", "constant_norm_rescale"}},
                   saelens_tensors(w));
-    sae::Sae sae = sae::Sae::load(dir);
+    sae::Sae model = sae::Sae::load(dir);
     Tensor coeff = sqrt_d / xd.norm(2, {1}, true);
     Tensor f_ref = standard(xd * coeff);
-    BOOST_TEST(rel_error(sae.encode(x), f_ref) < 1e-5);
-    BOOST_TEST(rel_error(sae.reconstruct(x), ref_decode(f_ref, w) / coeff) < 1e-5);
-    BOOST_TEST(sae.decode_needs_input());
-    testing::expect_error([&] { sae.decode(sae.encode(x)); }, {"constant_norm_rescale", "decode(f, x)"});
+    BOOST_TEST(rel_error(model.encode(x), f_ref) < 1e-5);
+    BOOST_TEST(rel_error(model.reconstruct(x), ref_decode(f_ref, w) / coeff) < 1e-5);
+    BOOST_TEST(model.decode_needs_input());
+    testing::expect_error([&] { model.decode(model.encode(x)); }, {"constant_norm_rescale", "decode(f, x)"});
   }
   {  // layer_norm: (x - mean) / (std + 1e-5) with the unbiased std; output * std + mean.
     fs::path dir = testing::fresh_dir("formats_norm_ln");
     write_saelens(dir, {{"architecture", "standard"}, {"d_in", kDIn}, {"d_sae", kDSae}, {"normalize_activations", "layer_norm"}},
                   saelens_tensors(w));
-    sae::Sae sae = sae::Sae::load(dir);
+    sae::Sae model = sae::Sae::load(dir);
     Tensor mu = xd.mean({1}, true);
     Tensor sd = ((xd - mu).pow(2).sum(1, true) / double(kDIn - 1)).sqrt();
     Tensor f_ref = standard((xd - mu) / (sd + 1e-5));
-    BOOST_TEST(rel_error(sae.encode(x), f_ref) < 1e-5);
-    BOOST_TEST(rel_error(sae.reconstruct(x), ref_decode(f_ref, w) * sd + mu) < 1e-5);
+    BOOST_TEST(rel_error(model.encode(x), f_ref) < 1e-5);
+    BOOST_TEST(rel_error(model.reconstruct(x), ref_decode(f_ref, w) * sd + mu) < 1e-5);
   }
   {  // expected_average_only_in (legacy spelling: normalize_activations = true): s = sqrt(d_in)/mean||x||.
     fs::path dir = testing::fresh_dir("formats_norm_expected");
     write_saelens(dir, {{"architecture", "standard"}, {"d_in", kDIn}, {"d_sae", kDSae}, {"normalize_activations", true}},
                   saelens_tensors(w));
-    sae::Sae sae = sae::Sae::load(dir);
-    BOOST_TEST(sae.normalize_activations == "expected_average_only_in");
-    testing::expect_error([&] { sae.encode(x); }, {"expected_average_only_in", "estimated"});
+    sae::Sae model = sae::Sae::load(dir);
+    BOOST_TEST(model.normalize_activations == "expected_average_only_in");
+    testing::expect_error([&] { model.encode(x); }, {"expected_average_only_in", "estimated"});
     const double s_ref = sqrt_d / xd.norm(2, {1}).mean().item<double>();
     const double s = sae::Sae::estimate_norm_scaling_factor(x);
     BOOST_TEST(std::abs(s - s_ref) / s_ref < 1e-12);
-    sae.fold_norm_scaling_factor(s);
-    BOOST_TEST(sae.normalize_activations == "none");
+    model.fold_norm_scaling_factor(s);
+    BOOST_TEST(model.normalize_activations == "none");
     Tensor f_ref = standard(xd * s_ref);
-    BOOST_TEST(rel_error(sae.encode(x), f_ref) < 1e-5);
-    BOOST_TEST(rel_error(sae.decode(sae.encode(x)), ref_decode(f_ref, w) / s_ref) < 1e-5);
-    BOOST_TEST(sae.cfg["folded_norm_scaling_factor"].get<double>() == s);
+    BOOST_TEST(rel_error(model.encode(x), f_ref) < 1e-5);
+    BOOST_TEST(rel_error(model.decode(model.encode(x)), ref_decode(f_ref, w) / s_ref) < 1e-5);
+    BOOST_TEST(model.cfg["folded_norm_scaling_factor"].get<double>() == s);
   }
 }
 
@@ -243,6 +243,7 @@ BOOST_AUTO_TEST_CASE(hook_names_map_to_strata_layers) {
   BOOST_TEST(sae::layer_of_hook("blocks.6.hook_resid_post").value() == 7);
   BOOST_TEST(sae::layer_of_hook("blocks.7.hook_resid_pre").value() == 7);
   BOOST_TEST(sae::layer_of_hook("blocks.0.hook_resid_pre").value() == 0);
+  BOOST_TEST(sae::layer_of_hook("hook_embed").value() == 0);  // what strata's own layer-0 SAEs record
   BOOST_TEST(sae::layer_of_hook("layers.6").value() == 7);
   BOOST_TEST(sae::layer_of_hook("gpt_neox.layers.0").value() == 1);
   BOOST_TEST(sae::layer_of_hook("h.11").value() == 12);
@@ -301,4 +302,22 @@ BOOST_AUTO_TEST_CASE(unsupported_fields_and_bad_shapes_are_errors_naming_file_an
   fs::path empty = testing::fresh_dir("formats_error_empty");
   atomic_write_text(empty / "weights.bin", "x");
   testing::expect_error([&] { sae::load_sae(empty); }, {"not an SAE directory", "weights.bin"});
+}
+
+BOOST_AUTO_TEST_CASE(hf_paths_resolve_from_the_offline_cache_with_a_sub_directory) {
+  fs::path cache = testing::fresh_dir("formats_hf_cache");
+  const std::string commit = "0123456789abcdef0123456789abcdef01234567";
+  fs::path snapshot = cache / "models--some-org--some-saes" / "snapshots" / commit;
+  fs::create_directories(snapshot / "layers.1");
+  fs::create_directories(cache / "models--some-org--some-saes" / "refs");
+  atomic_write_text(cache / "models--some-org--some-saes" / "refs" / "main", commit + "\n");
+  const char* previous = std::getenv("HF_HUB_CACHE");
+  const std::string saved = previous ? previous : "";
+  setenv("HF_HUB_CACHE", cache.c_str(), 1);
+  BOOST_TEST(sae::resolve_sae_source("hf://some-org/some-saes/layers.1") == snapshot / "layers.1");
+  BOOST_TEST(sae::resolve_sae_source("hf://some-org/some-saes@" + commit + "/layers.1") == snapshot / "layers.1");
+  testing::expect_error([] { sae::resolve_sae_source("hf://some-org/some-saes/layers.9"); }, {"layers.9", "not in the cached snapshot"});
+  testing::expect_error([] { sae::resolve_sae_source("hf://other/saes/layers.1"); }, {"hf://other/saes/layers.1", "offline"});
+  testing::expect_error([] { sae::resolve_sae_source("hf://some-org/some-saes/../x"); }, {"'..'"});
+  if (previous) setenv("HF_HUB_CACHE", saved.c_str(), 1); else unsetenv("HF_HUB_CACHE");
 }

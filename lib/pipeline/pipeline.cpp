@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include <fmt/ranges.h>
+
 #include "capture/capture.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -215,16 +217,16 @@ json import_published(StepContext& ctx, const json& cell, const std::string& spe
     fail("cell {}: the {} SAE {} has d_in {} but the captured activations have width {}", name, loaded.format, spec,
          loaded.sae.d_in(), store.dim());
   harness::SaeConfig config = ctx.exp.sae_for(depth);
-  sae::Sae sae = loaded.sae;
+  sae::Sae converted = loaded.sae;
   json scaling = nullptr;
-  if (sae.normalize_activations == "expected_average_only_in") {
+  if (converted.normalize_activations == "expected_average_only_in") {
     double s = sae::Sae::estimate_norm_scaling_factor(training_sample(store, config.heldout_fraction, config.b_dec_init_rows));
-    sae.fold_norm_scaling_factor(s);
+    converted.fold_norm_scaling_factor(s);
     scaling = s;
   }
   log::info("Using the published {} SAE {} for {} (sha256 {})", loaded.format, spec, name, sae::sae_sha256(loaded).substr(0, 12));
   sae::EvalResult eval =
-      sae::evaluate_sae(sae, store, sae::heldout_ranges(store, config.heldout_fraction), config.batch_size, config.dense_threshold);
+      sae::evaluate_sae(converted, store, sae::heldout_ranges(store, config.heldout_fraction), config.batch_size, config.dense_threshold);
   json published = {{"source", spec},
                     {"resolved", source.string()},
                     {"format", loaded.format},
@@ -243,10 +245,11 @@ json import_published(StepContext& ctx, const json& cell, const std::string& spe
               {"published", published},
               {"published_cfg", loaded.sae.cfg},
               {"metrics", metrics}};
-  if (sae.cfg.contains("folded_norm_scaling_factor")) cfg["folded_norm_scaling_factor"] = sae.cfg["folded_norm_scaling_factor"];
-  sae.cfg = cfg;
+  if (converted.cfg.contains("folded_norm_scaling_factor"))
+    cfg["folded_norm_scaling_factor"] = converted.cfg["folded_norm_scaling_factor"];
+  converted.cfg = cfg;
   fs::remove_all(ctx.path(relative_dir));
-  sae.save(ctx.path(relative_dir));
+  converted.save(ctx.path(relative_dir));
   std::vector<std::string> inputs = store_inputs(ctx, model, layer);
   for (const auto& file : loaded.files) inputs.push_back(fs::absolute(file).string());
   ctx.record_directory(relative_dir, inputs);

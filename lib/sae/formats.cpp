@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <fmt/ranges.h>
+
 #include <regex>
 #include <set>
 
@@ -340,6 +342,9 @@ std::optional<int64_t> layer_of_hook(const std::string& hook) {
   static const std::regex other_tl(R"(blocks\.\d+\..+|hook_.+)");
   static const std::regex inside_block(R"((?:.*\.)?(?:layers|h)\.\d+\..+)");
   std::smatch m;
+  // strata's own layer-0 SAEs record hook_embed (sae::hook_name); equal to blocks.0.hook_resid_pre for
+  // models without learned position embeddings.
+  if (hook == "hook_embed" || hook == "blocks.0.hook_resid_pre") return 0;
   if (std::regex_match(hook, m, post)) return std::stoll(m[1]) + 1;
   if (std::regex_match(hook, m, pre)) return std::stoll(m[1]);
   if (std::regex_match(hook, m, block_output)) return std::stoll(m[1]) + 1;

@@ -29,8 +29,8 @@ TokenStats token_stats(const Sae& sae, const torch::Tensor& x) {
     s.scale = std::sqrt(double(sae.d_in())) / x.norm(2, {-1}, true);
   } else {  // layer_norm
     s.mean = x.mean({-1}, true);
-    torch::Tensor std = (x - s.mean).std({-1}, /*unbiased=*/true, /*keepdim=*/true);
-    s.scale = 1.0 / (std + kLayerNormEps);
+    torch::Tensor sd = (x - s.mean).std({-1}, /*unbiased=*/true, /*keepdim=*/true);
+    s.scale = 1.0 / (sd + kLayerNormEps);
   }
   return s;
 }
