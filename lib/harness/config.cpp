@@ -282,6 +282,7 @@ void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
   r.read("tokenizer", m.tokenizer);
   r.read("dtype", m.dtype);
   r.read("control_of", m.control_of);
+  const toml::node* saes = r.find("saes");
   r.reject_unknown();
   static const std::regex name_re("[A-Za-z0-9._-]+");
   if (!r.has("name")) r.fail_table("[[models]] entry needs a 'name'");
@@ -313,6 +314,31 @@ void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
     m.depths.assign(unique.begin(), unique.end());
   }
   check_choice(r, "dtype", m.dtype, {"f32", "f16", "bf16"});
+  if (saes) {
+    // saes = { "8" = "DIR or hf://org/name[@rev]/sub/dir" }: published SAEs the train step uses instead of
+    // training those cells (checked against the captured layers and the SAE's hook by the train step).
+    if (!saes->is_table()) r.fail_at(*saes, "saes", "must be a table of layer = \"DIR or hf://...\", got " + type_name(*saes));
+    static const std::regex layer_re("[0-9]{1,6}");
+    static const std::regex hf_path_re("hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+(@[A-Za-z0-9._-]+)?(/[A-Za-z0-9._@+-]+)*");
+    for (const auto& [key, node] : *saes->as_table()) {
+      const std::string layer(key.str());
+      if (!std::regex_match(layer, layer_re))
+        r.fail_at(node, "saes", fmt::format("keys are layers (\"8\"), got \"{}\"", layer));
+      if (!node.is_string() || node.as_string()->get().empty())
+        r.fail_at(node, "saes", fmt::format("[\"{}\"] must be a non-empty string (DIR or hf://org/name/sub/dir)", layer));
+      const std::string spec = node.as_string()->get();
+      const int64_t l = std::stoll(layer);
+      if (!m.layers.empty() && std::find(m.layers.begin(), m.layers.end(), l) == m.layers.end())
+        r.fail_at(node, "saes", fmt::format("[\"{}\"]: layer {} is not in this model's layers", layer, l));
+      if (spec.rfind("hf://", 0) == 0) {
+        if (!std::regex_match(spec, hf_path_re))
+          r.fail_at(node, "saes", fmt::format("[\"{}\"] must look like hf://org/name[@revision]/sub/dir, got \"{}\"", layer, spec));
+        m.saes[l] = spec;
+      } else {
+        m.saes[l] = resolve_path(spec, base_dir).string();  // like checkpoints: the train step reports a missing one
+      }
+    }
+  }
 }
 
 // The [sae] keys, in one list: read, written to JSON and applied from overrides alike.
@@ -503,6 +529,11 @@ json Experiment::section(const std::string& name) const {
       if (!m.layers.empty()) j["layers"] = m.layers;
       if (!m.depths.empty()) j["depths"] = m.depths;
       if (!m.control_of.empty()) j["control_of"] = m.control_of;  // only when set: other configs hash as before
+      if (!m.saes.empty()) {
+        json saes = json::object();
+        for (const auto& [layer, spec] : m.saes) saes[std::to_string(layer)] = spec;
+        j["saes"] = saes;
+      }
       out.push_back(std::move(j));
     }
     return out;

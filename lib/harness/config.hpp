@@ -4,7 +4,8 @@
 //   [dataset]     spec ("synthetic[:SEED]" | "jsonl:PATH[:FIELD]" | "text:PATH"), template, num_documents,
 //                 seq_len, batch_size, num_batches | tokens, packing ("truncate" | "pack")
 //   [capture]     store_dtype, keep_special, norm_outlier_factor, shard_size_mb
-//   [[models]]    name, checkpoint (local path or hf://org/name[@rev]), layers | depths, tokenizer, dtype, control_of
+//   [[models]]    name, checkpoint (local path or hf://org/name[@rev]), layers | depths, tokenizer, dtype,
+//                 control_of, saes = { "L" = "DIR or hf://org/name[@rev]/sub/dir" } (published SAEs, not trained)
 //   [sae]         architecture, expansion, k, lr, l1, epochs, batch_size, ... and
 //   [[sae.overrides]]  min_depth / max_depth plus any [sae] key, applied by relative depth
 //   [transfer]    fit_fraction, top_k, cka_permutations, bootstrap, thresholds, ceiling, ...
@@ -20,6 +21,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -69,6 +71,9 @@ struct ModelConfig {
   // tokenizer and data, another seed). Controls stay out of the main matrix and its gates; the report
   // sets their pairs with the twin beside the cross-family pairs. "" = not a control.
   std::string control_of;
+  // Published SAEs used instead of training, by layer: a local directory (resolved against the TOML
+  // file) or hf://org/name[@rev]/sub/dir, in the SAELens or sparsify format (sae/formats.hpp).
+  std::map<int64_t, std::string> saes;
 
   bool is_hf() const { return checkpoint.rfind("hf://", 0) == 0; }
   // What io::resolve_checkpoint accepts: the absolute local path, or the hf:// spec unchanged.

@@ -51,19 +51,10 @@ fs::path hub_cache_root(std::string* how) {
   return fs::path(home ? home : "/") / ".cache" / "huggingface" / "hub";
 }
 
-fs::path resolve_hub(const std::string& spec) {
-  std::string rest = spec.substr(5);  // after hf://
-  std::string revision = "main";
-  if (auto at = rest.find('@'); at != std::string::npos) {
-    revision = rest.substr(at + 1);
-    rest = rest.substr(0, at);
-  }
-  auto slash = rest.find('/');
-  if (rest.empty() || revision.empty() || slash == 0 || slash == rest.size() - 1 ||
-      rest.find('/', slash == std::string::npos ? 0 : slash + 1) != std::string::npos)
-    fail("'{}': expected hf://org/name[@revision] (or hf://name for a hub model without an org)", spec);
+// The snapshot directory of hub repo `repo_id` ("org/name" or "name") at `revision`, offline.
+fs::path hub_snapshot(const std::string& spec, const std::string& repo_id, const std::string& revision) {
   std::string folder = "models--";
-  for (char c : rest) folder += c == '/' ? std::string("--") : std::string(1, c);
+  for (char c : repo_id) folder += c == '/' ? std::string("--") : std::string(1, c);
 
   std::string how;
   const fs::path root = hub_cache_root(&how);
@@ -74,7 +65,7 @@ fs::path resolve_hub(const std::string& spec) {
     looked.push_back(repo.string() + " (missing)");
     fail("'{}' is not in the offline Hugging Face cache; strata never downloads. Looked in:\n  {}\nDownload it "
          "elsewhere (e.g. `huggingface-cli download {}`) and copy the cache, or set HF_HUB_CACHE / HF_HOME",
-         spec, fmt::join(looked, "\n  "), rest);
+         spec, fmt::join(looked, "\n  "), repo_id);
   }
   std::string commit;
   const fs::path ref = repo / "refs" / revision;
@@ -91,12 +82,53 @@ fs::path resolve_hub(const std::string& spec) {
     fail("'{}': revision '{}' is not in the offline Hugging Face cache. Looked in:\n  {}", spec, revision,
          fmt::join(looked, "\n  "));
   }
+  return snapshot;
+}
+
+fs::path resolve_hub(const std::string& spec) {
+  std::string rest = spec.substr(5);  // after hf://
+  std::string revision = "main";
+  if (auto at = rest.find('@'); at != std::string::npos) {
+    revision = rest.substr(at + 1);
+    rest = rest.substr(0, at);
+  }
+  auto slash = rest.find('/');
+  if (rest.empty() || revision.empty() || slash == 0 || slash == rest.size() - 1 ||
+      rest.find('/', slash == std::string::npos ? 0 : slash + 1) != std::string::npos)
+    fail("'{}': expected hf://org/name[@revision] (or hf://name for a hub model without an org)", spec);
+  const fs::path snapshot = hub_snapshot(spec, rest, revision);
   if (!fs::is_regular_file(snapshot / "config.json"))
     fail("'{}': snapshot {} has no config.json; the cached download is incomplete", spec, snapshot.string());
   return snapshot;
 }
 
 }  // namespace
+
+fs::path resolve_hub_path(const std::string& spec) {
+  if (spec.rfind("hf://", 0) != 0) fail("'{}': expected hf://org/name[@revision][/sub/dir]", spec);
+  // org / name[@revision] / sub / dir
+  std::vector<std::string> parts;
+  for (size_t begin = 5;;) {
+    size_t slash = spec.find('/', begin);
+    parts.push_back(spec.substr(begin, slash == std::string::npos ? std::string::npos : slash - begin));
+    if (slash == std::string::npos) break;
+    begin = slash + 1;
+  }
+  for (const auto& part : parts)
+    if (part.empty() || part == "." || part == "..")
+      fail("'{}': expected hf://org/name[@revision][/sub/dir] (empty, '.' or '..' path parts are not allowed)", spec);
+  if (parts.size() < 2) fail("'{}': expected hf://org/name[@revision][/sub/dir]", spec);
+  std::string name = parts[1], revision = "main";
+  if (auto at = name.find('@'); at != std::string::npos) {
+    revision = name.substr(at + 1);
+    name = name.substr(0, at);
+    if (name.empty() || revision.empty()) fail("'{}': expected hf://org/name[@revision][/sub/dir]", spec);
+  }
+  fs::path path = hub_snapshot(spec, parts[0] + "/" + name, revision);
+  for (size_t i = 2; i < parts.size(); ++i) path /= parts[i];
+  if (!fs::exists(path)) fail("'{}': {} is not in the cached snapshot", spec, path.string());
+  return path;
+}
 
 fs::path resolve_checkpoint(const std::string& spec) {
   if (spec.rfind("hf://", 0) == 0) return resolve_hub(spec);

@@ -20,6 +20,10 @@ namespace strata::io {
 // the revision itself when it names a snapshot. Throws strata::Error listing every place it looked.
 std::filesystem::path resolve_checkpoint(const std::string& spec);
 
+// hf://org/name[@revision][/sub/dir] resolved the same way (snapshot, then the sub-path), for files
+// that are not checkpoints (e.g. a published SAE's directory); needs no config.json.
+std::filesystem::path resolve_hub_path(const std::string& spec);
+
 // The weights of a checkpoint directory: model.safetensors, or the shards named by
 // model.safetensors.index.json. A directory holding only pickle weights (pytorch_model.bin, *.pt,
 // *.ckpt) is refused with a message saying why and how to convert. Every shard is opened and its

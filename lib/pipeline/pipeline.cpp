@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include <fmt/ranges.h>
+
 #include "capture/capture.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -9,6 +11,7 @@
 #include "io/checkpoint.hpp"
 #include "report/figures.hpp"
 #include "report/report.hpp"
+#include "sae/formats.hpp"
 #include "sae/train.hpp"
 #include "text/dataset.hpp"
 #include "transfer/transfer.hpp"
@@ -169,26 +172,147 @@ void train_one(StepContext& ctx, const json& cell, const std::string& relative_d
   if (fs::is_directory(ctx.path(relative_dir))) ctx.record_directory(relative_dir, inputs);
 }
 
+// Evenly spaced rows of the training split (deterministic), for estimating a norm scaling factor.
+torch::Tensor training_sample(const io::ActivationStore& store, double heldout_fraction, int64_t want) {
+  sae::RowRanges train = sae::training_ranges(store, heldout_fraction);
+  int64_t total = 0;
+  for (const auto& [b, e] : train) total += e - b;
+  want = std::min(want, total);
+  if (want <= 0) fail("the activation store has no training rows to estimate a norm scaling factor from");
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < want; ++i) {
+    int64_t pos = int64_t((__int128)i * total / want);
+    for (const auto& [b, e] : train) {
+      if (pos < e - b) {
+        ids.push_back(b + pos);
+        break;
+      }
+      pos -= e - b;
+    }
+  }
+  return store.read_rows(torch::tensor(ids, torch::kInt64));
+}
+
+// A published SAE for one cell instead of training: loaded in its own format, its hook checked against
+// the layer, an expected_average_only_in scaling factor estimated from the cell's training rows (as
+// SAELens does) and folded, evaluated on the held-out split like a trained SAE, and written to
+// `relative_dir` in strata's SAELens layout with cfg "published" = {source, resolved, format, sha256,
+// hook_name, norm_scaling_factor}. Returns that record (for the manifest's cells entry).
+json import_published(StepContext& ctx, const json& cell, const std::string& spec, const std::string& relative_dir) {
+  const std::string name = cell.at("name");
+  const std::string model = cell.at("model");
+  const int64_t layer = cell.at("layer");
+  const double depth = cell.at("relative_depth");
+  fs::path source;
+  sae::LoadedSae loaded;
+  try {
+    source = sae::resolve_sae_source(spec);
+    loaded = sae::load_sae(source);
+  } catch (const Error& e) {
+    fail("model '{}': saes[\"{}\"] = \"{}\": {}", model, layer, spec, e.what());
+  }
+  sae::check_hook_layer(loaded, layer, name);
+  io::ActivationStore store = io::ActivationStore::open(ctx.path("activations"), model, static_cast<int>(layer));
+  if (loaded.sae.d_in() != store.dim())
+    fail("cell {}: the {} SAE {} has d_in {} but the captured activations have width {}", name, loaded.format, spec,
+         loaded.sae.d_in(), store.dim());
+  harness::SaeConfig config = ctx.exp.sae_for(depth);
+  sae::Sae converted = loaded.sae;
+  json scaling = nullptr;
+  if (converted.normalize_activations == "expected_average_only_in") {
+    double s = sae::Sae::estimate_norm_scaling_factor(training_sample(store, config.heldout_fraction, config.b_dec_init_rows));
+    converted.fold_norm_scaling_factor(s);
+    scaling = s;
+  }
+  log::info("Using the published {} SAE {} for {} (sha256 {})", loaded.format, spec, name, sae::sae_sha256(loaded).substr(0, 12));
+  sae::EvalResult eval =
+      sae::evaluate_sae(converted, store, sae::heldout_ranges(store, config.heldout_fraction), config.batch_size, config.dense_threshold);
+  json published = {{"source", spec},
+                    {"resolved", source.string()},
+                    {"format", loaded.format},
+                    {"sha256", sae::sae_sha256(loaded)},
+                    {"hook_name", loaded.hook_name ? json(*loaded.hook_name) : json(nullptr)},
+                    {"norm_scaling_factor", scaling}};
+  json metrics = eval.to_json();
+  metrics["diverged"] = false;  // not trained here: no convergence record
+  for (const char* key : {"model", "layer", "n_layers", "relative_depth"}) metrics[key] = cell.at(key);
+  json cfg = {{"model", model},
+              {"layer", layer},
+              {"n_layers", cell.at("n_layers")},
+              {"relative_depth", depth},
+              {"hook_name", sae::hook_name(layer)},
+              {"dtype", "float32"},
+              {"published", published},
+              {"published_cfg", loaded.sae.cfg},
+              {"metrics", metrics}};
+  if (converted.cfg.contains("folded_norm_scaling_factor"))
+    cfg["folded_norm_scaling_factor"] = converted.cfg["folded_norm_scaling_factor"];
+  converted.cfg = cfg;
+  fs::remove_all(ctx.path(relative_dir));
+  converted.save(ctx.path(relative_dir));
+  std::vector<std::string> inputs = store_inputs(ctx, model, layer);
+  for (const auto& file : loaded.files) inputs.push_back(fs::absolute(file).string());
+  ctx.record_directory(relative_dir, inputs);
+  return published;
+}
+
 void train_step(StepContext& ctx) {
   json cells = recorded_cells(ctx.run);
-  for (const auto& cell : cells)
-    train_one(ctx, cell, "saes/" + cell.at("name").get<std::string>(), ctx.seed_for(cell.at("model").get<std::string>(), cell.at("layer")));
+  // Published SAEs by cell name; each must name a captured layer.
+  std::map<std::string, std::string> published;
+  for (const auto& model : ctx.exp.models)
+    for (const auto& [layer, spec] : model.saes) {
+      bool captured = false;
+      std::vector<int64_t> layers;
+      for (const auto& cell : cells)
+        if (cell.at("model") == model.name) {
+          layers.push_back(cell.at("layer").get<int64_t>());
+          captured = captured || layers.back() == layer;
+        }
+      if (!captured)
+        fail("model '{}': saes key \"{}\" names layer {}, which was not captured (captured layers: {})", model.name,
+             layer, layer, fmt::join(layers, ", "));
+      published[cell_name(model.name, layer)] = spec;
+    }
+  json sources = json::object();
+  for (const auto& cell : cells) {
+    const std::string name = cell.at("name");
+    if (auto it = published.find(name); it != published.end()) {
+      sources[name] = import_published(ctx, cell, it->second, "saes/" + name);
+    } else {
+      train_one(ctx, cell, "saes/" + name, ctx.seed_for(cell.at("model").get<std::string>(), cell.at("layer")));
+      sources[name] = {{"source", "trained"}, {"format", "strata"}};
+    }
+  }
+  {
+    // The report names each SAE's source and format from the manifest's cells entries.
+    std::lock_guard lock(ctx.run.mutex());
+    json& recorded = ctx.run.manifest().section("cells");
+    for (auto& cell : recorded)
+      if (sources.contains(cell.at("name").get<std::string>())) cell["sae"] = sources[cell.at("name").get<std::string>()];
+    ctx.run.save_manifest();
+  }
   size_t ceilings = 0;
   if (ctx.exp.transfer.ceiling) {
     // The seed-to-seed ceiling: a second SAE, another seed, for the middle cell of each model. Kept out of
-    // saes/ (which holds exactly one SAE per cell).
+    // saes/ (which holds exactly one SAE per cell). A published middle cell has no seed-to-seed ceiling.
     for (const auto& model : ctx.exp.models) {
       std::vector<json> own;
       for (const auto& cell : cells)
         if (cell.at("model") == model.name) own.push_back(cell);
       if (own.empty()) continue;
       const json& middle = own[own.size() / 2];
+      if (published.count(middle.at("name").get<std::string>())) {
+        log::info("No seed-to-seed ceiling for {}: its middle cell uses a published SAE", model.name);
+        continue;
+      }
       train_one(ctx, middle, "saes_ceiling/" + middle.at("name").get<std::string>(),
                 ctx.seed_for(model.name + ":ceiling", middle.at("layer")));
       ++ceilings;
     }
   }
   ctx.set_summary("saes", cells.size());
+  ctx.set_summary("published_saes", published.size());
   ctx.set_summary("ceiling_saes", ceilings);
 }
 

@@ -2,54 +2,113 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "io/safetensors.hpp"
+#include "sae/formats.hpp"
 
 namespace strata::sae {
 namespace fs = std::filesystem;
 
+namespace {
+
+constexpr double kLayerNormEps = 1e-5;  // SAELens run_time_activation_ln_in
+
+std::string name_of(const Sae& sae) { return sae.origin.empty() ? std::string("SAE") : "SAE " + sae.origin; }
+
+// Per-token statistics of the two per-token normalisations.
+struct TokenStats {
+  torch::Tensor scale, mean;  // x_in = (x - mean) * scale; output = out / scale + mean
+};
+
+TokenStats token_stats(const Sae& sae, const torch::Tensor& x) {
+  TokenStats s;
+  if (sae.normalize_activations == "constant_norm_rescale") {
+    s.scale = std::sqrt(double(sae.d_in())) / x.norm(2, {-1}, true);
+  } else {  // layer_norm
+    s.mean = x.mean({-1}, true);
+    torch::Tensor sd = (x - s.mean).std({-1}, /*unbiased=*/true, /*keepdim=*/true);
+    s.scale = 1.0 / (sd + kLayerNormEps);
+  }
+  return s;
+}
+
+}  // namespace
+
+bool Sae::decode_needs_input() const {
+  return normalize_activations == "constant_norm_rescale" || normalize_activations == "layer_norm";
+}
+
 torch::Tensor Sae::pre_activation(const torch::Tensor& x) const {
-  return torch::addmm(b_enc, x - b_dec, W_enc);
+  torch::Tensor in = x;
+  if (normalize_activations == "expected_average_only_in")
+    fail("{} uses normalize_activations = expected_average_only_in: its scaling factor sqrt(d_in)/E||x|| must be "
+         "estimated from the activations and folded in first (Sae::fold_norm_scaling_factor)",
+         name_of(*this));
+  if (decode_needs_input()) {
+    TokenStats s = token_stats(*this, x);
+    in = s.mean.defined() ? (x - s.mean) * s.scale : x * s.scale;
+  } else if (normalize_activations != "none") {
+    fail("{}: normalize_activations '{}' is not supported", name_of(*this), normalize_activations);
+  }
+  if (apply_b_dec_to_input) in = in - b_dec;
+  return torch::addmm(b_enc, in, W_enc);
 }
 
 torch::Tensor Sae::encode(const torch::Tensor& x) const {
-  torch::Tensor f = torch::relu(pre_activation(x));
+  torch::Tensor pre = pre_activation(x);
+  torch::Tensor f = torch::relu(pre);
   if (architecture == "topk") {
     auto [values, indices] = f.topk(k, /*dim=*/-1);
     f = torch::zeros_like(f).scatter_(-1, indices, values);
+  } else if (architecture == "jumprelu") {
+    f = f * (pre > threshold).to(f.scalar_type());
+  } else if (architecture != "standard") {
+    fail("{}: architecture '{}' is not supported (standard, topk or jumprelu)", name_of(*this), architecture);
   }
   return f;
 }
 
-torch::Tensor Sae::decode(const torch::Tensor& f) const { return torch::addmm(b_dec, f, W_dec); }
-
-Sae Sae::load(const fs::path& dir) {
-  fs::path cfg_path = dir / "cfg.json", weights_path = dir / "sae_weights.safetensors";
-  if (!fs::exists(cfg_path) || !fs::exists(weights_path))
-    fail("{} is not an SAE directory: it needs cfg.json and sae_weights.safetensors", dir.string());
-  Sae sae;
-  sae.cfg = nlohmann::json::parse(read_text_file(cfg_path), nullptr, false);
-  if (sae.cfg.is_discarded() || !sae.cfg.is_object()) fail("{}: not valid JSON", cfg_path.string());
-  sae.architecture = sae.cfg.value("architecture", "standard");
-  if (sae.architecture != "standard" && sae.architecture != "topk")
-    fail("{}: architecture '{}' is not supported (standard or topk)", cfg_path.string(), sae.architecture);
-  sae.k = sae.cfg.value("k", int64_t{0});
-  if (sae.architecture == "topk" && sae.k <= 0) fail("{}: topk SAE needs k > 0", cfg_path.string());
-  io::SafetensorsFile file(weights_path);
-  for (const char* name : {"W_enc", "W_dec", "b_enc", "b_dec"})
-    if (!file.contains(name)) fail("{}: missing tensor {}", weights_path.string(), name);
-  sae.W_enc = file.load("W_enc", torch::kFloat32);
-  sae.W_dec = file.load("W_dec", torch::kFloat32);
-  sae.b_enc = file.load("b_enc", torch::kFloat32);
-  sae.b_dec = file.load("b_dec", torch::kFloat32);
-  int64_t d_in = sae.W_enc.size(0), d_sae = sae.W_enc.size(1);
-  if (sae.W_dec.sizes() != torch::IntArrayRef{d_sae, d_in} || sae.b_enc.numel() != d_sae || sae.b_dec.numel() != d_in)
-    fail("{}: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in] do not agree", weights_path.string());
-  if (sae.cfg.contains("d_in") && sae.cfg["d_in"].get<int64_t>() != d_in)
-    fail("{}: d_in {} disagrees with the weights ({})", cfg_path.string(), sae.cfg["d_in"].dump(), d_in);
-  return sae;
+torch::Tensor Sae::decode(const torch::Tensor& f) const {
+  if (decode_needs_input())
+    fail("{} normalises each input (normalize_activations = {}): its reconstruction needs the input; call "
+         "decode(f, x) or reconstruct(x)",
+         name_of(*this), normalize_activations);
+  return torch::addmm(b_dec, f, W_dec);
 }
+
+torch::Tensor Sae::decode(const torch::Tensor& f, const torch::Tensor& x) const {
+  torch::Tensor out = torch::addmm(b_dec, f, W_dec);
+  if (!decode_needs_input()) return out;
+  TokenStats s = token_stats(*this, x);
+  out = out / s.scale;
+  return s.mean.defined() ? out + s.mean : out;
+}
+
+double Sae::estimate_norm_scaling_factor(const torch::Tensor& x) {
+  if (x.dim() != 2 || x.size(0) == 0) fail("estimating the norm scaling factor needs a non-empty [rows, d_in] sample");
+  double mean_norm = x.to(torch::kFloat64).norm(2, {1}).mean().item<double>();
+  if (!(mean_norm > 0) || !std::isfinite(mean_norm))
+    fail("estimating the norm scaling factor: the mean activation norm is {} (need a finite positive value)", mean_norm);
+  return std::sqrt(double(x.size(1))) / mean_norm;
+}
+
+void Sae::fold_norm_scaling_factor(double scaling_factor) {
+  if (normalize_activations != "expected_average_only_in")
+    fail("{}: only an expected_average_only_in SAE has a norm scaling factor to fold (mode is '{}')", name_of(*this),
+         normalize_activations);
+  if (!(scaling_factor > 0) || !std::isfinite(scaling_factor))
+    fail("{}: norm scaling factor {} must be finite and positive", name_of(*this), scaling_factor);
+  W_enc = W_enc * scaling_factor;
+  W_dec = W_dec / scaling_factor;
+  b_dec = b_dec / scaling_factor;
+  normalize_activations = "none";
+  cfg["folded_norm_scaling_factor"] = scaling_factor;
+}
+
+Sae Sae::load(const fs::path& dir, const std::string& format) { return load_sae(dir, format).sae; }
 
 void Sae::save(const fs::path& dir) const {
   fs::create_directories(dir);
@@ -57,10 +116,18 @@ void Sae::save(const fs::path& dir) const {
   out["architecture"] = architecture;
   out["d_in"] = d_in();
   out["d_sae"] = d_sae();
-  if (architecture == "topk") out["k"] = k;
-  io::save_safetensors(dir / "sae_weights.safetensors",
-                       {{"W_enc", W_enc.contiguous()}, {"W_dec", W_dec.contiguous()}, {"b_enc", b_enc.contiguous()},
-                        {"b_dec", b_dec.contiguous()}});
+  if (architecture == "topk") {
+    out["k"] = k;
+  } else {
+    out.erase("k");
+  }
+  out["apply_b_dec_to_input"] = apply_b_dec_to_input;
+  out["normalize_activations"] = normalize_activations;
+  std::map<std::string, torch::Tensor> tensors = {
+      {"W_enc", W_enc.to(torch::kFloat32).contiguous()}, {"W_dec", W_dec.to(torch::kFloat32).contiguous()},
+      {"b_enc", b_enc.to(torch::kFloat32).contiguous()}, {"b_dec", b_dec.to(torch::kFloat32).contiguous()}};
+  if (architecture == "jumprelu") tensors.emplace("threshold", threshold.to(torch::kFloat32).contiguous());
+  io::save_safetensors(dir / "sae_weights.safetensors", tensors);
   atomic_write_text(dir / "cfg.json", out.dump(2));
 }
 

@@ -116,7 +116,7 @@ EvalResult evaluate_sae(const Sae& sae, const io::ActivationStore& store, const 
     for (int64_t b = begin; b < end; b += batch_size) {
       auto x = store.read_rows(b, std::min(end, b + batch_size));
       auto f = sae.encode(x);
-      recon.add(x, sae.decode(f));
+      recon.add(x, sae.decode(f, x));
       sparsity.add(f);
     }
   }

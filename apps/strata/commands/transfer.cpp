@@ -6,6 +6,7 @@
 #include "core/fs.hpp"
 #include "core/log.hpp"
 #include "io/activation_store.hpp"
+#include "sae/formats.hpp"
 #include "transfer/transfer.hpp"
 
 namespace {
@@ -32,6 +33,25 @@ std::map<std::string, std::string> parse_pairs(const std::vector<std::string>& v
   return out;
 }
 
+// The directory transfer loads for `--sae NAME=SPEC` (a directory or hf://org/name[@rev]/sub/dir, SAELens
+// or sparsify format): checked against the cell's layer when the SAE names its hook; an
+// expected_average_only_in SAE gets its scaling factor estimated from the cell's activations (evenly
+// spaced rows, as SAELens estimates it) and is written, folded, to OUT/saes/NAME/.
+fs::path prepare_sae(const std::string& spec, const strata::transfer::Cell& cell, const std::string& out) {
+  strata::sae::LoadedSae loaded = strata::sae::load_sae(strata::sae::resolve_sae_source(spec));
+  strata::sae::check_hook_layer(loaded, cell.layer, cell.name);
+  if (loaded.sae.normalize_activations != "expected_average_only_in") return loaded.dir;
+  auto store = strata::io::ActivationStore::open(cell.store);
+  const int64_t want = std::min<int64_t>(store.rows(), 16384);
+  auto ids = torch::linspace(0, double(store.rows() - 1), want, torch::kFloat64).round().to(torch::kInt64);
+  loaded.sae.fold_norm_scaling_factor(strata::sae::Sae::estimate_norm_scaling_factor(store.read_rows(ids)));
+  const fs::path folded = fs::path(out) / "saes" / cell.name;
+  loaded.sae.save(folded);
+  strata::log::info("--sae {}: folded the estimated norm scaling factor {} into {}", cell.name,
+                    loaded.sae.cfg["folded_norm_scaling_factor"].get<double>(), folded.string());
+  return folded;
+}
+
 // model, layer and n_layers of a cell: from the store's meta.json when it has them, else from the NAME
 // "<model>_layer<L>" (n_layers = the largest layer given for that model).
 std::vector<strata::transfer::Cell> build_cells(const TransferArgs& args) {
@@ -52,7 +72,6 @@ std::vector<strata::transfer::Cell> build_cells(const TransferArgs& args) {
     strata::transfer::Cell cell;
     cell.name = name;
     cell.store = store;
-    cell.sae_dir = saes.at(name);
     if (ceilings.count(name)) cell.ceiling_sae_dir = fs::path(ceilings.at(name));
     const nlohmann::json meta = strata::io::ActivationStore::open(cell.store).meta();  // {} for a plain file
     std::smatch match;
@@ -74,6 +93,7 @@ std::vector<strata::transfer::Cell> build_cells(const TransferArgs& args) {
   }
   for (auto& cell : cells)
     if (cell.n_layers <= 0) cell.n_layers = max_layer[cell.model];
+  for (auto& cell : cells) cell.sae_dir = prepare_sae(saes.at(cell.name), cell, args.out);
   std::sort(cells.begin(), cells.end(), [](const auto& a, const auto& b) {
     return a.model != b.model ? a.model < b.model : a.layer < b.layer;
   });
@@ -83,7 +103,7 @@ std::vector<strata::transfer::Cell> build_cells(const TransferArgs& args) {
 void setup(strata::cli::Commands& commands) {
   auto args = std::make_shared<TransferArgs>();
   auto* cmd = commands.root().add_subcommand("transfer", "Transfer matrix: every cell's SAE on every cell's activations");
-  cmd->add_option("--sae", args->saes, "NAME=DIR of an SAE (SAELens layout), one per cell")->required();
+  cmd->add_option("--sae", args->saes, "NAME=DIR of an SAE, one per cell: SAELens or sparsify format (DIR or hf://org/name[@rev]/sub/dir)")->required();
   cmd->add_option("--activations", args->activations, "NAME=PATH of the cell's activation store")->required();
   cmd->add_option("--ceiling-sae", args->ceilings, "NAME=DIR of a second-seed SAE of a cell (seed-to-seed ceiling)");
   cmd->add_flag("--aligned", args->aligned, "all activation files hold the same tokens in the same row order");
