@@ -213,6 +213,7 @@ void read_experiment(TableReader& r, ExperimentInfo& e) {
   r.require(!e.output_root.empty(), "output_root", "must not be empty");
   static const std::regex name_re("[A-Za-z0-9._-]+");
   r.require(std::regex_match(e.name, name_re), "name", "must be non-empty and use only letters, digits, '.', '_' and '-'");
+  r.require(e.name != "." && e.name != "..", "name", "must not be '.' or '..' (names become file names)");
   r.reject_unknown();
 }
 
@@ -285,6 +286,7 @@ void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
   static const std::regex name_re("[A-Za-z0-9._-]+");
   if (!r.has("name")) r.fail_table("[[models]] entry needs a 'name'");
   r.require(std::regex_match(m.name, name_re), "name", "must use only letters, digits, '.', '_' and '-'");
+  r.require(m.name != "." && m.name != "..", "name", "must not be '.' or '..' (names become file names)");
   if (!r.has("checkpoint")) r.fail_table(fmt::format("model '{}' needs a 'checkpoint' (local path or hf://org/name[@rev])", m.name));
   static const std::regex hf_re("hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+(@[A-Za-z0-9._/-]+)?");
   if (m.is_hf()) {
