@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/write_error.hpp"
 
 namespace strata {
 namespace fs = std::filesystem;

@@ -12,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "core/write_error.hpp"
 #include "io/safetensors.hpp"
 
 namespace strata::io {

@@ -9,6 +9,15 @@
 #include "models/architecture.hpp"
 
 namespace strata::models {
+namespace {
+
+// Upper bounds on the sizes parse_config accepts from config.json. They are far above any released model
+// (the deepest has ~130 layers, the widest ~30k hidden units, the largest vocabulary ~260k tokens).
+constexpr int64_t kMaxLayers = 1024, kMaxHeads = 4096, kMaxHiddenSize = 1 << 17, kMaxIntermediateSize = 1 << 20,
+                  kMaxVocabSize = 1 << 22, kMaxPositions = 1 << 24;
+
+}  // namespace
+
 namespace detail {
 
 const std::vector<const Architecture*>& architectures() {
@@ -114,8 +123,7 @@ ModelSpec parse_config(const nlohmann::json& config, const std::string& source) 
   spec.config = config;
 
   // Sizes come from an untrusted file and drive allocations and loops (one block per layer, tables of
-  // vocab x hidden), so each is bounded before use. The caps are far above any released model (the
-  // deepest has ~130 layers, the widest ~30k hidden units, the largest vocabulary ~260k tokens).
+  // vocab x hidden), so each is bounded before use.
   auto bounded = [&](int64_t value, const char* what, int64_t cap) {
     if (value <= 0) fail("{}: {} must be positive, got {}", source, what, value);
     if (value > cap)

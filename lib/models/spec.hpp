@@ -47,10 +47,6 @@ struct ModelSpec {
   nlohmann::json config;        // the config.json this spec came from (written back by save_checkpoint)
 };
 
-// Upper bounds on the sizes parse_config accepts from config.json (see parse_config).
-inline constexpr int64_t kMaxLayers = 1024, kMaxHeads = 4096, kMaxHiddenSize = 1 << 17,
-                         kMaxIntermediateSize = 1 << 20, kMaxVocabSize = 1 << 22, kMaxPositions = 1 << 24;
-
 // Throws strata::Error naming `source_for_errors` (e.g. the config.json path) for an unsupported
 // model_type (listing the supported ones), missing required keys or inconsistent sizes.
 ModelSpec parse_config(const nlohmann::json& config, const std::string& source_for_errors);

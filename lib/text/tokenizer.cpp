@@ -56,7 +56,7 @@ std::string read_maybe_gzipped(const fs::path& file) {
 
 // Token ids index the token table, which is sized by the largest id: an id from the file is bounded before
 // it is used (a vocab.json naming id 2^31-1 would otherwise allocate 2^31 strings). The cap is far above
-// any released vocabulary (~260k tokens) and equals models::kMaxVocabSize.
+// any released vocabulary (~260k tokens) and equals the vocab_size cap of config.json (models/spec.cpp).
 constexpr int64_t kMaxTokenId = (1 << 22) - 1;
 
 int32_t token_id(const json& value, const fs::path& file, std::string_view what) {
@@ -67,7 +67,7 @@ int32_t token_id(const json& value, const fs::path& file, std::string_view what)
   return static_cast<int32_t>(value.get<int64_t>());
 }
 
-std::string quoted(std::string_view token) {
+std::string json_quoted(std::string_view token) {
   return json(std::string(token)).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -957,7 +957,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
     m->sha = sha256_hex(sha256_file(file) + sha256_file(merges_file));
     json vocab = parse_json(read_text_file(file), file);
     if (!vocab.is_object()) fail("{}: expected a JSON object mapping tokens to ids", file.string());
-    for (auto& [token, id] : vocab.items()) m->vocab.emplace(token, token_id(id, file, "token " + quoted(token)));
+    for (auto& [token, id] : vocab.items()) m->vocab.emplace(token, token_id(id, file, "token " + json_quoted(token)));
     std::vector<std::pair<std::string, std::string>> merges;
     std::istringstream lines(read_text_file(merges_file));
     std::string line;
@@ -989,7 +989,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
     if (auto extra = read_optional_json(dir / "added_tokens.json"))
       for (auto& [content, id] : extra->items())
         if (content != "<|endoftext|>")
-          m->added.push_back({token_id(id, dir / "added_tokens.json", "token " + quoted(content)), content, false, false,
+          m->added.push_back({token_id(id, dir / "added_tokens.json", "token " + json_quoted(content)), content, false, false,
                               false, true, false});
     finish_pipeline(*m);
   } else {
@@ -1011,7 +1011,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() > 0)
         fail("{}: BPE dropout is not supported (it makes tokenization random)", file.string());
       m->vocab.reserve(model["vocab"].size());
-      for (auto& [token, id] : model["vocab"].items()) m->vocab.emplace(token, token_id(id, file, "token " + quoted(token)));
+      for (auto& [token, id] : model["vocab"].items()) m->vocab.emplace(token, token_id(id, file, "token " + json_quoted(token)));
       m->tokens.resize(m->vocab.size());
       for (auto& [t, id] : m->vocab) {
         if (id < 0) fail("{}: negative id for {:?}", file.string(), t);
@@ -1044,7 +1044,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
 
       if (j.contains("added_tokens") && j["added_tokens"].is_array())
         for (const auto& a : j["added_tokens"])
-          m->added.push_back({token_id(a.at("id"), file, "added token " + quoted(a.at("content").get<std::string>())),
+          m->added.push_back({token_id(a.at("id"), file, "added token " + json_quoted(a.at("content").get<std::string>())),
                               a.at("content").get<std::string>(), a.value("special", false),
                               a.value("lstrip", false), a.value("rstrip", false), a.value("normalized", false),
                               a.value("single_word", false)});
@@ -1058,7 +1058,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       auto resolve_special = [&](const std::string& name, const json& specials) -> std::vector<int32_t> {
         if (specials.contains(name) && specials[name].contains("ids")) {
           std::vector<int32_t> ids;
-          for (const auto& id : specials[name]["ids"]) ids.push_back(token_id(id, file, "special token " + quoted(name)));
+          for (const auto& id : specials[name]["ids"]) ids.push_back(token_id(id, file, "special token " + json_quoted(name)));
           return ids;
         }
         auto id = find_token(*m, name);
