@@ -17,6 +17,7 @@
 #include "test_helpers.hpp"
 #include "text/dataset.hpp"
 #include "text/tokenizer.hpp"
+#include "validation/gates.hpp"
 
 // Issue 17: files from elsewhere and interrupted or starved runs. Each case is a probe of the issue (or a
 // fuzzer finding) with the error it must give.
@@ -143,11 +144,22 @@ BOOST_AUTO_TEST_CASE(store_meta_counts_and_shard_names_are_checked_against_the_s
   expect_error([&] { io::ActivationStore::open(meta_path); }, {"shards[0] = 7", "not a plain file name"});
   with_meta([](json& m) { m["shards"] = "m_layer1_activations.safetensors"; });
   expect_error([&] { io::ActivationStore::open(meta_path); }, {meta_path.string(), "no \"shards\" list"});
-  // A truncated store (the probe where `strata gate` said "11/12 present"): the file is named.
+  // A truncated store (the probe where `strata gate` said "11/12 present"): the file is named, by the
+  // store and by gate 1's reasons.
   with_meta([](json&) {});
   const fs::path shard = dir / meta["shards"][2].get<std::string>();
   fs::resize_file(shard, fs::file_size(shard) - 8);
   expect_error([&] { io::ActivationStore::open(meta_path); }, {shard.string(), "truncated"});
+  const fs::path run = dir.parent_path() / "reliability_store_meta_run";
+  fs::remove_all(run);
+  fs::create_directories(run);
+  fs::rename(dir, run / "activations");
+  const json gate = validation::gate1_stores(run, {{.model = "m", .layer = 1}}, validation::GateThresholds{});
+  BOOST_TEST(gate["status"] == "FAIL");
+  BOOST_TEST_REQUIRE(gate["reasons"].size() == 1u);
+  const std::string reason = gate["reasons"][0];
+  BOOST_TEST(reason.find(meta["shards"][2].get<std::string>()) != std::string::npos, reason);
+  BOOST_TEST(reason.find("truncated") != std::string::npos, reason);
 }
 
 BOOST_AUTO_TEST_CASE(tokenizer_ids_are_bounded_before_the_token_table_is_sized) {
