@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import json
 import os
-import struct
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,44 +25,7 @@ def put(target, data):
         f.write(data)
 
 
-def safetensors(tensors, metadata=None, pad_to=8):
-    """tensors: name -> (dtype, shape, raw bytes)."""
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name in sorted(tensors):
-        dtype, shape, raw = tensors[name]
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((-len(text) - 8) % pad_to)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
-
-
-def f32(*values):
-    return struct.pack("<%df" % len(values), *values)
-
-
-# ---- safetensors: crafted files covering every dtype, 0-dim, empty and metadata; one fixture header.
-put("fuzz_safetensors", safetensors({"w": ("F32", [2, 2], f32(1, 2, 3, 4)), "b": ("F32", [2], f32(0, 1))}))
-put("fuzz_safetensors", safetensors({"x": ("BF16", [3], b"\x80\x3f" * 3), "y": ("F16", [1, 1], b"\x00\x3c")},
-                                    metadata={"format": "pt"}))
-put("fuzz_safetensors", safetensors({"s": ("F64", [], struct.pack("<d", 2.5)), "e": ("I64", [0, 4], b"")}))
-put("fuzz_safetensors", safetensors({"i": ("I32", [2], b"\x01\0\0\0\x02\0\0\0"), "u": ("U8", [3], b"abc"),
-                                     "t": ("BOOL", [2], b"\x01\x00"), "h": ("I16", [1], b"\x07\x00"),
-                                     "c": ("I8", [2], b"\xff\x01")}))
-with open(os.path.join(DATA, "models", "gpt2-tiny", "model.safetensors"), "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    head = json.loads(f.read(n))
-small = {k: v for k, v in head.items() if k != "__metadata__" and len(v["shape"]) == 1 and v["shape"][0] <= 64}
-put("fuzz_safetensors", safetensors({k: (v["dtype"], v["shape"], b"\0" * (4 * v["shape"][0]))
-                                     for k, v in list(small.items())[:6]}))
-put("fuzz_safetensors", b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + b"\0" * 16)  # a renamed torch.save zip
-
-# ---- checkpoint index, model config, experiment TOML: the fixtures themselves.
-for path in glob.glob(os.path.join(DATA, "models", "*", "model.safetensors.index.json")):
-    put("fuzz_checkpoint_index", open(path, "rb").read())
+# ---- model config, experiment TOML: the fixtures themselves.
 for path in sorted(glob.glob(os.path.join(DATA, "models", "*", "config.json"))):
     put("fuzz_model_config", open(path, "rb").read())
 for path in sorted(glob.glob(os.path.join(ROOT, "experiments", "*.toml"))):
@@ -120,16 +82,4 @@ pair_merges = [lines[0]] + [l for l in lines[1:] if len(l.split(" ")) == 2 and a
 put("fuzz_tokenizer_load", escape_random_length(json.dumps(keep, ensure_ascii=False).encode())
     + escape_random_length("\n".join(pair_merges).encode()) + "Hello world".encode() + b"\x01")
 
-# ---- store meta.json, matching the store fuzz_store_meta writes (10 rows of width 4 in shards of 4, 4, 2).
-base = "m_layer1_activations"
-meta = {"rows": 10, "dim": 4, "store_dtype": "f32",
-        "shards": ["%s-%05d-of-00003.safetensors" % (base, i) for i in (1, 2, 3)], "shard_rows": [4, 4, 2],
-        "mean": [18.0, 19.0, 20.0, 21.0], "std": [11.5, 11.5, 11.5, 11.5], "mean_norm": 40.0, "nonfinite_count": 0}
-put("fuzz_store_meta", json.dumps(meta, indent=1))
-put("fuzz_store_meta", json.dumps({"rows": 10, "shards": meta["shards"]}))
-
-# ---- SAE cfg.json, matching the weights fuzz_sae_cfg writes (d_in 4, d_sae 8).
-put("fuzz_sae_cfg", json.dumps({"architecture": "standard", "d_in": 4, "d_sae": 8, "hook_name": "blocks.0.hook_resid_post",
-                                "training": {"l1_coefficient": 1e-4}}, indent=2))
-put("fuzz_sae_cfg", json.dumps({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2}))
 print("corpora written to", OUT, file=sys.stderr)

@@ -10,8 +10,7 @@ seconds=${1:-600}
 shift || true
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all_targets=(fuzz_safetensors fuzz_checkpoint_index fuzz_model_config fuzz_tokenizer_load fuzz_tokenizer_encode
-             fuzz_experiment_toml fuzz_store_meta fuzz_sae_cfg)
+all_targets=(fuzz_model_config fuzz_tokenizer_load fuzz_tokenizer_encode fuzz_experiment_toml)
 [ "$#" -gt 0 ] && targets=("$@") || targets=("${all_targets[@]}")
 
 if [ -z "${STRATA_FUZZ_NO_BUILD:-}" ]; then
