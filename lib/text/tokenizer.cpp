@@ -572,7 +572,10 @@ void Tokenizer::Impl::encode_normalized_piece(const Normalized& n, size_t b, siz
   for (const auto& step : pre_tokenizers) {
     const Regex& regex = *step.regex;
     next.clear();
-    for (auto [rb, re] : ranges) {
+    for (const auto& range : ranges) {
+      // Plain names, not a structured binding: clang before 16 cannot capture bindings in the lambda
+      // (the fuzz build uses clang 14).
+      const size_t rb = range.first, re = range.second;
       size_t gap = rb;
       regex.for_each_match(n.text.data() + rb, re - rb, [&](size_t mb, size_t me) {
         if (rb + mb > gap) next.emplace_back(gap, rb + mb);
