@@ -382,3 +382,20 @@ BOOST_AUTO_TEST_CASE(injected_write_failure_names_the_path_errno_and_space_and_l
   std::sort(left.begin(), left.end());
   BOOST_TEST((left == std::vector<std::string>{"first.txt", "third.txt"}));  // no temporary, no second.txt
 }
+
+// ------------------------------------------------------------------ fuzzer findings
+
+BOOST_AUTO_TEST_CASE(fuzz_experiment_toml_a_path_longer_than_name_max_is_not_an_exception) {
+  // fuzz_experiment_toml found: a checkpoint or dataset name over 255 bytes made fs::exists throw
+  // filesystem_error (ENAMETOOLONG) out of the parser instead of a strata::Error or a kept path.
+  const std::string long_name(300, 'a');
+  const auto exp = harness::parse_experiment(
+      fmt::format("[experiment]\nname = \"x\"\n[[models]]\nname = \"m\"\ncheckpoint = \"{}\"\nlayers = [1]\n", long_name),
+      "exp.toml", testing::fresh_dir("reliability_long_name"));
+  BOOST_TEST(exp.models.at(0).checkpoint_path.filename().string() == long_name);
+  expect_error([&] {
+    harness::parse_experiment(fmt::format("[dataset]\nspec = \"text:{}\"\n[[models]]\nname = \"m\"\ncheckpoint = \"c\"\n"
+                                          "layers = [1]\n", long_name),
+                              "exp.toml", ".");
+  }, {"exp.toml", "names a file that does not exist"});
+}
