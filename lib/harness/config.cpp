@@ -192,10 +192,17 @@ fs::path resolve_path(const std::string& written, const fs::path& base_dir) {
   fs::path p(written);
   if (p.is_absolute()) return p.lexically_normal();
   fs::path near = (base_dir / p).lexically_normal();
-  if (fs::exists(near)) return near;
+  // error_code overloads: a name too long for the file system is "not there", not an exception.
+  std::error_code ec;
+  if (fs::exists(near, ec)) return near;
   fs::path in_repo = (repo_root() / p).lexically_normal();
-  if (fs::exists(in_repo)) return in_repo;
+  if (fs::exists(in_repo, ec)) return in_repo;
   return near;
+}
+
+bool is_existing_file(const fs::path& path) {
+  std::error_code ec;
+  return fs::is_regular_file(path, ec);
 }
 
 void read_experiment(TableReader& r, ExperimentInfo& e) {
@@ -213,6 +220,7 @@ void read_experiment(TableReader& r, ExperimentInfo& e) {
   r.require(!e.output_root.empty(), "output_root", "must not be empty");
   static const std::regex name_re("[A-Za-z0-9._-]+");
   r.require(std::regex_match(e.name, name_re), "name", "must be non-empty and use only letters, digits, '.', '_' and '-'");
+  r.require(e.name != "." && e.name != "..", "name", "must not be '.' or '..' (names become file names)");
   r.reject_unknown();
 }
 
@@ -241,12 +249,12 @@ void read_dataset(TableReader& r, DatasetConfig& d, const fs::path& base_dir) {
     }
     r.require(!rest.empty(), "spec", "jsonl needs a path: \"jsonl:PATH[:FIELD]\"");
     fs::path path = resolve_path(rest, base_dir);
-    r.require(fs::is_regular_file(path), "spec", fmt::format("names a file that does not exist: {}", path.string()));
+    r.require(is_existing_file(path), "spec", fmt::format("names a file that does not exist: {}", path.string()));
     d.resolved_spec = "jsonl:" + path.string() + (field.empty() ? "" : ":" + field);
   } else if (d.spec.rfind("text:", 0) == 0) {
     r.require(d.spec.size() > 5, "spec", "text needs a path: \"text:PATH\"");
     fs::path path = resolve_path(d.spec.substr(5), base_dir);
-    r.require(fs::is_regular_file(path), "spec", fmt::format("names a file that does not exist: {}", path.string()));
+    r.require(is_existing_file(path), "spec", fmt::format("names a file that does not exist: {}", path.string()));
     d.resolved_spec = "text:" + path.string();
   } else {
     r.require(false, "spec",
@@ -287,6 +295,7 @@ void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
   static const std::regex name_re("[A-Za-z0-9._-]+");
   if (!r.has("name")) r.fail_table("[[models]] entry needs a 'name'");
   r.require(std::regex_match(m.name, name_re), "name", "must use only letters, digits, '.', '_' and '-'");
+  r.require(m.name != "." && m.name != "..", "name", "must not be '.' or '..' (names become file names)");
   if (!r.has("checkpoint")) r.fail_table(fmt::format("model '{}' needs a 'checkpoint' (local path or hf://org/name[@rev])", m.name));
   static const std::regex hf_re("hf://[A-Za-z0-9._-]+/[A-Za-z0-9._-]+(@[A-Za-z0-9._/-]+)?");
   if (m.is_hf()) {

@@ -89,9 +89,80 @@ const StepRecord* Manifest::step(const std::string& name) const {
   return it == steps_.end() ? nullptr : &it->second;
 }
 
+std::string valid_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  const auto* bytes = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = bytes[i];
+    // The length of a well-formed sequence at i (Unicode Table 3-7), or 0 when it is ill-formed.
+    size_t len = 0;
+    auto cont = [&](size_t k, unsigned char lo = 0x80, unsigned char hi = 0xBF) {
+      return i + k < n && bytes[i + k] >= lo && bytes[i + k] <= hi;
+    };
+    if (c < 0x80) len = 1;
+    else if (c >= 0xC2 && c <= 0xDF) len = cont(1) ? 2 : 0;
+    else if (c == 0xE0) len = cont(1, 0xA0) && cont(2) ? 3 : 0;
+    else if (c == 0xED) len = cont(1, 0x80, 0x9F) && cont(2) ? 3 : 0;  // no surrogates
+    else if (c >= 0xE1 && c <= 0xEF) len = cont(1) && cont(2) ? 3 : 0;
+    else if (c == 0xF0) len = cont(1, 0x90) && cont(2) && cont(3) ? 4 : 0;
+    else if (c >= 0xF1 && c <= 0xF3) len = cont(1) && cont(2) && cont(3) ? 4 : 0;
+    else if (c == 0xF4) len = cont(1, 0x80, 0x8F) && cont(2) && cont(3) ? 4 : 0;
+    if (len == 0) {
+      out += fmt::format("\\x{:02X}", c);
+      ++i;
+    } else {
+      out.append(text.substr(i, len));
+      i += len;
+    }
+  }
+  return out;
+}
+
+namespace {
+
+// Every string (and key) of `j` made valid UTF-8, so that the manifest can always be written.
+json valid_utf8_json(const json& j) {
+  if (j.is_string()) return valid_utf8(j.get_ref<const std::string&>());
+  if (j.is_array()) {
+    json out = json::array();
+    for (const auto& v : j) out.push_back(valid_utf8_json(v));
+    return out;
+  }
+  if (j.is_object()) {
+    json out = json::object();
+    for (const auto& [key, value] : j.items()) out[valid_utf8(key)] = valid_utf8_json(value);
+    return out;
+  }
+  return j;
+}
+
+}  // namespace
+
 void Manifest::set_step(StepRecord record) {
+  // Errors quote their input (a dataset line, a file name), which need not be UTF-8; JSON must be, and a
+  // failure that cannot be recorded would leave the step marked "running" forever.
+  record.error = valid_utf8(record.error);
+  record.failures = valid_utf8_json(record.failures);
+  record.summary = valid_utf8_json(record.summary);
   std::string name = record.name;
   steps_[name] = std::move(record);
+}
+
+bool is_run_relative_path(std::string_view path) {
+  if (path.empty() || path.front() == '/' || path.back() == '/') return false;
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string_view::npos) end = path.size();
+    std::string_view part = path.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    for (char c : part)
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F || c == '\\') return false;
+    start = end + 1;
+  }
+  return true;
 }
 
 json Manifest::to_json() const {
@@ -125,7 +196,14 @@ Manifest Manifest::from_json(const json& j, const std::string& source_for_errors
     const json steps = j.value("steps", json::object());
     for (const auto& [name, step] : steps.items()) m.steps_[name] = StepRecord::from_json(name, step);
     const json artifacts = j.value("artifacts", json::object());
-    for (const auto& [path, artifact] : artifacts.items()) m.artifacts_[path] = ArtifactRecord::from_json(path, artifact);
+    for (const auto& [path, artifact] : artifacts.items()) {
+      // Readers open run-dir / path: a recorded "../../etc/passwd" or "/etc/passwd" must never be followed.
+      if (!is_run_relative_path(path))
+        fail("{}: artifact path {} is not a plain path inside the run directory (absolute, '..', '.', empty "
+             "part or control character); the manifest was edited or damaged",
+             source_for_errors, json(path).dump(-1, ' ', false, json::error_handler_t::replace));
+      m.artifacts_[path] = ArtifactRecord::from_json(path, artifact);
+    }
     m.invocations_ = j.value("invocations", json::array());
   } catch (const json::exception& e) {
     fail("{}: malformed manifest: {}", source_for_errors, e.what());

@@ -20,6 +20,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace strata::harness {
@@ -94,6 +95,14 @@ class Manifest {
   std::map<std::string, ArtifactRecord> artifacts_;
   nlohmann::json invocations_ = nlohmann::json::array();
 };
+
+// `text` with every byte that is not part of well-formed UTF-8 written as the four characters \xNN, so
+// that error messages quoting arbitrary input can be stored in JSON.
+std::string valid_utf8(std::string_view text);
+
+// Whether `path` is a '/'-separated relative path that stays inside the directory it is joined to: no
+// leading '/', no empty, "." or ".." part, no backslash or control character.
+bool is_run_relative_path(std::string_view path);
 
 // UTC, ISO 8601 with seconds: "2026-02-18T13:00:00Z".
 std::string now_iso8601();

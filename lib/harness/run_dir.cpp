@@ -55,6 +55,18 @@ std::unique_ptr<RunDir> RunDir::create(const fs::path& root) {
   fs::path absolute = fs::absolute(root).lexically_normal();
   if (fs::exists(absolute / "manifest.json"))
     fail("{} already holds a run; resume it with --resume {}, or choose a new --out", absolute.string(), root.string());
+  if (fs::exists(absolute) && !fs::is_directory(absolute))
+    fail("{} exists and is not a directory; a run directory must be a new or empty directory", absolute.string());
+  if (fs::is_directory(absolute)) {
+    // A run among unrelated files would be verified, reported and cleaned up together with them. Only
+    // what an interrupted create leaves (its lock and log) may already be there.
+    for (const auto& entry : fs::directory_iterator(absolute)) {
+      const std::string name = entry.path().filename().string();
+      if (name != "logs" && name != "run.lock")
+        fail("{} is not empty and holds no run (it has '{}'); write the run to a new or empty directory",
+             absolute.string(), name);
+    }
+  }
   fs::create_directories(absolute / "logs");
   auto lock = std::make_unique<RunLock>(absolute / "run.lock");
   // Re-check under the lock: another process may have created the run in between.
@@ -86,10 +98,10 @@ void RunDir::save_manifest() {
 }
 
 namespace {
+// The same rule Manifest::load applies to recorded paths, so that whatever is recorded can be read back.
 void check_relative(const std::string& relative) {
-  fs::path p(relative);
-  if (relative.empty() || p.is_absolute() || std::any_of(p.begin(), p.end(), [](const fs::path& part) { return part == ".."; }))
-    fail("internal: artifact path '{}' must be relative to the run directory", relative);
+  if (!is_run_relative_path(relative))
+    fail("internal: artifact path '{}' must be a plain relative path inside the run directory", relative);
 }
 }  // namespace
 

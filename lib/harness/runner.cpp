@@ -45,7 +45,16 @@ fs::path default_run_dir(const Experiment& exp) {
   gmtime_r(&now, &utc);
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &utc);
-  fs::path base = fs::path(exp.experiment.output_root) / (exp.experiment.name + "-" + stamp);
+  const fs::path root(exp.experiment.output_root);
+  // The nearest existing ancestor must be a directory, or creating the run gives a bare filesystem error.
+  fs::path existing = fs::absolute(root).lexically_normal();
+  std::error_code ec;
+  while (!fs::exists(existing, ec) && existing.has_relative_path()) existing = existing.parent_path();
+  if (!fs::is_directory(existing, ec))
+    fail("{}: [experiment] output_root = '{}': {} is a file, not a directory; point output_root at a directory "
+         "(it is created if missing)",
+         exp.source_file.string(), exp.experiment.output_root, existing.string());
+  fs::path base = root / (exp.experiment.name + "-" + stamp);
   fs::path dir = base;
   for (int i = 2; fs::exists(dir); ++i) dir = base.string() + "-" + std::to_string(i);
   return dir;

@@ -39,8 +39,13 @@ VerifyResult verify_run(const fs::path& run_dir) {
     if (!manifest.artifact(rel)) result.unrecorded.push_back(rel);
   }
   std::sort(result.unrecorded.begin(), result.unrecorded.end());
-  for (const auto& [name, step] : manifest.steps())
+  for (const auto& [name, step] : manifest.steps()) {
     if (step.status != "complete") result.incomplete_steps.push_back(name + " (" + step.status + ")");
+    // Every step writes at least one artifact, so a complete step that lists none means the manifest's
+    // artifact table was emptied or cut: nothing would be checked, and verify must not call that clean.
+    else if (manifest.artifacts_of(name).empty())
+      result.inconsistent.push_back({name, "step is complete but the manifest records none of its artifacts"});
+  }
   return result;
 }
 

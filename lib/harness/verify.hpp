@@ -22,10 +22,12 @@ struct VerifyResult {
   std::vector<std::string> missing;         // recorded but absent
   std::vector<std::string> unrecorded;      // files in the run the manifest does not list (information only)
   std::vector<std::string> incomplete_steps;  // steps whose last status is not "complete" (information only)
-  bool ok() const { return mismatched.empty() && missing.empty(); }
+  std::vector<VerifyProblem> inconsistent;  // the manifest contradicts itself (path = the step)
+  bool ok() const { return mismatched.empty() && missing.empty() && inconsistent.empty(); }
 };
 
-// Re-hashes every artifact recorded in RUN_DIR/manifest.json. Read-only; takes no lock.
+// Re-hashes every artifact recorded in RUN_DIR/manifest.json. Read-only; takes no lock. A manifest that
+// records a path outside the run directory is refused (strata::Error naming the path), never followed.
 VerifyResult verify_run(const std::filesystem::path& run_dir);
 
 struct ArtifactComparison {

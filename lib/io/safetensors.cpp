@@ -71,6 +71,19 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& file) : path_(file
     const auto* bytes = static_cast<const uint8_t*>(map_);
     uint64_t header_len = 0;
     for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
+    // A pickle renamed to .safetensors would otherwise read as an absurd header length. torch.save writes
+    // a zip archive (PK\3\4) holding a pickle, or (before torch 1.6) a bare pickle whose first byte is the
+    // PROTO opcode 0x80 followed by protocol 2..5. Only a file that is not valid safetensors is judged by
+    // these bytes (a real header of 640 bytes also starts 0x80 0x02, but its JSON follows at byte 8).
+    const bool valid_start = header_len <= kMaxHeaderBytes && 8 + header_len <= map_size_ && map_size_ > 8 &&
+                             bytes[8] == '{';
+    const bool zip = bytes[0] == 'P' && bytes[1] == 'K' && bytes[2] == 3 && bytes[3] == 4;
+    const bool bare_pickle = bytes[0] == 0x80 && bytes[1] >= 2 && bytes[1] <= 5;
+    if (!valid_start && (zip || bare_pickle))
+      fail("{}: this is a {} (the PyTorch torch.save format), not safetensors. strata never loads pickles, "
+           "because loading one runs arbitrary code from the file; convert it to safetensors once in a trusted "
+           "Python (save_pretrained(out_dir, safe_serialization=True))",
+           name, zip ? "zip archive holding a pickle" : "pickle");
     if (header_len > kMaxHeaderBytes)
       fail("{}: header length {} exceeds the {} byte cap; the file is corrupt or not safetensors", name,
            header_len, kMaxHeaderBytes);

@@ -2,10 +2,22 @@
 
 #include <fmt/ranges.h>
 
+#include <cmath>
+#include <limits>
+
 #include "core/error.hpp"
 #include "models/architecture.hpp"
 
 namespace strata::models {
+namespace {
+
+// Upper bounds on the sizes parse_config accepts from config.json. They are far above any released model
+// (the deepest has ~130 layers, the widest ~30k hidden units, the largest vocabulary ~260k tokens).
+constexpr int64_t kMaxLayers = 1024, kMaxHeads = 4096, kMaxHiddenSize = 1 << 17, kMaxIntermediateSize = 1 << 20,
+                  kMaxVocabSize = 1 << 22, kMaxPositions = 1 << 24;
+
+}  // namespace
+
 namespace detail {
 
 const std::vector<const Architecture*>& architectures() {
@@ -31,9 +43,18 @@ bool ConfigReader::has(const std::string& key) const { return find(key) != nullp
 int64_t ConfigReader::integer(const std::string& key, int64_t fallback) const {
   const auto* v = find(key);
   if (!v) return fallback;
-  if (v->is_number_integer()) return v->get<int64_t>();
-  if (v->is_number_float() && v->get<double>() == std::floor(v->get<double>())) return v->get<int64_t>();
-  fail("{}: '{}' must be an integer, got {}", source_, key, v->dump());
+  // config.json integers are sizes and token ids. One beyond 2^53 (where JSON numbers stop being exact in
+  // Python and JavaScript) is refused rather than wrapped or truncated, which also keeps arithmetic on the
+  // defaults (n_inner = 4 * n_embd) far from int64 overflow.
+  constexpr double kLimit = 9007199254740992.0;  // 2^53
+  double as_double = 0;
+  if (v->is_number_unsigned()) as_double = static_cast<double>(v->get<uint64_t>());
+  else if (v->is_number_integer()) as_double = static_cast<double>(v->get<int64_t>());
+  else if (v->is_number_float() && v->get<double>() == std::floor(v->get<double>())) as_double = v->get<double>();
+  else fail("{}: '{}' must be an integer, got {}", source_, key, v->dump());
+  if (!(std::fabs(as_double) <= kLimit))
+    fail("{}: '{}' = {} is out of range (config integers must lie within +-2^53)", source_, key, v->dump());
+  return v->is_number_float() ? static_cast<int64_t>(as_double) : v->get<int64_t>();
 }
 
 int64_t ConfigReader::integer(const std::string& key) const {
@@ -45,7 +66,9 @@ double ConfigReader::number(const std::string& key, double fallback) const {
   const auto* v = find(key);
   if (!v) return fallback;
   if (!v->is_number()) fail("{}: '{}' must be a number, got {}", source_, key, v->dump());
-  return v->get<double>();
+  const double d = v->get<double>();
+  if (!(std::fabs(d) <= 1e15)) fail("{}: '{}' = {} is out of range", source_, key, v->dump());
+  return d;
 }
 
 bool ConfigReader::boolean(const std::string& key, bool fallback) const {
@@ -99,17 +122,22 @@ ModelSpec parse_config(const nlohmann::json& config, const std::string& source) 
   arch.parse(reader, spec);
   spec.config = config;
 
-  auto positive = [&](int64_t value, const char* what) {
+  // Sizes come from an untrusted file and drive allocations and loops (one block per layer, tables of
+  // vocab x hidden), so each is bounded before use.
+  auto bounded = [&](int64_t value, const char* what, int64_t cap) {
     if (value <= 0) fail("{}: {} must be positive, got {}", source, what, value);
+    if (value > cap)
+      fail("{}: {} = {} exceeds strata's limit of {}; the config.json is corrupt or not a model strata can load",
+           source, what, value, cap);
   };
-  positive(spec.hidden_size, "hidden size");
-  positive(spec.n_layers, "number of layers");
-  positive(spec.n_heads, "number of attention heads");
-  positive(spec.n_kv_heads, "number of key/value heads");
-  positive(spec.head_dim, "head dim");
-  positive(spec.intermediate_size, "intermediate size");
-  positive(spec.vocab_size, "vocab size");
-  positive(spec.max_positions, "max positions");
+  bounded(spec.hidden_size, "hidden size", kMaxHiddenSize);
+  bounded(spec.n_layers, "number of layers", kMaxLayers);
+  bounded(spec.n_heads, "number of attention heads", kMaxHeads);
+  bounded(spec.n_kv_heads, "number of key/value heads", kMaxHeads);
+  bounded(spec.head_dim, "head dim", kMaxHiddenSize);
+  bounded(spec.intermediate_size, "intermediate size", kMaxIntermediateSize);
+  bounded(spec.vocab_size, "vocab size", kMaxVocabSize);
+  bounded(spec.max_positions, "max positions", kMaxPositions);
   if (spec.n_heads % spec.n_kv_heads != 0)
     fail("{}: {} attention heads are not a multiple of {} key/value heads", source, spec.n_heads, spec.n_kv_heads);
   if (spec.positions == PositionKind::Rotary) {

@@ -64,11 +64,15 @@ void capture_step(StepContext& ctx) {
   json cells = json::array();
   json documents_read = json::object();
   int64_t tokens = 0;
+  // Every checkpoint is resolved before the first capture: a typo in the last model's path must not be
+  // found only after the other models were captured.
+  std::map<std::string, fs::path> checkpoints;
+  for (const auto& model : exp.models) checkpoints[model.name] = io::resolve_checkpoint(model.checkpoint_spec());
   for (const auto& model : exp.models) {
     if (model.dtype != "f32")
       fail("model '{}': dtype \"{}\" is not supported by capture yet (it computes in f32); set dtype = \"f32\"", model.name,
            model.dtype);
-    fs::path checkpoint = io::resolve_checkpoint(model.checkpoint_spec());
+    const fs::path& checkpoint = checkpoints.at(model.name);
     capture::CaptureOptions options;
     options.layers.assign(model.layers.begin(), model.layers.end());
     options.depths = model.depths;

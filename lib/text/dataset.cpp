@@ -176,6 +176,15 @@ class SyntheticSource : public DocumentSource {
   Rng rng_;
 };
 
+// A dataset file without a single document is an error here, where the file is known, instead of a
+// capture that ends with no rows and blames the mask.
+[[noreturn]] void fail_empty(const fs::path& path, const char* kind) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  fail("{}: the {} dataset holds no documents ({}); point [dataset] spec at a file with at least one document",
+       path.string(), kind, !ec && size == 0 ? "the file is empty, 0 bytes" : "only blank lines");
+}
+
 class JsonlSource : public DocumentSource {
  public:
   JsonlSource(const std::string& rest, std::string tmpl) : tmpl_(std::move(tmpl)) {
@@ -199,9 +208,11 @@ class JsonlSource : public DocumentSource {
         fail("{}:{}: invalid JSON ({})", path_.string(), line_no_, e.what());
       }
       text = tmpl_.empty() ? field_text(record, field_, path_, line_no_) : apply_template(tmpl_, record, path_, line_no_);
+      produced_ = true;
       return true;
     }
     if (in_.bad()) fail("{}: read error after line {}", path_.string(), line_no_);
+    if (!produced_) fail_empty(path_, "JSONL");
     return false;
   }
 
@@ -210,6 +221,7 @@ class JsonlSource : public DocumentSource {
   std::string field_ = "text", tmpl_;
   std::ifstream in_;
   int64_t line_no_ = 0;
+  bool produced_ = false;
 };
 
 // One document per paragraph; paragraphs are separated by blank lines.
@@ -230,12 +242,15 @@ class TextSource : public DocumentSource {
       text += line;
     }
     if (in_.bad()) fail("{}: read error", path_.string());
+    if (text.empty() && !produced_) fail_empty(path_, "text");
+    produced_ |= !text.empty();
     return !text.empty();
   }
 
  private:
   fs::path path_;
   std::ifstream in_;
+  bool produced_ = false;
 };
 
 class MemorySource : public DocumentSource {

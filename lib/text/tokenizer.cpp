@@ -37,13 +37,41 @@ std::string read_maybe_gzipped(const fs::path& file) {
   std::string out;
   std::array<char, 1 << 16> buffer;
   int n;
-  while ((n = gzread(gz, buffer.data(), buffer.size())) > 0) out.append(buffer.data(), n);
+  // A gzip bomb must not exhaust memory: no real tokenizer.json comes near 1 GiB.
+  constexpr size_t kMaxInflatedBytes = size_t(1) << 30;
+  while ((n = gzread(gz, buffer.data(), buffer.size())) > 0) {
+    out.append(buffer.data(), n);
+    if (out.size() > kMaxInflatedBytes) {
+      gzclose(gz);
+      fail("{}: inflates to more than {} bytes; not a tokenizer.json", file.string(), kMaxInflatedBytes);
+    }
+  }
   int err = 0;
   const char* message = gzerror(gz, &err);
   std::string error_text = (n < 0 || (err != Z_OK && err != Z_STREAM_END)) ? std::string(message) : "";
   gzclose(gz);
   if (!error_text.empty()) fail("{}: corrupt gzip data ({})", file.string(), error_text);
   return out;
+}
+
+// Token ids index the token table, which is sized by the largest id: an id from the file is bounded before
+// it is used (a vocab.json naming id 2^31-1 would otherwise allocate 2^31 strings). The cap is far above
+// any released vocabulary (~260k tokens) and equals the vocab_size cap of config.json (models/spec.cpp).
+constexpr int64_t kMaxTokenId = (1 << 22) - 1;
+
+int32_t token_id(const json& value, const fs::path& file, std::string_view what) {
+  if (!value.is_number_integer())
+    fail("{}: the id of {} is {}, not an integer", file.string(), what,
+         value.dump(-1, ' ', false, json::error_handler_t::replace));
+  if ((value.is_number_unsigned() && value.get<uint64_t>() > uint64_t(kMaxTokenId)) ||
+      value.get<int64_t>() < 0 || value.get<int64_t>() > kMaxTokenId)
+    fail("{}: the id of {} is {}; token ids must be integers in [0, {}]", file.string(), what,
+         value.dump(-1, ' ', false, json::error_handler_t::replace), kMaxTokenId);
+  return static_cast<int32_t>(value.get<int64_t>());
+}
+
+std::string json_quoted(std::string_view token) {
+  return json(std::string(token)).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 json parse_json(const std::string& bytes, const fs::path& file) {
@@ -547,7 +575,10 @@ void Tokenizer::Impl::encode_normalized_piece(const Normalized& n, size_t b, siz
   for (const auto& step : pre_tokenizers) {
     const Regex& regex = *step.regex;
     next.clear();
-    for (auto [rb, re] : ranges) {
+    for (const auto& range : ranges) {
+      // Plain names, not a structured binding: clang before 16 cannot capture bindings in the lambda
+      // (the fuzz build uses clang 14).
+      const size_t rb = range.first, re = range.second;
       size_t gap = rb;
       regex.for_each_match(n.text.data() + rb, re - rb, [&](size_t mb, size_t me) {
         if (rb + mb > gap) next.emplace_back(gap, rb + mb);
@@ -932,11 +963,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
     m->sha = sha256_hex(sha256_file(file) + sha256_file(merges_file));
     json vocab = parse_json(read_text_file(file), file);
     if (!vocab.is_object()) fail("{}: expected a JSON object mapping tokens to ids", file.string());
-    for (auto& [token, id] : vocab.items()) {
-      if (!id.is_number_integer())
-        fail("{}: the id of token {:?} is {}, not an integer", file.string(), token, id.dump());
-      m->vocab.emplace(token, id.get<int32_t>());
-    }
+    for (auto& [token, id] : vocab.items()) m->vocab.emplace(token, token_id(id, file, "token " + json_quoted(token)));
     std::vector<std::pair<std::string, std::string>> merges;
     std::istringstream lines(read_text_file(merges_file));
     std::string line;
@@ -966,11 +993,10 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       m->eos = it->second;
     }
     if (auto extra = read_optional_json(dir / "added_tokens.json"))
-      for (auto& [content, id] : extra->items()) {
-        if (!id.is_number_integer())
-          fail("{}: the id of token {:?} is {}, not an integer", (dir / "added_tokens.json").string(), content, id.dump());
-        if (content != "<|endoftext|>") m->added.push_back({id.get<int32_t>(), content, false, false, false, true, false});
-      }
+      for (auto& [content, id] : extra->items())
+        if (content != "<|endoftext|>")
+          m->added.push_back({token_id(id, dir / "added_tokens.json", "token " + json_quoted(content)), content, false, false,
+                              false, true, false});
     finish_pipeline(*m);
   } else {
     m->sha = sha256_file(file);
@@ -991,7 +1017,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() > 0)
         fail("{}: BPE dropout is not supported (it makes tokenization random)", file.string());
       m->vocab.reserve(model["vocab"].size());
-      for (auto& [token, id] : model["vocab"].items()) m->vocab.emplace(token, id.get<int32_t>());
+      for (auto& [token, id] : model["vocab"].items()) m->vocab.emplace(token, token_id(id, file, "token " + json_quoted(token)));
       m->tokens.resize(m->vocab.size());
       for (auto& [t, id] : m->vocab) {
         if (id < 0) fail("{}: negative id for {:?}", file.string(), t);
@@ -1024,7 +1050,8 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
 
       if (j.contains("added_tokens") && j["added_tokens"].is_array())
         for (const auto& a : j["added_tokens"])
-          m->added.push_back({a.at("id").get<int32_t>(), a.at("content").get<std::string>(), a.value("special", false),
+          m->added.push_back({token_id(a.at("id"), file, "added token " + json_quoted(a.at("content").get<std::string>())),
+                              a.at("content").get<std::string>(), a.value("special", false),
                               a.value("lstrip", false), a.value("rstrip", false), a.value("normalized", false),
                               a.value("single_word", false)});
       parse_normalizer(j.value("normalizer", json()), m->normalizers, file);
@@ -1035,8 +1062,11 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       // Default special tokens: the post-processor's template (ByteLevel / null add nothing).
       const json post = j.value("post_processor", json());
       auto resolve_special = [&](const std::string& name, const json& specials) -> std::vector<int32_t> {
-        if (specials.contains(name) && specials[name].contains("ids"))
-          return specials[name]["ids"].get<std::vector<int32_t>>();
+        if (specials.contains(name) && specials[name].contains("ids")) {
+          std::vector<int32_t> ids;
+          for (const auto& id : specials[name]["ids"]) ids.push_back(token_id(id, file, "special token " + json_quoted(name)));
+          return ids;
+        }
         auto id = find_token(*m, name);
         if (!id) fail("{}: post-processor special token {:?} is unknown", file.string(), name);
         return {*id};
@@ -1058,13 +1088,18 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
             }
           }
         } else if (type == "BertProcessing" || type == "RobertaProcessing") {
-          m->prefix = {p.at("cls").at(1).get<int32_t>()};
-          m->suffix = {p.at("sep").at(1).get<int32_t>()};
+          m->prefix = {token_id(p.at("cls").at(1), file, "the post-processor's cls token")};
+          m->suffix = {token_id(p.at("sep").at(1), file, "the post-processor's sep token")};
         } else if (type != "ByteLevel") {
           fail("{}: post-processor type {:?} is not supported", file.string(), type);
         }
       };
       parse_post(post);
+      for (const auto* side : {&m->prefix, &m->suffix})
+        for (int32_t id : *side)
+          if (id < 0 || size_t(id) >= m->tokens.size())
+            fail("{}: the post-processor adds token id {}, outside the vocabulary (size {})", file.string(), id,
+                 m->tokens.size());
     } catch (const json::exception& e) {
       fail("{}: malformed tokenizer.json ({})", file.string(), e.what());
     }

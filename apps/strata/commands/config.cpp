@@ -21,10 +21,20 @@ void setup(strata::cli::Commands& commands) {
       fmt::print("# Resolved experiment config of {} (sha256 {})\n", exp.source_file.string(), exp.sha256());
       fmt::print("{}\n", strata::harness::to_toml(resolved));
     }
+    // A missing checkpoint is an error here, not a note: the run would otherwise fail only after capturing
+    // the models listed before it.
+    int missing = 0;
     for (const auto& m : exp.models)
-      if (!m.is_hf() && !std::filesystem::exists(m.checkpoint_path))
-        std::fprintf(stderr, "note: model '%s': checkpoint %s does not exist (yet)\n", m.name.c_str(),
-                     m.checkpoint_path.c_str());
+      if (!m.is_hf() && !std::filesystem::is_directory(m.checkpoint_path)) {
+        std::fprintf(stderr, "%s: model '%s': checkpoint directory %s does not exist; fix [[models]] checkpoint (a "
+                     "directory with config.json and model.safetensors, or hf://org/name)\n",
+                     exp.source_file.c_str(), m.name.c_str(), m.checkpoint_path.c_str());
+        ++missing;
+      }
+    if (missing) {
+      std::fprintf(stderr, "%s: FAILED (%d checkpoint%s missing)\n", file->c_str(), missing, missing == 1 ? "" : "s");
+      return 1;
+    }
     std::fprintf(stderr, "%s: OK (%zu models, %zu SAE overrides)\n", file->c_str(), exp.models.size(), exp.sae_overrides.size());
     return 0;
   });

@@ -12,10 +12,13 @@ void setup(strata::cli::Commands& commands) {
     auto result = strata::harness::verify_run(*dir);
     for (const auto& path : result.missing) fmt::print("MISSING    {}\n", path);
     for (const auto& problem : result.mismatched) fmt::print("MISMATCH   {}: {}\n", problem.path, problem.problem);
+    for (const auto& problem : result.inconsistent) fmt::print("INCONSISTENT step {}: {}\n", problem.path, problem.problem);
     for (const auto& path : result.unrecorded) fmt::print("unrecorded {} (not in the manifest; not checked)\n", path);
     for (const auto& step : result.incomplete_steps) fmt::print("note: step {} did not complete\n", step);
-    fmt::print("{}: {} artifacts checked, {} missing, {} mismatched: {}\n", result.run_dir.string(), result.checked,
-               result.missing.size(), result.mismatched.size(), result.ok() ? "OK" : "FAILED");
+    const std::string inconsistent =
+        result.inconsistent.empty() ? "" : fmt::format(", {} inconsistent", result.inconsistent.size());
+    fmt::print("{}: {} artifacts checked, {} missing, {} mismatched{}: {}\n", result.run_dir.string(), result.checked,
+               result.missing.size(), result.mismatched.size(), inconsistent, result.ok() ? "OK" : "FAILED");
     return result.ok() ? 0 : 1;
   });
 }
