@@ -378,6 +378,26 @@ ForwardOutput Transformer::forward(const torch::Tensor& input_ids, const torch::
   return out;
 }
 
+torch::ScalarType parse_compute_dtype(const std::string& name, const std::string& where) {
+  if (name == "f32") return torch::kFloat32;
+  if (name == "bf16") return torch::kBFloat16;
+  if (name == "f16") return torch::kFloat16;
+  fail("{}: compute dtype \"{}\" is not one of f32, bf16, f16", where, name);
+}
+
+std::string compute_dtype_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32:
+      return "f32";
+    case torch::kBFloat16:
+      return "bf16";
+    case torch::kFloat16:
+      return "f16";
+    default:
+      fail("compute dtype {} is not one of f32, bf16, f16", c10::toString(dtype));
+  }
+}
+
 void save_checkpoint(const fs::path& dir, const ModelSpec& spec, const std::map<std::string, torch::Tensor>& params) {
   if (!spec.config.is_object() || !spec.config.contains("model_type"))
     fail("save_checkpoint: the spec carries no config json; build specs with parse_config");
