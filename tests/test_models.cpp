@@ -57,13 +57,17 @@ torch::Device test_device() {
 struct LowPrecisionRow {
   torch::ScalarType dtype;
   double normwise, entrywise;
+  bool needs_cuda;  // LibTorch 1.13's CPU kernels have no f16 LayerNorm / matmul
 };
-// The tolerance table's low-precision rows. bf16 keeps 8 significant bits (unit roundoff 2^-9 ~ 2e-3);
-// every block rounds its matmul inputs and its residual sum, so the error of the final residual grows to
-// ~layers x 2^-9 relative, and a few entries near cancellation see more. Measured worst over the 8
-// fixtures (4 layers each): normwise 4e-3, entrywise 1.6e-2 (see the test's messages); the bounds leave
-// ~3x. f16 keeps 11 bits: 8x smaller roundoff, same bounds with room to spare.
-const LowPrecisionRow kLowPrecisionRows[] = {{torch::kBFloat16, 1.5e-2, 5e-2}, {torch::kFloat16, 1.5e-2, 5e-2}};
+// The tolerance table's low-precision rows. bf16 keeps 8 significant bits (unit roundoff 2^-9 ~ 2e-3):
+// the weights, the embeddings and every block's matmul inputs and residual sum are rounded, so after 4
+// blocks the residual stream is off by several roundoffs. Measured on the CPU over the 8 fixtures: worst
+// normwise 1.17e-2 (gpt-neox-tiny), worst entrywise 1.55e-2; the bounds leave ~2.5x and stay an order of
+// magnitude below what a wiring error costs (a missing bias or (1+w) moves outputs by > 10%, see
+// tests/data/models/README.md). f16 keeps 11 bits (8x smaller roundoff) and gets the same bounds; it runs
+// where the device supports it (scripts/gpu-check.sh, STRATA_TEST_DEVICE=cuda:0).
+const LowPrecisionRow kLowPrecisionRows[] = {{torch::kBFloat16, 3e-2, 5e-2, false},
+                                             {torch::kFloat16, 3e-2, 5e-2, true}};
 
 std::pair<double, double> low_precision_errors(const torch::Tensor& got, const torch::Tensor& ref) {
   BOOST_REQUIRE(got.defined());
@@ -131,6 +135,11 @@ BOOST_AUTO_TEST_CASE(every_fixture_matches_hf_reference_on_the_portable_path) {
 // load, HF's upcasts: norms, softmax, rotary tables in f32) against the f32 HF reference, per output.
 BOOST_AUTO_TEST_CASE(every_fixture_in_bf16_and_f16_is_within_the_low_precision_rows) {
   for (const auto& row : kLowPrecisionRows) {
+    if (row.needs_cuda && !test_device().is_cuda()) {
+      testing::expect_error([] { models::Transformer::load(fixture("gpt2-tiny"), torch::kFloat16); },
+                            {"gpt2-tiny", "f16 needs a CUDA device", "bf16 or f32"});
+      continue;
+    }
     for (const auto& name : kFixtures) {
       BOOST_TEST_CONTEXT("fixture " << name << " in " << c10::toString(row.dtype)) {
         auto model = models::Transformer::load(fixture(name), row.dtype, test_device());

@@ -1,6 +1,7 @@
 #include "models/transformer.hpp"
 
 #include <fmt/ranges.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <set>
@@ -159,6 +160,12 @@ std::map<std::string, std::vector<int64_t>> Transformer::parameter_shapes(const 
 Transformer Transformer::load(const fs::path& checkpoint_dir, torch::ScalarType dtype, torch::Device device) {
   if (!c10::isFloatingType(dtype)) fail("compute dtype must be floating point, got {}", c10::toString(dtype));
   const fs::path dir = io::resolve_checkpoint(checkpoint_dir.string());
+#if TORCH_VERSION_MAJOR < 2
+  if (dtype == torch::kFloat16 && device.is_cpu())
+    fail("{}: compute dtype f16 needs a CUDA device with this LibTorch ({}): its CPU kernels have no f16 LayerNorm "
+         "or matmul; compute in bf16 or f32 on the CPU",
+         dir.string(), TORCH_VERSION);
+#endif
   const fs::path config_path = dir / "config.json";
   nlohmann::json config;
   try {
