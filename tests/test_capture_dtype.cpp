@@ -15,7 +15,8 @@ using namespace strata;
 
 BOOST_AUTO_TEST_CASE(bf16_and_f16_compute_stay_within_the_low_precision_rows_of_f32) {
   static const std::vector<text::Document> docs = text::load_dataset("synthetic", 100);
-  const fs::path ckpt = testing::tiny_capture_checkpoint();
+  // Its own copy of the capture checkpoint, so that it may run beside test_capture.
+  const fs::path ckpt = testing::tiny_checkpoint(testing::fresh_dir("capture-dtype-tiny-gpt2"), "gpt2-tiny", 300);
   capture::CaptureOptions options;
   options.layers = {0, 2, 4};
   options.batch_size = 4;
