@@ -206,7 +206,7 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
 
   const text::Tokenizer tokenizer = load_tokenizer(model_name, checkpoint_dir, options.tokenizer_dir);
   log::info("capture {}: loading {}", model_name, checkpoint_dir.string());
-  const models::Transformer model = models::Transformer::load(checkpoint_dir, torch::kFloat32, options.device);
+  const models::Transformer model = models::Transformer::load(checkpoint_dir, options.compute_dtype, options.device);
   const models::ModelSpec& spec = model.spec();
   const int64_t H = spec.hidden_size;
 
@@ -259,7 +259,9 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
     for (size_t i = 0; i < result.layers.size(); ++i) {
       const int layer = result.layers[i];
       const torch::Tensor& hidden = layer == 0 ? out.embed : out.resid_post.at(layer - 1);
-      rows_by_layer.push_back(hidden.reshape({-1, H}).index_select(0, keep).to(torch::kCPU));
+      // One transfer per layer and batch, already f32 on arrival (outlier norms and the store work on f32;
+      // the store writer counts non-finite values as it writes them).
+      rows_by_layer.push_back(hidden.reshape({-1, H}).index_select(0, keep).to(torch::kCPU, torch::kFloat32));
     }
     // The outlier mask is one mask over positions: a position that is an outlier at any captured layer
     // goes from every layer, so that all layers of a model keep holding the same tokens (transfer pairs
@@ -311,6 +313,7 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
         {"relative_depth", static_cast<double>(layer) / n_layers},
         {"hook", layer == 0 ? std::string("embed") : fmt::format("resid_post.{}", layer - 1)},
         {"hidden_size", H},
+        {"compute_dtype", models::compute_dtype_name(options.compute_dtype)},
         {"dataset", dataset_spec},
         {"dataset_sha256", dataset_sha},
         {"documents_read", documents.documents_read()},

@@ -37,6 +37,9 @@ struct CaptureOptions {
                                    // the batch's rows at any captured layer (from every layer)
   int64_t shard_size_bytes = 512 << 20;  // activation bytes per shard before rolling over
   torch::Device device = torch::kCPU;
+  // The dtype the forward pass computes in (kFloat32, kBFloat16 or kFloat16), with the upcasts of HF's
+  // modelling code (models/transformer.hpp). Rows reach the store as f32 before its own store_dtype.
+  torch::ScalarType compute_dtype = torch::kFloat32;
   text::PackingPolicy packing = text::PackingPolicy::Truncate;
   std::string tokenizer_dir;    // empty: the checkpoint's own tokenizer
 };

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -129,9 +130,43 @@ torch::Device parse_device(const std::string& spec) {
   fail("device '{}' is not valid: use cpu or cuda:N", spec);
 }
 
+KernelPath kernel_path(const torch::Device& device) {
+  const std::string choice = env_or_empty("STRATA_KERNELS");
+  if (choice.empty()) return device.is_cpu() ? KernelPath::native : KernelPath::portable;
+  if (choice == "portable") return KernelPath::portable;
+  if (choice == "native") {
+    if (!device.is_cpu())
+      fail("STRATA_KERNELS=native: the native kernels run on the CPU only, but the device is {}; unset "
+           "STRATA_KERNELS or set it to portable",
+           device.str());
+    return KernelPath::native;
+  }
+  fail("STRATA_KERNELS='{}' is not valid: use native (CPU kernels) or portable (LibTorch ops, any device), or "
+       "unset it",
+       choice);
+}
+
+void synchronize(const torch::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+const char* to_string(KernelPath path) { return path == KernelPath::native ? "native" : "portable"; }
+
+namespace {
+constexpr const char* kCublasWorkspaceConfig = ":4096:8";
+}
+
 void apply_determinism() {
+  // Before any CUDA call: cuBLAS reads the variable when it creates its first handle. A value the user
+  // set is kept (it is recorded either way).
+  setenv("CUBLAS_WORKSPACE_CONFIG", kCublasWorkspaceConfig, /*overwrite=*/0);
   // Deterministic algorithms; warn-only so that ops without a deterministic variant still run.
   at::globalContext().setDeterministicAlgorithms(true, /*warn_only=*/true);
+}
+
+nlohmann::json determinism_json() {
+  return {{"deterministic_algorithms", at::globalContext().deterministicAlgorithms()},
+          {"cublas_workspace_config", env_or_empty("CUBLAS_WORKSPACE_CONFIG")}};
 }
 
 nlohmann::json environment_json() {
@@ -158,6 +193,7 @@ nlohmann::json environment_json() {
       {"blas_config", blas.config},
       {"openblas_coretype_env", env_or_empty("OPENBLAS_CORETYPE")},
       {"openblas_coretype_before_reexec", env_or_empty("STRATA_OPENBLAS_CORETYPE_WAS")},
+      {"strata_kernels_env", env_or_empty("STRATA_KERNELS")},
   };
 }
 

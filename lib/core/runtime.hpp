@@ -32,8 +32,26 @@ int threads();
 // Parses "cpu" or "cuda[:N]"; cuda on a CPU-only LibTorch is a clear error.
 torch::Device parse_device(const std::string& spec);
 
-// Deterministic algorithms on, fixed thread count; called by every step.
+// Which implementation runs the heavy numerics (SAE training, attention):
+//   native   hand-written CPU kernels working on host pointers (x86 SIMD, per-head attention); CPU only
+//   portable LibTorch ops only, so the same code runs on any device (CUDA, CPU)
+// Default: native on the CPU, portable on any other device. STRATA_KERNELS=native|portable overrides it
+// (tests and comparisons run the portable path on the CPU); native on a non-CPU device is an error.
+enum class KernelPath { native, portable };
+KernelPath kernel_path(const torch::Device& device);
+const char* to_string(KernelPath path);
+
+// Waits for the work queued on `device` (CUDA kernels run asynchronously); a no-op on the CPU. Timings
+// of device work call it before reading the clock.
+void synchronize(const torch::Device& device);
+
+// Deterministic algorithms on, fixed thread count; called by every step. Also sets
+// CUBLAS_WORKSPACE_CONFIG=:4096:8 (unless the user set it) while no CUDA call has happened yet: cuBLAS
+// reads it once, when its first handle is created, and without it cuBLAS GEMMs may pick
+// non-deterministic reduction splits.
 void apply_determinism();
+// The determinism settings in force, for the manifest: deterministic_algorithms, cublas_workspace_config.
+nlohmann::json determinism_json();
 
 // Environment description for the manifest: OS, CPU, compiler, LibTorch, BLAS, threads.
 nlohmann::json environment_json();

@@ -150,7 +150,9 @@ RunSummary run_experiment(const RunOptions& options, const StepRegistry& registr
     m.section("git") = git;
     json environment = runtime::environment_json();
     environment["device"] = device.str();
-    environment["determinism"] = {{"deterministic_algorithms", true}, {"threads", runtime::threads()}};
+    environment["determinism"] = runtime::determinism_json();
+    environment["determinism"]["threads"] = runtime::threads();
+    environment["kernels"] = runtime::to_string(runtime::kernel_path(device));
     m.section("environment") = environment;
   }
   record_config(*run, exp);

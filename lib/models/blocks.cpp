@@ -97,7 +97,14 @@ torch::Tensor attention_per_head(const torch::Tensor& q, const torch::Tensor& k,
 
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            const torch::Tensor& additive_mask, double scale, bool inplace) {
-  if (inplace && q.scalar_type() == torch::kFloat32) return attention_per_head(q, k, v, additive_mask, scale);
+  return scaled_dot_product_attention(q, k, v, additive_mask, scale, inplace, runtime::kernel_path(q.device()));
+}
+
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                           const torch::Tensor& additive_mask, double scale, bool inplace,
+                                           runtime::KernelPath path) {
+  if (path == runtime::KernelPath::native && inplace && q.scalar_type() == torch::kFloat32 && q.device().is_cpu())
+    return attention_per_head(q, k, v, additive_mask, scale);
   const int64_t B = q.size(0), heads = q.size(1), T = q.size(2), hd = q.size(3), kv_heads = k.size(1);
   torch::Tensor keys = k, values = v;
   if (kv_heads != heads) {  // repeat_interleave: KV head j serves query heads [j*g, (j+1)*g)

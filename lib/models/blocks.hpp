@@ -5,6 +5,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include "core/runtime.hpp"
 #include "models/spec.hpp"
 
 namespace strata::models::detail {
@@ -35,7 +36,14 @@ torch::Tensor additive_attention_mask(const torch::Tensor& attention_mask, int64
 
 // softmax(q k^T * scale + mask) v for q [B, heads, T, hd], k/v [B, kv_heads, T, hd] (KV head j serves
 // query heads [j*g, (j+1)*g)). Scores and softmax in fp32. Returns [B*T, heads*hd].
+// Two implementations: the native one (CPU, fp32, inference only) runs one task per (sequence, head) from
+// OpenMP threads; the portable one is a batched matmul over all heads (one kernel per product on a GPU,
+// where per-head GEMMs would be ~1e5 launches per batch for phi-2). `path` picks; it defaults to
+// runtime::kernel_path(q.device()).
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            const torch::Tensor& additive_mask, double scale, bool inplace);
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                           const torch::Tensor& additive_mask, double scale, bool inplace,
+                                           runtime::KernelPath path);
 
 }  // namespace strata::models::detail

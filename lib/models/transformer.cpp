@@ -1,6 +1,7 @@
 #include "models/transformer.hpp"
 
 #include <fmt/ranges.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <set>
@@ -159,6 +160,12 @@ std::map<std::string, std::vector<int64_t>> Transformer::parameter_shapes(const 
 Transformer Transformer::load(const fs::path& checkpoint_dir, torch::ScalarType dtype, torch::Device device) {
   if (!c10::isFloatingType(dtype)) fail("compute dtype must be floating point, got {}", c10::toString(dtype));
   const fs::path dir = io::resolve_checkpoint(checkpoint_dir.string());
+#if TORCH_VERSION_MAJOR < 2
+  if (dtype == torch::kFloat16 && device.is_cpu())
+    fail("{}: compute dtype f16 needs a CUDA device with this LibTorch ({}): its CPU kernels have no f16 LayerNorm "
+         "or matmul; compute in bf16 or f32 on the CPU",
+         dir.string(), TORCH_VERSION);
+#endif
   const fs::path config_path = dir / "config.json";
   nlohmann::json config;
   try {
@@ -376,6 +383,26 @@ ForwardOutput Transformer::forward(const torch::Tensor& input_ids, const torch::
     }
   }
   return out;
+}
+
+torch::ScalarType parse_compute_dtype(const std::string& name, const std::string& where) {
+  if (name == "f32") return torch::kFloat32;
+  if (name == "bf16") return torch::kBFloat16;
+  if (name == "f16") return torch::kFloat16;
+  fail("{}: compute dtype \"{}\" is not one of f32, bf16, f16", where, name);
+}
+
+std::string compute_dtype_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32:
+      return "f32";
+    case torch::kBFloat16:
+      return "bf16";
+    case torch::kFloat16:
+      return "f16";
+    default:
+      fail("compute dtype {} is not one of f32, bf16, f16", c10::toString(dtype));
+  }
 }
 
 void save_checkpoint(const fs::path& dir, const ModelSpec& spec, const std::map<std::string, torch::Tensor>& params) {

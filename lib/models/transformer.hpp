@@ -81,6 +81,11 @@ class Transformer {
   mutable std::string checkpoint_sha256_;
 };
 
+// Compute dtypes by their config names: "f32" | "bf16" | "f16". Anything else fails naming `where` and the
+// choices. (The activation store's dtype is a separate setting: io::parse_store_dtype.)
+torch::ScalarType parse_compute_dtype(const std::string& name, const std::string& where);
+std::string compute_dtype_name(torch::ScalarType dtype);
+
 // Writes an HF checkpoint dir: config.json (spec.config, pretty-printed) + model.safetensors (params
 // as given, contiguous, sorted by name, with {"format": "pt"} metadata). Both files atomic.
 void save_checkpoint(const std::filesystem::path& dir, const ModelSpec& spec,

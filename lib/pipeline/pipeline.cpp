@@ -9,6 +9,7 @@
 #include "core/log.hpp"
 #include "io/activation_store.hpp"
 #include "io/checkpoint.hpp"
+#include "models/transformer.hpp"
 #include "report/figures.hpp"
 #include "report/report.hpp"
 #include "sae/formats.hpp"
@@ -69,9 +70,6 @@ void capture_step(StepContext& ctx) {
   std::map<std::string, fs::path> checkpoints;
   for (const auto& model : exp.models) checkpoints[model.name] = io::resolve_checkpoint(model.checkpoint_spec());
   for (const auto& model : exp.models) {
-    if (model.dtype != "f32")
-      fail("model '{}': dtype \"{}\" is not supported by capture yet (it computes in f32); set dtype = \"f32\"", model.name,
-           model.dtype);
     const fs::path& checkpoint = checkpoints.at(model.name);
     capture::CaptureOptions options;
     options.layers.assign(model.layers.begin(), model.layers.end());
@@ -85,6 +83,7 @@ void capture_step(StepContext& ctx) {
     options.norm_outlier_factor = exp.capture.norm_outlier_factor;
     options.shard_size_bytes = static_cast<int64_t>(exp.capture.shard_size_mb * 1024.0 * 1024.0);
     options.device = ctx.device;
+    options.compute_dtype = models::parse_compute_dtype(model.dtype, fmt::format("model '{}' dtype", model.name));
     options.packing = text::parse_packing_policy(dataset.packing);
     options.tokenizer_dir = model.tokenizer_path.string();
     log::info("Capturing {} from {}", model.name, checkpoint.string());
@@ -168,7 +167,9 @@ void train_one(StepContext& ctx, const json& cell, const std::string& relative_d
                      {"hook_name", sae::hook_name(layer)},
                      {"seed", seed}};
   log::info("Training SAE for {} ({}, l1 {}, seed {})", relative_dir, config.architecture, config.l1, seed);
-  sae::TrainResult result = sae::train_sae(store, train_options(config, name), seed, ctx.path(relative_dir), provenance);
+  sae::TrainOptions options = train_options(config, name);
+  options.device = ctx.device;
+  sae::TrainResult result = sae::train_sae(store, options, seed, ctx.path(relative_dir), provenance);
   if (!result.ok) {
     log::warn("SAE {} failed: {}", relative_dir, result.error);
     ctx.record_failure(name, result.error);

@@ -3,8 +3,20 @@
 // W_enc_t [d_sae, d_in], so that a latent's encoder and decoder weights are both contiguous rows (the
 // sparse TopK kernels update whole rows). Adding an architecture = one subclass + a case in
 // make_architecture.
+//
+// Each architecture has two implementations of the same arithmetic (runtime::KernelPath):
+//   native    the x86 row kernels of kernels.hpp over host pointers, TopK decoding sparse (CPU only);
+//   portable  LibTorch ops only, so the tensors may live on any device (CUDA). The gradients are the
+//             same hand-written formulas in torch ops (not autograd): the two paths then differ only by
+//             summation order, the L1 term keeps entering Adam as a per-row decay exactly as in the
+//             native path, and no autograd graph holds [batch, d_sae] buffers. TopK decodes and
+//             back-propagates with dense GEMMs over the code matrix, zero outside the support (no atomics,
+//             so deterministic on CUDA, and a GEMM is what a GPU runs fastest).
+// tests/test_sae_portable.cpp holds the two paths to each other on the CPU.
 #pragma once
 #include <torch/types.h>
+
+#include "core/runtime.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -41,7 +53,24 @@ class Architecture {
   virtual void after_update(Parameters&) {}
 };
 
-std::unique_ptr<Architecture> make_architecture(const TrainOptions& options);
+// The architecture of `options` on the given kernel path (default: the one runtime::kernel_path picks for
+// the CPU).
+std::unique_ptr<Architecture> make_architecture(const TrainOptions& options, runtime::KernelPath path);
+
+// Every tensor of `p` moved to `device` (contiguous); undefined tensors stay undefined.
+Parameters to_device(const Parameters& p, torch::Device device);
+
+// Adam with PyTorch's semantics (no weight decay; the standard SAE's L1 term enters W_dec's gradient as a
+// per-row decay, g_row += decay * W_dec_row). Native: kernels::adam_rows on host memory; portable: torch
+// ops on the parameters' device.
+struct Adam {
+  Parameters m, v;
+  int64_t t = 0;
+  runtime::KernelPath path = runtime::KernelPath::native;
+  void init(const Parameters& p, runtime::KernelPath kernel_path);
+  void update(Parameters& p, const Parameters& g, const torch::Tensor& W_dec_row_decay, double lr, double beta1,
+              double beta2, double eps);
+};
 
 // Row-parallel helper: splits [0, rows) into a fixed number of chunks (independent of the thread count,
 // so per-chunk partial sums reduce in the same order on any machine) and runs fn(chunk, r0, r1).

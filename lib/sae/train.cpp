@@ -135,7 +135,6 @@ EvalResult evaluate_sae(const Sae& sae, const io::ActivationStore& store, const 
 
 namespace {
 
-float* fptr(const torch::Tensor& t) { return t.data_ptr<float>(); }
 
 // Weiszfeld's algorithm in fp64: the point minimising the summed Euclidean distance to the rows.
 torch::Tensor geometric_median(const torch::Tensor& points, int max_iterations = 100, double tolerance = 1e-7) {
@@ -169,33 +168,6 @@ torch::Tensor sample_rows(const io::ActivationStore& store, const RowRanges& tra
   }
   return store.read_rows(torch::tensor(ids, torch::kInt64));
 }
-
-struct Adam {
-  Parameters m, v;
-  int64_t t = 0;
-  void init(const Parameters& p) {
-    m = {torch::zeros_like(p.W_enc_t), torch::zeros_like(p.b_enc), torch::zeros_like(p.W_dec), torch::zeros_like(p.b_dec)};
-    v = {torch::zeros_like(p.W_enc_t), torch::zeros_like(p.b_enc), torch::zeros_like(p.W_dec), torch::zeros_like(p.b_dec)};
-  }
-  void update(Parameters& p, const Parameters& g, const torch::Tensor& W_dec_row_decay, double lr, const TrainOptions& o) {
-    ++t;
-    const double bc1 = 1.0 - std::pow(o.adam_beta1, double(t)), bc2 = 1.0 - std::pow(o.adam_beta2, double(t));
-    kernels::AdamStep step{float(o.adam_beta1), float(o.adam_beta2), float(o.adam_eps), float(lr / bc1),
-                           float(std::sqrt(bc2))};
-    auto apply = [&](torch::Tensor& param, const torch::Tensor& grad, torch::Tensor& mm, torch::Tensor& vv,
-                     const torch::Tensor& decay) {
-      const int64_t rows = param.dim() == 2 ? param.size(0) : 1, cols = param.dim() == 2 ? param.size(1) : param.numel();
-      const float* decay_ptr = decay.defined() ? fptr(decay) : nullptr;
-      at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / cols), [&](int64_t r0, int64_t r1) {
-        kernels::adam_rows(fptr(param), fptr(grad), fptr(mm), fptr(vv), decay_ptr, cols, r0, r1, step);
-      });
-    };
-    apply(p.W_enc_t, g.W_enc_t, m.W_enc_t, v.W_enc_t, {});
-    apply(p.b_enc, g.b_enc, m.b_enc, v.b_enc, {});
-    apply(p.W_dec, g.W_dec, m.W_dec, v.W_dec, W_dec_row_decay);
-    apply(p.b_dec, g.b_dec, m.b_dec, v.b_dec, {});
-  }
-};
 
 constexpr const char* kCurveHeader = "step,epoch,tokens,loss,mse,l1,l0,sparsity,lr";
 constexpr int64_t kCurveColumns = 9;
@@ -242,11 +214,12 @@ struct TrainingState {
 };
 
 // The options that change the trajectory: a checkpoint only resumes a run with the same ones.
-nlohmann::json trajectory_fingerprint(const TrainOptions& o, uint64_t seed, const io::ActivationStore& store) {
+nlohmann::json trajectory_fingerprint(const TrainOptions& o, uint64_t seed, const io::ActivationStore& store,
+                                      runtime::KernelPath path) {
   nlohmann::json files = nlohmann::json::array();
   for (const auto& f : store.files()) files.push_back(f.filename().string());
   return {{"options", o.to_json()}, {"seed", seed}, {"rows", store.rows()}, {"dim", store.dim()}, {"files", files},
-          {"threads", at::get_num_threads()}};
+          {"threads", at::get_num_threads()}, {"kernels", runtime::to_string(path)}};
 }
 
 void save_checkpoint(const fs::path& file, const Parameters& p, const Adam& adam, const TrainingState& s,
@@ -258,13 +231,15 @@ void save_checkpoint(const fs::path& file, const Parameters& p, const Adam& adam
       {"adam_v.W_dec", adam.v.W_dec}, {"adam_v.b_dec", adam.v.b_dec},
       {"tokens_since_fired", s.tokens_since_fired},
       {"curve", torch::tensor(s.curve, torch::kFloat64).reshape({-1, kCurveColumns})}};
+  for (auto& [name, tensor] : tensors) tensor = tensor.to(torch::kCPU);  // the file is written from host memory
   nlohmann::json state = s.to_json();
   state["adam_step"] = adam.t;
   io::save_safetensors(file, tensors,
                        {{"format", "strata-sae-checkpoint"}, {"state", state.dump()}, {"fingerprint", fingerprint.dump()}});
 }
 
-void load_checkpoint(const fs::path& file, Parameters& p, Adam& adam, TrainingState& s, const nlohmann::json& fingerprint) {
+void load_checkpoint(const fs::path& file, Parameters& p, Adam& adam, TrainingState& s, const nlohmann::json& fingerprint,
+                     torch::Device device) {
   io::SafetensorsFile f(file);
   auto meta = f.metadata();
   if (!meta.count("state") || !meta.count("fingerprint"))
@@ -278,10 +253,10 @@ void load_checkpoint(const fs::path& file, Parameters& p, Adam& adam, TrainingSt
   s.from_json(state);
   adam.t = state.at("adam_step");
   auto load = [&](const char* name) { return f.load(name).contiguous(); };
-  p = {load("W_enc_t"), load("b_enc"), load("W_dec"), load("b_dec")};
-  adam.m = {load("adam_m.W_enc_t"), load("adam_m.b_enc"), load("adam_m.W_dec"), load("adam_m.b_dec")};
-  adam.v = {load("adam_v.W_enc_t"), load("adam_v.b_enc"), load("adam_v.W_dec"), load("adam_v.b_dec")};
-  s.tokens_since_fired = load("tokens_since_fired");
+  p = to_device({load("W_enc_t"), load("b_enc"), load("W_dec"), load("b_dec")}, device);
+  adam.m = to_device({load("adam_m.W_enc_t"), load("adam_m.b_enc"), load("adam_m.W_dec"), load("adam_m.b_dec")}, device);
+  adam.v = to_device({load("adam_v.W_enc_t"), load("adam_v.b_enc"), load("adam_v.W_dec"), load("adam_v.b_dec")}, device);
+  s.tokens_since_fired = load("tokens_since_fired");  // host: bookkeeping, not arithmetic
   auto curve = load("curve").to(torch::kFloat64).contiguous();
   s.curve.assign(curve.data_ptr<double>(), curve.data_ptr<double>() + curve.numel());
 }
@@ -304,29 +279,32 @@ int64_t resample_dead(Parameters& p, Adam& adam, const torch::Tensor& dead, cons
   torch::NoGradGuard no_grad;
   const int64_t n_dead = dead.numel();
   if (n_dead == 0) return 0;
+  const torch::Device device = p.W_dec.device();
+  const torch::Tensor dead_ids = dead.to(device);
   auto pre = torch::addmm(p.b_enc, x_scaled - p.b_dec, p.W_enc_t.t());
   auto x_hat = torch::addmm(p.b_dec, torch::relu(pre), p.W_dec);
   auto loss = (x_hat - x_scaled).square().sum(1).to(torch::kFloat64);
   auto weights = loss.square();
   if (!(weights.sum().item<double>() > 0)) return 0;
   auto gen = at::detail::createCPUGenerator(seed);
-  auto picks = torch::multinomial(weights, n_dead, /*replacement=*/true, gen);
+  // Drawn on the host from the host generator: the same picks whatever the device.
+  auto picks = torch::multinomial(weights.to(torch::kCPU), n_dead, /*replacement=*/true, gen).to(device);
   auto directions = x_scaled.index_select(0, picks) - p.b_dec;
   directions = directions / directions.norm(2, {1}, true).clamp_min(1e-12);
-  auto alive = torch::ones({p.W_dec.size(0)}, torch::kBool);
-  alive.index_put_({dead}, false);
+  auto alive = torch::ones({p.W_dec.size(0)}, torch::TensorOptions().dtype(torch::kBool).device(device));
+  alive.index_put_({dead_ids}, false);
   auto enc_norms = p.W_enc_t.norm(2, {1});
   auto dec_norms = p.W_dec.norm(2, {1});
   bool any_alive = alive.any().item<bool>();
   double enc_norm = any_alive ? enc_norms.masked_select(alive).mean().item<double>() : 1.0;
   double dec_norm = any_alive ? dec_norms.masked_select(alive).mean().item<double>() : 1.0;
-  p.W_dec.index_copy_(0, dead, directions * dec_norm);
-  p.W_enc_t.index_copy_(0, dead, directions * (0.2 * enc_norm));
-  p.b_enc.index_fill_(0, dead, 0.0f);
+  p.W_dec.index_copy_(0, dead_ids, directions * dec_norm);
+  p.W_enc_t.index_copy_(0, dead_ids, directions * (0.2 * enc_norm));
+  p.b_enc.index_fill_(0, dead_ids, 0.0f);
   for (Parameters* st : {&adam.m, &adam.v}) {
-    st->W_dec.index_fill_(0, dead, 0.0f);
-    st->W_enc_t.index_fill_(0, dead, 0.0f);
-    st->b_enc.index_fill_(0, dead, 0.0f);
+    st->W_dec.index_fill_(0, dead_ids, 0.0f);
+    st->W_enc_t.index_fill_(0, dead_ids, 0.0f);
+    st->b_enc.index_fill_(0, dead_ids, 0.0f);
   }
   return n_dead;
 }
@@ -351,7 +329,9 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
   torch::NoGradGuard no_grad;
   TrainOptions o = options_in;
   if (o.architecture == "relu") o.architecture = "standard";
-  auto arch = make_architecture(o);
+  const torch::Device device = o.device;
+  const runtime::KernelPath path = runtime::kernel_path(device);
+  auto arch = make_architecture(o, path);
   const std::string name = o.name.empty() ? out_dir.filename().string() : o.name;
   const int64_t d_in = store.dim(), d_sae = o.expansion * d_in;
   if (o.expansion <= 0) fail("expansion must be positive (got {})", o.expansion);
@@ -377,7 +357,7 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
   const int64_t max_steps = steps_per_epoch * o.epochs;
   const int64_t lr_warmup = std::min(o.lr_warmup_steps, max_steps / 10);
   const int64_t l1_warmup = std::min(o.l1_warmup_steps, max_steps / 10);
-  const nlohmann::json fingerprint = trajectory_fingerprint(o, seed, store);
+  const nlohmann::json fingerprint = trajectory_fingerprint(o, seed, store, path);
 
   Parameters p;
   Adam adam;
@@ -406,7 +386,8 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
 
   bool resumed = false;
   if (o.resume && fs::exists(checkpoint_file)) {
-    load_checkpoint(checkpoint_file, p, adam, s, fingerprint);
+    load_checkpoint(checkpoint_file, p, adam, s, fingerprint, device);
+    adam.path = path;
     resumed = true;
     log::info("{}: resuming from step {} (epoch {}, batch {})", name, s.step, s.epoch + 1, s.batch_in_epoch);
   } else {
@@ -425,7 +406,8 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
     else
       p.b_dec = torch::zeros({d_in});
     arch->init_parameters(p, d_in, d_sae, seed);
-    adam.init(p);
+    p = to_device(p, device);
+    adam.init(p, path);
     s.tokens_since_fired = torch::zeros({d_sae}, torch::kInt64);
   }
   Parameters grads{torch::empty_like(p.W_enc_t), torch::empty_like(p.b_enc), torch::empty_like(p.W_dec),
@@ -442,7 +424,7 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
     int64_t rows = 0;
     for (const auto& [begin, end] : heldout)
       for (int64_t b = begin; b < end; b += B) {
-        auto x = store.read_rows(b, std::min(end, b + B)).mul_(scale);
+        auto x = store.read_rows(b, std::min(end, b + B)).to(device).mul_(scale);
         total += arch->step(p, x, l1c, torch::Tensor(), nullptr).loss * double(x.size(0));
         rows += x.size(0);
       }
@@ -452,13 +434,13 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
   while (!finished) {
     stream.begin_epoch(s.epoch, s.batch_in_epoch);
     while (stream.next(batch)) {
-      batch.mul_(scale);
+      batch = batch.to(device).mul_(scale);
       const double lr = o.lr * std::min(1.0, double(s.step + 1) / double(std::max<int64_t>(1, lr_warmup)));
       const double l1c = o.l1 * std::min(1.0, double(s.step + 1) / double(std::max<int64_t>(1, l1_warmup)));
       auto dead = dead_latents(s, o.dead_window_tokens);
       StepResult r = arch->step(p, batch, l1c, dead, &grads);
       if (!std::isfinite(r.loss)) return fail_result(describe_nonfinite(batch, s));
-      adam.update(p, grads, arch->decoder_row_decay(), lr, o);
+      adam.update(p, grads, arch->decoder_row_decay(), lr, o.adam_beta1, o.adam_beta2, o.adam_eps);
       arch->after_update(p);
       s.tokens_since_fired.add_(B).masked_fill_(r.fired, 0);
       ++s.step;
@@ -520,10 +502,10 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
   Sae sae;
   sae.architecture = arch->name();
   sae.k = sae.architecture == "topk" ? o.k : 0;
-  sae.W_enc = (p.W_enc_t * scale).t().contiguous();
-  sae.W_dec = (p.W_dec / scale).contiguous();
-  sae.b_enc = p.b_enc.clone();
-  sae.b_dec = (p.b_dec / scale).contiguous();
+  sae.W_enc = (p.W_enc_t * scale).t().contiguous().to(torch::kCPU);
+  sae.W_dec = (p.W_dec / scale).contiguous().to(torch::kCPU);
+  sae.b_enc = p.b_enc.clone().to(torch::kCPU);
+  sae.b_dec = (p.b_dec / scale).contiguous().to(torch::kCPU);
   EvalResult eval = evaluate_sae(sae, store, heldout, B, o.dense_threshold);
   nlohmann::json metrics = eval.to_json();
   metrics["converged"] = converged;
@@ -542,7 +524,7 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
   nlohmann::json cfg = provenance;
   cfg["seed"] = seed;
   cfg["dtype"] = "float32";
-  cfg["device"] = "cpu";
+  cfg["device"] = device.str();
   cfg["apply_b_dec_to_input"] = true;
   cfg["normalize_activations"] = "none";  // the scaling factor is folded into the weights
   if (sae.architecture == "topk") cfg["activation_fn_kwargs"] = {{"k", o.k}};
@@ -557,6 +539,7 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
   training["heldout_history"] = s.heldout_history;
   training["train_history"] = s.train_history;
   training["threads"] = at::get_num_threads();
+  training["kernels"] = runtime::to_string(path);
   cfg["training"] = training;
   sae.cfg = cfg;
   sae.save(out_dir);
@@ -575,29 +558,35 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
 
 StepTiming time_training_step(const TrainOptions& options, int64_t d_in, int64_t batch, int repeats) {
   torch::NoGradGuard no_grad;
-  auto arch = make_architecture(options);
+  const runtime::KernelPath path = runtime::kernel_path(options.device);
+  auto arch = make_architecture(options, path);
   const int64_t d_sae = options.expansion * d_in;
   auto gen = at::detail::createCPUGenerator(0);
   Parameters p;
   p.b_dec = torch::zeros({d_in});
   arch->init_parameters(p, d_in, d_sae, 0);
+  p = to_device(p, options.device);
   Adam adam;
-  adam.init(p);
+  adam.init(p, path);
   Parameters grads{torch::empty_like(p.W_enc_t), torch::empty_like(p.b_enc), torch::empty_like(p.W_dec),
                    torch::empty_like(p.b_dec)};
-  auto x = torch::randn({batch, d_in}, gen);
+  auto x = torch::randn({batch, d_in}, gen).to(options.device);
   torch::Tensor no_dead = torch::empty({0}, torch::kInt32);
   StepTiming t;
   t.seconds = bench::median_seconds(
       [&] {
         StepResult r = arch->step(p, x, options.l1, no_dead, &grads);
-        adam.update(p, grads, arch->decoder_row_decay(), options.lr, options);
+        adam.update(p, grads, arch->decoder_row_decay(), options.lr, options.adam_beta1, options.adam_beta2,
+                    options.adam_eps);
         arch->after_update(p);
+        if (!options.device.is_cpu()) (void)p.b_dec[0].item<float>();  // wait for the queued device work
         if (!std::isfinite(r.loss)) fail("benchmark step diverged");
       },
       repeats);
   const double gemm = 2.0 * double(batch) * double(d_in) * double(d_sae);
-  t.flop = arch->name() == "topk" ? gemm + 4 * 2.0 * double(batch) * double(options.k) * double(d_in) : 5 * gemm;
+  // The portable TopK step runs the same 5 dense GEMMs as ReLU (codes dense, zero off the support).
+  const bool sparse = arch->name() == "topk" && path == runtime::KernelPath::native;
+  t.flop = sparse ? gemm + 4 * 2.0 * double(batch) * double(options.k) * double(d_in) : 5 * gemm;
   return t;
 }
 

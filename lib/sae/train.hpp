@@ -53,6 +53,11 @@ struct TrainOptions {
   bool keep_checkpoint = false;              // delete the checkpoint once the SAE is saved
   int64_t stop_after_steps = 0;  // > 0: checkpoint and return (interrupted) after this many steps in all
   std::string name;              // SAE name for log lines (default: out_dir's file name)
+  // Where the parameters, the optimiser state and each batch live. The kernel path follows it
+  // (runtime::kernel_path: native on the CPU, portable elsewhere, STRATA_KERNELS overrides); both are
+  // recorded in cfg.json ("device", training.kernels) rather than in to_json(), as they change only the
+  // summation order, not what is trained.
+  torch::Device device = torch::kCPU;
 
   nlohmann::json to_json() const;  // every option, for cfg.json "training"
 };

@@ -16,6 +16,7 @@ namespace {
 struct BenchArgs {
   int64_t batch = 8, seq_len = 128, repeats = 3;
   std::vector<int> layers{4, 8, 12, 16, 20};
+  std::string device = "cpu", dtype = "f32";
 };
 
 // gpt2-medium's config.json as published on the hub (the fields parse_config reads).
@@ -42,10 +43,14 @@ int run(const BenchArgs& a) {
   const models::ModelSpec spec = models::parse_config(gpt2_medium_config(), "gpt2-medium config (built in)");
   for (int layer : a.layers)
     if (layer < 1 || layer > spec.n_layers) fail("bench capture: layer {} outside 1..{}", layer, spec.n_layers);
-  const models::Transformer model = models::Transformer::from_parameters(spec, models::Transformer::init_parameters(spec, 0));
+  const torch::Device device = runtime::parse_device(a.device);
+  const torch::ScalarType dtype = models::parse_compute_dtype(a.dtype, "bench capture --dtype");
+  auto params = models::Transformer::init_parameters(spec, 0);
+  for (auto& [name, tensor] : params) tensor = tensor.to(device, dtype);
+  const models::Transformer model = models::Transformer::from_parameters(spec, std::move(params));
   torch::NoGradGuard no_grad;
   torch::manual_seed(0);
-  const torch::Tensor ids = torch::randint(spec.vocab_size, {a.batch, a.seq_len}, torch::kInt64);
+  const torch::Tensor ids = torch::randint(spec.vocab_size, {a.batch, a.seq_len}, torch::kInt64).to(device);
   const torch::Tensor mask = torch::ones_like(ids);
   const int64_t tokens = a.batch * a.seq_len;
   const int deepest = *std::max_element(a.layers.begin(), a.layers.end());
@@ -65,19 +70,31 @@ int run(const BenchArgs& a) {
   const torch::Tensor positions = torch::arange(tokens, torch::kInt64);
   const io::RowIndex index{positions, positions, positions, positions, positions};
   const int repeats = static_cast<int>(a.repeats);
-  const double forward_only = bench::median_seconds([&] { model.forward(ids, mask, capture_request); }, repeats);
+  const double forward_only = bench::median_seconds(
+      [&] {
+        model.forward(ids, mask, capture_request);
+        runtime::synchronize(device);
+      },
+      repeats);
   const double with_store = bench::median_seconds(
       [&] {
         auto out = model.forward(ids, mask, capture_request);
-        for (size_t i = 0; i < a.layers.size(); ++i)
-          writers[i]->append(out.resid_post.at(a.layers[i] - 1).reshape({tokens, spec.hidden_size}), index);
+        for (size_t i = 0; i < a.layers.size(); ++i)  // rows come to the host in f32, as capture_model does
+          writers[i]->append(
+              out.resid_post.at(a.layers[i] - 1).reshape({tokens, spec.hidden_size}).to(torch::kCPU, torch::kFloat32),
+              index);
         runtime::release_free_memory();  // as capture does after every batch
       },
       repeats);
   writers.clear();  // unfinished: the temporary shards are removed
   std::filesystem::remove_all(dir);
-  const double full = bench::median_seconds([&] { model.forward(ids, mask, full_request); }, repeats);
-  const double gemm = bench::gemm_gflops(4096, 1024, 8192, 5);
+  const double full = bench::median_seconds(
+      [&] {
+        model.forward(ids, mask, full_request);
+        runtime::synchronize(device);
+      },
+      repeats);
+  const double gemm = bench::gemm_gflops(4096, 1024, 8192, 5, device, dtype);
 
   const double capture_flops = flops_per_token(spec, deepest, a.seq_len, false) * double(tokens);
   const double full_flops = flops_per_token(spec, static_cast<int>(spec.n_layers), a.seq_len, true) * double(tokens);
@@ -87,9 +104,10 @@ int run(const BenchArgs& a) {
                100.0 * gflops / gemm);
   };
   const auto blas = runtime::blas_info();
-  fmt::print("gpt2-medium config, random weights, fp32, batch {}x{}, layers {} ({} threads, BLAS core {})\n", a.batch,
-             a.seq_len, fmt::join(a.layers, ","), runtime::threads(), blas.core);
-  fmt::print("GEMM ceiling [4096x1024]@[1024x8192]: {:.1f} GFLOP/s; GEMM-bound capture limit {:.1f} tok/s\n", gemm,
+  fmt::print("gpt2-medium config, random weights, {} on {} ({} attention), batch {}x{}, layers {} ({} threads, BLAS core {})\n",
+             a.dtype, device.str(), runtime::to_string(runtime::kernel_path(device)), a.batch, a.seq_len,
+             fmt::join(a.layers, ","), runtime::threads(), blas.core);
+  fmt::print("GEMM ceiling ({}) [4096x1024]@[1024x8192]: {:.1f} GFLOP/s; GEMM-bound capture limit {:.1f} tok/s\n", a.dtype, gemm,
              gemm * 1e9 / flops_per_token(spec, deepest, a.seq_len, false));
   line(fmt::format("capture forward (blocks 1..{})", deepest).c_str(), forward_only, capture_flops);
   line("capture step (forward + store append)", with_store, capture_flops);
@@ -106,6 +124,8 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--seq-len", args->seq_len, "tokens per sequence")->capture_default_str();
   cmd->add_option("--repeats", args->repeats, "timed repetitions (median)")->capture_default_str();
   cmd->add_option("--layers", args->layers, "layers captured")->delimiter(',');
+  cmd->add_option("--device", args->device, "cpu or cuda[:N]")->capture_default_str();
+  cmd->add_option("--dtype", args->dtype, "compute dtype: f32, bf16 or f16 (the store stays f32)")->capture_default_str();
   commands.bind(cmd, [args]() { return run(*args); });
 }
 

@@ -17,6 +17,7 @@ struct Options {
   int repeats = 3;
   std::vector<int> layers{12};  // 1-based: layer L = residual stream after block L
   bool skip_full = false;
+  std::string device = "cpu", dtype = "f32";
 };
 
 nlohmann::json gpt2_medium_config() {
@@ -38,25 +39,35 @@ double forward_flops(const strata::models::ModelSpec& s, int64_t tokens, int64_t
 int run(const Options& o) {
   torch::NoGradGuard no_grad;
   auto spec = strata::models::parse_config(gpt2_medium_config(), "gpt2-medium config");
-  auto model = strata::models::Transformer::from_parameters(spec, strata::models::Transformer::init_parameters(spec, 0));
+  const torch::Device device = strata::runtime::parse_device(o.device);
+  const torch::ScalarType dtype = strata::models::parse_compute_dtype(o.dtype, "bench forward --dtype");
+  auto params = strata::models::Transformer::init_parameters(spec, 0);
+  for (auto& [name, tensor] : params) tensor = tensor.to(device, dtype);
+  auto model = strata::models::Transformer::from_parameters(spec, std::move(params));
   auto generator = at::detail::createCPUGenerator(1);
-  torch::Tensor ids = torch::randint(spec.vocab_size, {o.batch, o.seq_len}, generator, torch::kInt64);
-  torch::Tensor mask = torch::ones({o.batch, o.seq_len}, torch::kInt64);
+  torch::Tensor ids = torch::randint(spec.vocab_size, {o.batch, o.seq_len}, generator, torch::kInt64).to(device);
+  torch::Tensor mask = torch::ones({o.batch, o.seq_len}, torch::TensorOptions().dtype(torch::kInt64).device(device));
   const int64_t tokens = o.batch * o.seq_len;
 
-  const double ceiling = strata::bench::gemm_gflops(4096, 1024, 8192, 5);
-  const double ceiling_model_shape = strata::bench::gemm_gflops(tokens, spec.hidden_size, spec.intermediate_size, 5);
+  const double ceiling = strata::bench::gemm_gflops(4096, 1024, 8192, 5, device, dtype);
+  const double ceiling_model_shape =
+      strata::bench::gemm_gflops(tokens, spec.hidden_size, spec.intermediate_size, 5, device, dtype);
   auto blas = strata::runtime::blas_info();
-  fmt::print("gpt2-medium shape (24 x 1024, 16 heads, vocab 50257), random weights, batch {} x {}, {} threads, "
-             "BLAS core {}\n",
-             o.batch, o.seq_len, strata::runtime::threads(), blas.core);
+  fmt::print("gpt2-medium shape (24 x 1024, 16 heads, vocab 50257), random weights, {} on {}, batch {} x {}, {} "
+             "threads, BLAS core {}\n",
+             o.dtype, device.str(), o.batch, o.seq_len, strata::runtime::threads(), blas.core);
   fmt::print("GEMM ceiling: {:.1f} GFLOP/s at [4096x1024]@[1024x8192] (strata bench gemm), {:.1f} GFLOP/s at "
              "[{}x{}]@[{}x{}]\n",
              ceiling, ceiling_model_shape, tokens, spec.hidden_size, spec.hidden_size, spec.intermediate_size);
 
   auto report = [&](const std::string& label, const strata::models::ForwardRequest& request, int64_t blocks,
                     bool lm_head) {
-    const double seconds = strata::bench::median_seconds([&] { model.forward(ids, mask, request); }, o.repeats);
+    const double seconds = strata::bench::median_seconds(
+        [&] {
+          model.forward(ids, mask, request);
+          strata::runtime::synchronize(device);
+        },
+        o.repeats);
     const double flops = forward_flops(spec, tokens, o.seq_len, blocks, lm_head);
     const double gflops = flops / seconds / 1e9;
     fmt::print("{}: {:.1f} tok/s ({:.3f} s per batch), {:.1f} GFLOP/s = {:.0f}% of the GEMM ceiling "
@@ -100,6 +111,8 @@ void setup(strata::cli::Commands& commands) {
       ->delimiter(',')
       ->capture_default_str();
   cmd->add_flag("--skip-full", options->skip_full, "skip (a), the full forward with LM head");
+  cmd->add_option("--device", options->device, "cpu or cuda[:N]")->capture_default_str();
+  cmd->add_option("--dtype", options->dtype, "compute dtype: f32, bf16 or f16")->capture_default_str();
   commands.bind(cmd, [options] { return run(*options); });
 }
 

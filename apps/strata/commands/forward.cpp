@@ -11,7 +11,7 @@
 namespace {
 
 struct Options {
-  std::string model, ids, out, device = "cpu";
+  std::string model, ids, out, device = "cpu", dtype = "f32";
 };
 
 // {"input_ids": [[...], ...], "attention_mask": [[...], ...]} (mask optional). Rows of unequal length
@@ -65,7 +65,8 @@ std::pair<torch::Tensor, torch::Tensor> read_ids(const std::string& file) {
 
 int run(const Options& o) {
   const torch::Device device = strata::runtime::parse_device(o.device);
-  auto model = strata::models::Transformer::load(o.model, torch::kFloat32, device);
+  const torch::ScalarType dtype = strata::models::parse_compute_dtype(o.dtype, "forward --dtype");
+  auto model = strata::models::Transformer::load(o.model, dtype, device);
   auto [ids, mask] = read_ids(o.ids);
   strata::models::ForwardRequest request;
   for (int i = 0; i < model.spec().n_layers; ++i) request.blocks.push_back(i);
@@ -86,6 +87,8 @@ int run(const Options& o) {
                                {{"format", "pt"},
                                 {"model", o.model},
                                 {"model_type", model.spec().model_type},
+                                {"compute_dtype", o.dtype},
+                                {"device", device.str()},
                                 {"checkpoint_sha256", model.checkpoint_sha256()}});
   strata::log::info("forward: {} x {} tokens through {} ({} blocks) -> {}", ids.size(0), ids.size(1), o.model,
                     model.spec().n_layers, o.out);
@@ -102,6 +105,8 @@ void setup(strata::cli::Commands& commands) {
       ->required();
   cmd->add_option("--out", options->out, "output .safetensors")->required();
   cmd->add_option("--device", options->device, "cpu or cuda[:N]")->capture_default_str();
+  cmd->add_option("--dtype", options->dtype, "compute dtype: f32, bf16 or f16 (outputs are written in fp32)")
+      ->capture_default_str();
   commands.bind(cmd, [options] { return run(*options); });
 }
 

@@ -9,7 +9,7 @@
 namespace {
 
 struct TrainSaeArgs {
-  std::string activations, tensor, arch = "relu", out;
+  std::string activations, tensor, arch = "relu", out, device = "cpu";
   strata::sae::TrainOptions options;
   uint64_t seed = 0;
 };
@@ -40,10 +40,15 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--stop-after-steps", o.stop_after_steps,
                   "checkpoint and stop after this many steps (rerun the same command to resume)");
   cmd->add_option("--out", args->out, "output directory of this SAE")->required();
+  cmd->add_option("--device", args->device,
+                  "cpu or cuda[:N]; the kernel path follows it (native on cpu, portable elsewhere; STRATA_KERNELS "
+                  "overrides)")
+      ->capture_default_str();
   commands.bind(cmd, [args]() {
     strata::runtime::apply_determinism();
     auto store = strata::io::ActivationStore::open(args->activations, args->tensor);
     auto options = args->options;
+    options.device = strata::runtime::parse_device(args->device);
     options.architecture = args->arch;  // train_sae maps the alias "relu" to "standard"
     nlohmann::json provenance = nlohmann::json::object();
     const auto& meta = store.meta();
