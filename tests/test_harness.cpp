@@ -185,7 +185,8 @@ BOOST_AUTO_TEST_CASE(config_layers_resolve_against_real_depth) {
   BOOST_TEST(exp.sae_for(15.0 / 18).l1 == 0.5e-4);
 
   Experiment def = load_experiment(repo_root() / "experiments" / "default.toml");
-  BOOST_TEST(def.models.size() == 4u);
+  BOOST_TEST(def.models.size() == 5u);  // four families and the positive control
+  BOOST_TEST(def.models[4].control_of == "zoo-gpt2");
   if (fs::exists(repo_root() / "zoo" / "zoo-gpt2"))
     BOOST_TEST(def.models[0].checkpoint_path == (repo_root() / "zoo" / "zoo-gpt2").lexically_normal());
 }

@@ -124,7 +124,7 @@ BOOST_AUTO_TEST_CASE(standard_relu_l1_gradients_match_autograd) {
     BOOST_TEST_CONTEXT("B " << s.batch << " d_in " << s.d_in << " d_sae " << s.d_sae) {
       const auto p = random_parameters(s, /*unit_decoder=*/false, 11 + s.d_sae);
       const auto x = torch::randn({s.batch, s.d_in}, at::detail::createCPUGenerator(7 + s.d_sae));
-      auto arch = sae::make_architecture(o);
+      auto arch = sae::make_architecture(o, runtime::KernelPath::native);
       sae::Parameters g = empty_like(p);
       const sae::StepResult step = arch->step(p, x, l1, torch::Tensor(), &g);
       const torch::Tensor W_dec_full = g.W_dec + arch->decoder_row_decay().unsqueeze(1) * p.W_dec;
@@ -163,7 +163,7 @@ BOOST_AUTO_TEST_CASE(topk_and_auxk_gradients_match_autograd) {
         const auto x = torch::randn({s.batch, s.d_in}, at::detail::createCPUGenerator(5 + s.d_sae));
         // Every third latent counts as dead: n_dead = d_sae / 3 (with aux_k 0 the target is d_in / 2).
         const auto dead = torch::arange(0, s.d_sae, 3, torch::kInt32);
-        auto arch = sae::make_architecture(o);
+        auto arch = sae::make_architecture(o, runtime::KernelPath::native);
         sae::Parameters g = empty_like(p);
         const sae::StepResult step = arch->step(p, x, 0.0, dead, &g);
 
