@@ -149,6 +149,17 @@ BOOST_AUTO_TEST_CASE(a_run_mixing_trained_saelens_and_sparsify_saes_matches_the_
   BOOST_TEST(cfg["published"]["format"] == "sparsify");
   BOOST_TEST(cfg["published"]["hook_name"] == "layers.1");
   BOOST_TEST(cfg["metrics"]["fvu"].get<double>() > 0);
+  // The report's SAE table names each SAE's source and format.
+  const std::string saes_csv = read_text_file(dir / "mixed" / "report" / "tables" / "saes.csv");
+  auto row_of = [&](const std::string& cell) {
+    const size_t at = saes_csv.find("\n" + cell + ",");
+    return at == std::string::npos ? std::string() : saes_csv.substr(at + 1, saes_csv.find('\n', at + 1) - at - 1);
+  };
+  BOOST_TEST(row_of("gpt2_layer2").find(",sparsify (" + sparsify_dir.string() + "),") != std::string::npos, saes_csv);
+  BOOST_TEST(row_of("neox_layer3").find(",saelens (" + (dir / "published" / "neox-saelens").string() + "),") !=
+                 std::string::npos,
+             saes_csv);
+  BOOST_TEST(row_of("gpt2_layer1").find(",trained,") != std::string::npos, saes_csv);
 
   // The same functions give the same transfer matrix, pair for pair.
   auto a = pairs(dir / "trained"), b = pairs(dir / "mixed");

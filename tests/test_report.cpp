@@ -512,4 +512,8 @@ BOOST_AUTO_TEST_CASE(positive_control_is_reported_beside_the_main_matrix) {
   const std::string weak_md = read_text_file(report::write_report(wfx.dir).markdown);
   BOOST_TEST(weak_md.find("The control does not separate from the cross-family pairs at any of 5 depths") !=
              std::string::npos);
+  // ... and reads it against how linearly related the twins are (the fixture's map_r2 is 0.5 everywhere).
+  BOOST_TEST(weak_md.find("the best linear map between them (map R2, ridge, held out) explains 0.50 to 0.50 of the "
+                          "twin's variance") != std::string::npos);
+  BOOST_TEST(md.find("the best linear map between them") == std::string::npos);  // not when it separates
 }

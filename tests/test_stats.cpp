@@ -4,8 +4,13 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <tuple>
 
 #include "core/error.hpp"
+#include "core/random.hpp"
 #include "stats/cka.hpp"
 #include "stats/correlation.hpp"
 #include "stats/linalg.hpp"
@@ -152,4 +157,87 @@ BOOST_AUTO_TEST_CASE(permutation_cost_figure) {
   gram.permutation_test(200, 1);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   BOOST_TEST_MESSAGE("CKA permutation at N=2048: " << 1e3 * seconds / 200 << " ms each");
+}
+
+// The permutation test's p is what it says: the same draws (derive(seed, "cka/permutation", b), Fisher-Yates
+// with mt19937_64) applied to y's rows in a direct fp64 feature-space CKA give the same count of null values
+// at or above the observed one.
+BOOST_AUTO_TEST_CASE(cka_permutation_p_equals_brute_force_over_the_same_draws) {
+  torch::manual_seed(7);
+  torch::Tensor x = torch::randn({120, 5}, torch::kFloat64);
+  // Effect size: the signal adds about c^2 N = 1.2 of the null's ||Y^T X||^2, whose relative spread is
+  // sqrt(2 / (dx dy)) = 0.32: an effect of a few null standard deviations (this W), so p is small, not minimal.
+  torch::Tensor y = 0.1 * torch::mm(x, torch::randn({5, 4}, torch::kFloat64)) + torch::randn({120, 4}, torch::kFloat64);
+  GramCka gram(x, y);
+  const int64_t permutations = 300;
+  const uint64_t seed = 77;
+  PermutationTest test = gram.permutation_test(permutations, seed);
+  int64_t exceed = 0;
+  double null_sum = 0;
+  for (int64_t b = 0; b < permutations; ++b) {
+    std::mt19937_64 rng(strata::derive(seed, "cka/permutation", b));
+    std::vector<int64_t> perm(120);
+    std::iota(perm.begin(), perm.end(), 0);
+    strata::shuffle(perm, rng);
+    const double null = linear_cka(x, y.index_select(0, torch::tensor(perm, torch::kInt64)));
+    exceed += null >= gram.value();
+    null_sum += null;
+  }
+  BOOST_TEST_MESSAGE("observed " << gram.value() << ", p " << test.p << ", exceed " << exceed);
+  BOOST_CHECK_GT(exceed, 0);  // a moderate effect: p neither minimal nor 1
+  BOOST_CHECK_LT(exceed, permutations / 2);
+  BOOST_CHECK_EQUAL(test.p, double(1 + exceed) / double(1 + permutations));
+  BOOST_CHECK_CLOSE(test.null_mean, null_sum / double(permutations), 1e-4);  // fp32 loop vs fp64
+  // No test, no p-value.
+  BOOST_CHECK(std::isnan(gram.permutation_test(0, seed).p));
+}
+
+// Grams and self terms made once per representation and shared across pairs give exactly what a pair built
+// from the raw rows gives: value, permutation p and bootstrap values.
+BOOST_AUTO_TEST_CASE(shared_grams_give_the_same_cka_as_fresh_ones) {
+  torch::manual_seed(8);
+  torch::Tensor x = torch::randn({90, 6}), y = torch::randn({90, 4}), z = torch::randn({90, 7});
+  y = y + 0.3 * torch::mm(x, torch::randn({6, 4}));
+  auto gx = std::make_shared<const CentredGram>(x), gy = std::make_shared<const CentredGram>(y);
+  auto gz = std::make_shared<const CentredGram>(z);
+  torch::Tensor weights = torch::randint(0, 3, {5, 90}, torch::kFloat64);
+  for (auto [shared_pair, a, b] : {std::tuple{GramCka(gx, gy), x, y}, std::tuple{GramCka(gx, gz), x, z}}) {
+    GramCka fresh(a, b);
+    BOOST_CHECK_EQUAL(shared_pair.value(), fresh.value());
+    BOOST_CHECK_EQUAL(shared_pair.permutation_test(64, 5).p, fresh.permutation_test(64, 5).p);
+    std::vector<double> w_shared = shared_pair.weighted(weights), w_fresh = fresh.weighted(weights);
+    for (size_t r = 0; r < w_fresh.size(); ++r) BOOST_CHECK_CLOSE(w_shared[r], w_fresh[r], 1e-12);
+  }
+  // The side form of linear CKA equals the two-argument form.
+  BOOST_CHECK_CLOSE(linear_cka(cka_side(x), cka_side(y)), linear_cka(x, y), 1e-12);
+}
+
+// Both exact forms of the permutation test give the same null values for the same draws (up to the fp32
+// accumulation of the Gram loop), hence the same p; their costs at the zoo's shape are printed to calibrate
+// GramCka::kFeatureFormRatio (a figure, not a timing assertion).
+BOOST_AUTO_TEST_CASE(cka_permutation_forms_agree_and_cost) {
+  torch::manual_seed(9);
+  for (auto [n, dx, dy] : {std::tuple<int64_t, int64_t, int64_t>{200, 6, 9}, {1024, 96, 64}}) {
+    torch::Tensor x = torch::randn({n, dx});
+    // A weak effect, ~1.5 null standard deviations: the signal adds c^2 N of the null's ||Y^T X||^2, whose
+    // relative spread is sqrt(2 / (dx dy)); so p is neither minimal nor 1.
+    const double c = std::sqrt(1.5 * std::sqrt(2.0 / double(dx * dy)) / double(n));
+    torch::Tensor y = c * torch::mm(x, torch::randn({dx, dy})) + torch::randn({n, dy});
+    GramCka gram(x, y);
+    const int64_t permutations = n > 500 ? 200 : 400;
+    auto time = [&](GramCka::Form form, PermutationTest& out) {
+      auto start = std::chrono::steady_clock::now();
+      out = gram.permutation_test(permutations, 21, form);
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
+    PermutationTest loop, features;
+    const double t_loop = time(GramCka::Form::gram, loop), t_features = time(GramCka::Form::features, features);
+    BOOST_TEST_MESSAGE("N " << n << " dx " << dx << " dy " << dy << ": Gram loop " << 1e3 * t_loop / permutations
+                            << " ms, feature GEMM " << 1e3 * t_features / permutations << " ms per permutation; p "
+                            << loop.p << " / " << features.p);
+    BOOST_CHECK_EQUAL(loop.p, features.p);
+    BOOST_CHECK_CLOSE(loop.null_mean, features.null_mean, 1e-3);
+    BOOST_CHECK_CLOSE(loop.null_max, features.null_max, 1e-3);
+    BOOST_CHECK_GT(loop.p, 1.0 / double(permutations + 1));  // not a trivial all-below case
+  }
 }

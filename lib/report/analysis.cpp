@@ -269,11 +269,12 @@ PositiveControl control_analysis(const TransferResults& all, const std::string& 
     const PairResult* there = all.find(d.control_cell, d.twin_cell);
     const PairResult* back = all.find(d.twin_cell, d.control_cell);
     if (!there || !back) continue;  // the twin has no cell at this layer
-    std::vector<double> q, cka, mmac;
+    std::vector<double> q, cka, mmac, map_r2;
     for (const PairResult* p : {there, back}) {
       if (auto v = p->metric("q_excess")) q.push_back(*v);
       if (auto v = p->metric("cka")) cka.push_back(*v);
       if (auto v = p->metric("mmac")) mmac.push_back(*v);
+      if (auto v = p->metric("map_r2")) map_r2.push_back(*v);
       if (auto ci = interval_of(*p, "q_excess_ci")) {
         d.q_lo = std::min(d.q_lo.value_or(ci->first), ci->first);
         d.q_hi = std::max(d.q_hi.value_or(ci->second), ci->second);
@@ -286,6 +287,7 @@ PositiveControl control_analysis(const TransferResults& all, const std::string& 
     if (!q.empty()) d.q_excess = mean_of(q);
     if (!cka.empty()) d.cka = mean_of(cka);
     if (!mmac.empty()) d.mmac = mean_of(mmac);
+    if (!map_r2.empty()) d.map_r2 = mean_of(map_r2);
     // The twin's depth group: every other family's cell at that depth.
     const DepthGroup* group = nullptr;
     for (const auto& g : groups)
@@ -293,7 +295,7 @@ PositiveControl control_analysis(const TransferResults& all, const std::string& 
         if (cell.name() == d.twin_cell) group = &g;
     if (group) {
       d.relative_depth = group->relative_depth;
-      std::vector<double> fq, fcka, fmmac;
+      std::vector<double> fq, fcka, fmmac, fmap;
       for (const auto& s : group->cells)
         for (const auto& t : group->cells) {
           if (s.model == t.model) continue;
@@ -302,6 +304,7 @@ PositiveControl control_analysis(const TransferResults& all, const std::string& 
           if (auto v = p->metric("q_excess")) fq.push_back(*v);
           if (auto v = p->metric("cka")) fcka.push_back(*v);
           if (auto v = p->metric("mmac")) fmmac.push_back(*v);
+          if (auto v = p->metric("map_r2")) fmap.push_back(*v);
         }
       d.cross_family_pairs = static_cast<int>(fq.size());
       const uint64_t seed = derive(options.bootstrap_seed, "positive-control", control, layer);
@@ -316,6 +319,7 @@ PositiveControl control_analysis(const TransferResults& all, const std::string& 
         if (std::isfinite(lo)) d.family_cka_lo = lo, d.family_cka_hi = hi;
       }
       if (!fmmac.empty()) d.family_mmac = mean_of(fmmac);
+      if (!fmap.empty()) d.family_map_r2 = mean_of(fmap);
     } else {
       d.relative_depth = std::numeric_limits<double>::quiet_NaN();
       for (const auto& cell : all.universality)
@@ -557,6 +561,8 @@ json to_json(const Analysis& a) {
                         {"cross_family_cka", optional_number(d.family_cka)},
                         {"cross_family_cka_ci", optional_interval(d.family_cka_lo, d.family_cka_hi)},
                         {"cross_family_mmac", optional_number(d.family_mmac)},
+                        {"map_r2", optional_number(d.map_r2)},
+                        {"cross_family_map_r2", optional_number(d.family_map_r2)},
                         {"separates", d.separates()}});
     controls.push_back({{"control", pc.control}, {"twin", pc.twin}, {"separated_depths", pc.separated_depths()},
                         {"depths", depths}});

@@ -104,6 +104,9 @@ struct ControlDepth {
   // Control pair: the mean of its two directions; CI: the union of the two directions' intervals from the
   // transfer step (sequence bootstrap at ci_level), so it is conservative.
   std::optional<double> q_excess, q_lo, q_hi, cka, cka_lo, cka_hi, mmac;
+  // map_r2: held-out R^2 of the best linear (ridge) map between the two models' activations, a ceiling on how
+  // much any linear alignment can carry over; a control that does not separate is read against it.
+  std::optional<double> map_r2, family_map_r2;
   // Cross-family pairs at the same depth: means with percentile-bootstrap CIs over the pairs.
   int cross_family_pairs = 0;
   std::optional<double> family_q_excess, family_q_lo, family_q_hi, family_cka, family_cka_lo, family_cka_hi,

@@ -95,16 +95,21 @@ Table pair_table(const TransferResults& r, const AnalysisOptions& ao) {
 }
 
 Table sae_table(const std::vector<SaeSummary>& saes) {
-  Table t{"saes", "SAE quality on the held-out split.",
-          {"SAE", "architecture", "d_in", "d_sae", "FVU", "explained variance", "L0", "dead fraction", "converged",
-           "diverged", "epochs"},
+  Table t{"saes",
+          "SAE quality on the held-out split. Source: trained by this run, or the published SAE's format and the "
+          "path or hf:// address it was read from (its hash is in the manifest's cells[].sae).",
+          {"SAE", "source", "architecture", "d_in", "d_sae", "FVU", "explained variance", "L0", "dead fraction",
+           "converged", "diverged", "epochs"},
           {}};
   for (const auto& s : saes) {
     auto flag = [&](const char* key) {
       auto it = s.metrics.find(key);
       return it != s.metrics.end() && it->is_boolean() ? (it->get<bool>() ? "yes" : "no") : "n/a";
     };
-    t.rows.push_back({s.cell, s.cfg.value("architecture", "n/a"), json_scalar(s.cfg.value("d_in", json())),
+    std::string source = "trained";
+    if (auto p = s.cfg.find("published"); p != s.cfg.end() && p->is_object())
+      source = fmt::format("{} ({})", p->value("format", "published"), p->value("source", "?"));
+    t.rows.push_back({s.cell, source, s.cfg.value("architecture", "n/a"), json_scalar(s.cfg.value("d_in", json())),
                       json_scalar(s.cfg.value("d_sae", json())), opt(s.metric("fvu")), opt(s.metric("explained_variance")),
                       opt(s.metric("l0"), 1), opt(s.metric("dead_fraction")), flag("converged"), flag("diverged"),
                       json_scalar(s.metrics.value("epochs_run", json()))});
@@ -122,7 +127,7 @@ Table control_table(const PositiveControl& pc, const AnalysisOptions& ao) {
                       pc.control, pc.twin, level, level),
           {"relative depth", "control pair", "control q_excess", level + " CI", "cross-family q_excess", level + " CI",
            "control CKA", level + " CI", "cross-family CKA", level + " CI", "control MMAC", "cross-family MMAC",
-           "cross-family pairs", "separates"},
+           "control map R2", "cross-family map R2", "cross-family pairs", "separates"},
           {}};
   auto interval = [](const std::optional<double>& lo, const std::optional<double>& hi) {
     return lo && hi ? ci(*lo, *hi) : std::string("n/a");
@@ -131,8 +136,8 @@ Table control_table(const PositiveControl& pc, const AnalysisOptions& ao) {
     t.rows.push_back({fixed(d.relative_depth, 2), d.control_cell + " <-> " + d.twin_cell, opt(d.q_excess),
                       interval(d.q_lo, d.q_hi), opt(d.family_q_excess), interval(d.family_q_lo, d.family_q_hi),
                       opt(d.cka), interval(d.cka_lo, d.cka_hi), opt(d.family_cka),
-                      interval(d.family_cka_lo, d.family_cka_hi), opt(d.mmac), opt(d.family_mmac),
-                      std::to_string(d.cross_family_pairs), d.separates() ? "yes" : "no"});
+                      interval(d.family_cka_lo, d.family_cka_hi), opt(d.mmac), opt(d.family_mmac), opt(d.map_r2),
+                      opt(d.family_map_r2), std::to_string(d.cross_family_pairs), d.separates() ? "yes" : "no"});
   return t;
 }
 
@@ -314,6 +319,21 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
                           "cross-model path does not show universality between two trainings of one model, so a "
                           "\"not universal\" answer above is not evidence until this is understood.\n\n",
                           depths);
+      if (depths > 0 && separated < depths) {
+        // Read a weak control against how linearly related the twins' activations are at all: if even the
+        // best linear map explains little of the twin's variance, the twins differ, not the path.
+        std::vector<double> r2;
+        for (const auto& d : pc.depths)
+          if (d.map_r2) r2.push_back(*d.map_r2);
+        if (!r2.empty())
+          md << fmt::format("The two trainings' activations are themselves only partly linearly related: the best "
+                            "linear map between them (map R2, ridge, held out) explains {} to {} of the twin's "
+                            "variance, which bounds what any isometric alignment can carry over. An identical copy "
+                            "under another model name scores q_excess and CKA 1.000 through the same path "
+                            "(docs/report.md, \"Positive control\").\n\n",
+                            fixed(*std::min_element(r2.begin(), r2.end()), 2),
+                            fixed(*std::max_element(r2.begin(), r2.end()), 2));
+      }
       tables.push_back(std::move(t));
     }
   }

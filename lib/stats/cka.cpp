@@ -19,82 +19,151 @@ torch::Tensor centred64(const torch::Tensor& x) {
   return d - d.mean(0, /*keepdim=*/true);
 }
 
-void check_pair(const torch::Tensor& x, const torch::Tensor& y) {
-  if (x.dim() != 2 || y.dim() != 2) fail("CKA: inputs must be 2-D [tokens, features]");
-  if (x.size(0) != y.size(0)) fail("CKA: inputs pair {} vs {} rows; rows must be the same tokens", x.size(0), y.size(0));
-  if (x.size(0) < 2) fail("CKA: needs at least 2 tokens");
+void check_pair(int64_t nx, int64_t ny) {
+  if (nx != ny) fail("CKA: inputs pair {} vs {} rows; rows must be the same tokens", nx, ny);
+  if (nx < 2) fail("CKA: needs at least 2 tokens");
+}
+
+void check_matrix(const torch::Tensor& x) {
+  if (x.dim() != 2) fail("CKA: inputs must be 2-D [tokens, features]");
 }
 
 }  // namespace
 
-double linear_cka(const torch::Tensor& x, const torch::Tensor& y) {
-  check_pair(x, y);
-  torch::Tensor xc = centred64(x), yc = centred64(y);
-  double cross = torch::mm(yc.t(), xc).pow(2).sum().item<double>();
-  double xx = torch::mm(xc.t(), xc).pow(2).sum().item<double>();
-  double yy = torch::mm(yc.t(), yc).pow(2).sum().item<double>();
-  if (xx <= 0 || yy <= 0) return 0.0;  // a constant representation aligns with nothing
-  return cross / std::sqrt(xx * yy);
+CkaSide cka_side(const torch::Tensor& x) {
+  check_matrix(x);
+  CkaSide side;
+  side.centred = centred64(x);
+  side.self = torch::mm(side.centred.t(), side.centred).pow(2).sum().item<double>();
+  return side;
 }
 
-GramCka::GramCka(const torch::Tensor& x, const torch::Tensor& y) {
-  check_pair(x, y);
+double linear_cka(const CkaSide& x, const CkaSide& y) {
+  check_pair(x.centred.size(0), y.centred.size(0));
+  double cross = torch::mm(y.centred.t(), x.centred).pow(2).sum().item<double>();
+  if (x.self <= 0 || y.self <= 0) return 0.0;  // a constant representation aligns with nothing
+  return cross / std::sqrt(x.self * y.self);
+}
+
+double linear_cka(const torch::Tensor& x, const torch::Tensor& y) {
+  check_matrix(x);
+  check_matrix(y);
+  check_pair(x.size(0), y.size(0));
+  return linear_cka(cka_side(x), cka_side(y));
+}
+
+CentredGram::CentredGram(const torch::Tensor& x) {
+  check_matrix(x);
   n_ = x.size(0);
-  torch::Tensor xc = centred64(x), yc = centred64(y);
-  k_ = torch::mm(xc, xc.t());
-  l_ = torch::mm(yc, yc.t());
-  double kk = k_.pow(2).sum().item<double>(), ll = l_.pow(2).sum().item<double>();
-  norm_product_ = std::sqrt(kk * ll);
-  observed_ = norm_product_ > 0 ? (k_ * l_).sum().item<double>() / norm_product_ : 0.0;
+  centred_ = centred64(x);
+  k_ = torch::mm(centred_, centred_.t());
+  self_ = k_.pow(2).sum().item<double>();
   k32_ = k_.to(torch::kFloat32).contiguous();
-  l32_ = l_.to(torch::kFloat32).contiguous();
+}
+
+const CentredGram::Weighted& CentredGram::weighted(const torch::Tensor& weights) const {
+  if (weights.dim() != 2 || weights.size(1) != n_) fail("CKA bootstrap: weights must be [B, {}]", n_);
+  if (weights_.defined() && weights_.is_same(weights)) return weighted_;
+  Weighted w;
+  w.weights_t = weights.to(torch::kFloat64).t().contiguous();  // [N, B]
+  w.total = w.weights_t.sum(0);                                // n_b
+  w.mean = torch::mm(k_, w.weights_t) / w.total;               // K w / n_b
+  // Weighted HSIC(K, K) with K centred under the weights (see GramCka::weighted).
+  torch::Tensor cross = (w.weights_t * torch::mm(k_ * k_, w.weights_t)).sum(0);
+  torch::Tensor g = (w.weights_t * w.mean).sum(0) / w.total;
+  w.self = cross - 2.0 * w.total * (w.weights_t * w.mean * w.mean).sum(0) + w.total * w.total * g * g;
+  weights_ = weights;
+  weighted_ = std::move(w);
+  return weighted_;
+}
+
+GramCka::GramCka(const torch::Tensor& x, const torch::Tensor& y)
+    : GramCka(std::make_shared<CentredGram>(x), std::make_shared<CentredGram>(y)) {}
+
+GramCka::GramCka(std::shared_ptr<const CentredGram> k, std::shared_ptr<const CentredGram> l)
+    : k_(std::move(k)), l_(std::move(l)) {
+  check_pair(k_->n(), l_->n());
+  norm_product_ = std::sqrt(k_->self() * l_->self());
+  observed_ = norm_product_ > 0 ? (k_->k() * l_->k()).sum().item<double>() / norm_product_ : 0.0;
 }
 
 PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed) const {
+  return permutation_test(permutations, seed, Form::automatic);
+}
+
+PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, Form form) const {
   PermutationTest out;
   out.observed = observed_;
   out.permutations = permutations;
-  out.n = n_;
-  if (permutations <= 0 || norm_product_ <= 0) return out;
+  out.n = n();
+  if (permutations <= 0) return out;  // no test ran: p stays NaN ("not computed"), never a made-up 1
+  if (norm_product_ <= 0) {           // a constant side: every permuted CKA is 0 = observed
+    out.p = 1.0;
+    return out;
+  }
   std::vector<double> null(permutations);
-  const int64_t n = n_;
-  const float* k = k32_.data_ptr<float>();
-  const float* l = l32_.data_ptr<float>();
-  // Permutations run in blocks that share one pass over K (memory-bound otherwise: K is N^2 floats).
-  constexpr int64_t kBlock = 8;
-  const int64_t blocks = (permutations + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
-    std::vector<std::vector<int32_t>> perms(kBlock, std::vector<int32_t>(n));
-    for (int64_t block = block_begin; block < block_end; ++block) {
-      const int64_t first = block * kBlock, count = std::min(kBlock, permutations - first);
-      for (int64_t c = 0; c < count; ++c) {
-        std::mt19937_64 rng(seed ^ (0x9E3779B97F4A7C15ull * uint64_t(first + c + 1)));
-        auto& perm = perms[c];
-        std::iota(perm.begin(), perm.end(), 0);
-        strata::shuffle(perm, rng);
-      }
-      // <K, P L P^T> = sum_i sum_j K_ij L_{p(i) p(j)}; K and L are symmetric, so twice the upper triangle.
-      double totals[kBlock] = {};
-      for (int64_t i = 0; i < n; ++i) {
-        const float* krow = k + i * n;
-        for (int64_t c = 0; c < count; ++c) {
-          const int32_t* perm = perms[c].data();
-          const float* lrow = l + int64_t(perm[i]) * n;
-          float acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
-          int64_t j = i + 1;
-          for (; j + 4 <= n; j += 4) {
-            acc0 += krow[j] * lrow[perm[j]];
-            acc1 += krow[j + 1] * lrow[perm[j + 1]];
-            acc2 += krow[j + 2] * lrow[perm[j + 2]];
-            acc3 += krow[j + 3] * lrow[perm[j + 3]];
-          }
-          for (; j < n; ++j) acc0 += krow[j] * lrow[perm[j]];
-          totals[c] += 2.0 * double((acc0 + acc1) + (acc2 + acc3)) + double(krow[i]) * double(lrow[perm[i]]);
-        }
-      }
-      for (int64_t c = 0; c < count; ++c) null[first + c] = totals[c] / norm_product_;
+  const int64_t n = this->n();
+  auto draw = [&](int64_t b, int32_t* perm) {
+    std::mt19937_64 rng(strata::derive(seed, "cka/permutation", b));
+    std::iota(perm, perm + n, 0);
+    for (int64_t i = n; i > 1; --i) std::swap(perm[i - 1], perm[strata::uniform_below(rng, uint64_t(i))]);
+  };
+  const double dx = double(k_->centred().size(1)), dy = double(l_->centred().size(1));
+  if (form == Form::automatic) form = dx * dy < kFeatureFormRatio * double(n) ? Form::features : Form::gram;
+  if (form == Form::features) {
+    // Batches of permutations: rows of Yc gathered per permutation, [b, N, dy], then Xc^T (P_b Yc) for all b in
+    // one batched GEMM; the null value is the squared Frobenius norm of each [dx, dy] block.
+    const torch::Tensor& xc = k_->centred();
+    const torch::Tensor& yc = l_->centred();
+    const int64_t batch = std::clamp<int64_t>(int64_t((64 << 20) / (8 * n * int64_t(dy) + 1)), 1, 256);
+    torch::Tensor xt = xc.t().contiguous();
+    for (int64_t first = 0; first < permutations; first += batch) {
+      const int64_t count = std::min(batch, permutations - first);
+      torch::Tensor index = torch::empty({count, n}, torch::kInt32);
+      int32_t* ip = index.data_ptr<int32_t>();
+      at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) draw(first + c, ip + c * n);
+      });
+      torch::Tensor gathered = yc.index_select(0, index.view({-1}).to(torch::kInt64)).view({count, n, yc.size(1)});
+      torch::Tensor cross = torch::matmul(xt, gathered);  // [count, dx, dy]
+      torch::Tensor values = cross.pow(2).sum({1, 2}).contiguous();
+      const double* v = values.data_ptr<double>();
+      for (int64_t c = 0; c < count; ++c) null[first + c] = v[c] / norm_product_;
     }
-  });
+  } else {
+    const float* k = k_->k32().data_ptr<float>();
+    const float* l = l_->k32().data_ptr<float>();
+    // Permutations run in blocks that share one pass over K (memory-bound otherwise: K is N^2 floats).
+    constexpr int64_t kBlock = 8;
+    const int64_t blocks = (permutations + kBlock - 1) / kBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+      std::vector<std::vector<int32_t>> perms(kBlock, std::vector<int32_t>(n));
+      for (int64_t block = block_begin; block < block_end; ++block) {
+        const int64_t first = block * kBlock, count = std::min(kBlock, permutations - first);
+        for (int64_t c = 0; c < count; ++c) draw(first + c, perms[c].data());
+        // <K, P L P^T> = sum_i sum_j K_ij L_{p(i) p(j)}; K and L are symmetric, so twice the upper triangle.
+        double totals[kBlock] = {};
+        for (int64_t i = 0; i < n; ++i) {
+          const float* krow = k + i * n;
+          for (int64_t c = 0; c < count; ++c) {
+            const int32_t* perm = perms[c].data();
+            const float* lrow = l + int64_t(perm[i]) * n;
+            float acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+            int64_t j = i + 1;
+            for (; j + 4 <= n; j += 4) {
+              acc0 += krow[j] * lrow[perm[j]];
+              acc1 += krow[j + 1] * lrow[perm[j + 1]];
+              acc2 += krow[j + 2] * lrow[perm[j + 2]];
+              acc3 += krow[j + 3] * lrow[perm[j + 3]];
+            }
+            for (; j < n; ++j) acc0 += krow[j] * lrow[perm[j]];
+            totals[c] += 2.0 * double((acc0 + acc1) + (acc2 + acc3)) + double(krow[i]) * double(lrow[perm[i]]);
+          }
+        }
+        for (int64_t c = 0; c < count; ++c) null[first + c] = totals[c] / norm_product_;
+      }
+    });
+  }
   int64_t exceed = 0;
   for (double v : null) exceed += v >= observed_;
   out.p = double(1 + exceed) / double(1 + permutations);
@@ -104,18 +173,18 @@ PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed) c
 }
 
 std::vector<double> GramCka::weighted(const torch::Tensor& weights) const {
-  if (weights.dim() != 2 || weights.size(1) != n_) fail("GramCka::weighted: weights must be [B, {}]", n_);
-  torch::Tensor w = weights.to(torch::kFloat64).t().contiguous();  // [N, B]
-  torch::Tensor total = w.sum(0);                                  // n_b
+  if (weights.dim() != 2 || weights.size(1) != n()) fail("GramCka::weighted: weights must be [B, {}]", n());
   // Weighted HSIC(K, L) with K centred under the weights: A - 2 n sum_i w_i m_i l_i + n^2 g h, where
   // m = K w / n, l = L w / n, g = w.m / n, h = w.l / n, A = w^T (K o L) w. The n^2 factors cancel in CKA.
-  auto hsic = [&](const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& am, const torch::Tensor& bm) {
-    torch::Tensor cross = (w * torch::mm(a * b, w)).sum(0);
-    torch::Tensor g = (w * am).sum(0) / total, h = (w * bm).sum(0) / total;
-    return cross - 2.0 * total * (w * am * bm).sum(0) + total * total * g * h;
-  };
-  torch::Tensor m = torch::mm(k_, w) / total, lm = torch::mm(l_, w) / total;
-  torch::Tensor kl = hsic(k_, l_, m, lm), kk = hsic(k_, k_, m, m), ll = hsic(l_, l_, lm, lm);
+  // The self terms HSIC(K, K), HSIC(L, L) and K w, L w come from each side's cache.
+  const CentredGram::Weighted& wk = k_->weighted(weights);
+  const CentredGram::Weighted& wl = l_->weighted(weights);
+  const torch::Tensor& w = wk.weights_t;
+  const torch::Tensor& total = wk.total;
+  torch::Tensor cross = (w * torch::mm(k_->k() * l_->k(), w)).sum(0);
+  torch::Tensor g = (w * wk.mean).sum(0) / total, h = (w * wl.mean).sum(0) / total;
+  torch::Tensor kl = cross - 2.0 * total * (w * wk.mean * wl.mean).sum(0) + total * total * g * h;
+  torch::Tensor kk = wk.self, ll = wl.self;
   torch::Tensor cka = kl / torch::sqrt(kk * ll);
   cka = torch::where(kk * ll > 0, cka, torch::zeros_like(cka)).contiguous();
   return std::vector<double>(cka.data_ptr<double>(), cka.data_ptr<double>() + cka.numel());

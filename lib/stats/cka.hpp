@@ -2,10 +2,16 @@
 //   CKA(X, Y) = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F),   Xc, Yc column-centred, rows = tokens.
 // Equivalently, with centred Gram matrices K = Xc Xc^T and L = Yc Yc^T: CKA = <K, L> / (||K|| ||L||).
 // Invariant to orthogonal transforms and isotropic scaling of either side; rows must pair the same tokens.
+//
+// A representation enters many pairs (every cell meets every other), so its per-side quantities are built
+// once: CkaSide (centred features and ||Xc^T Xc||_F^2) and CentredGram (K, ||K||_F^2, and its weighted self
+// terms for a given bootstrap weight matrix). A pair then costs only its cross term.
 #pragma once
 #include <torch/types.h>
 
 #include <cstdint>
+#include <limits>
+#include <memory>
 #include <vector>
 
 namespace strata::stats {
@@ -13,13 +19,47 @@ namespace strata::stats {
 // Feature-space form, O(N dx dy), fp64 accumulation. x [N, dx], y [N, dy].
 double linear_cka(const torch::Tensor& x, const torch::Tensor& y);
 
+// One side of linear_cka, made once per representation: Xc (fp64) and ||Xc^T Xc||_F^2.
+struct CkaSide {
+  torch::Tensor centred;
+  double self = 0;
+};
+CkaSide cka_side(const torch::Tensor& x);
+double linear_cka(const CkaSide& x, const CkaSide& y);  // == linear_cka(x, y) of the raw inputs
+
 struct PermutationTest {
   double observed = 0;
-  double p = 1;          // (1 + #{b : null_b >= observed}) / (1 + B)
+  double p = std::numeric_limits<double>::quiet_NaN();  // (1 + #{b : null_b >= observed}) / (1 + B); NaN if B = 0
   double null_mean = 0;  // mean of the null CKA values
   double null_max = 0;
   int64_t permutations = 0;
   int64_t n = 0;
+};
+
+// The centred Gram matrix of one representation on N tokens, K = Xc Xc^T (fp64, and an fp32 copy for the
+// permutation loop), with ||K||_F^2. weighted_self(w) caches the bootstrap's weighted self term of K for one
+// weight matrix (the same weights serve every pair of a model pair).
+class CentredGram {
+ public:
+  CentredGram() = default;
+  explicit CentredGram(const torch::Tensor& x);
+  int64_t n() const { return n_; }
+  const torch::Tensor& k() const { return k_; }
+  const torch::Tensor& k32() const { return k32_; }
+  const torch::Tensor& centred() const { return centred_; }  // Xc, fp64 [N, d]
+  double self() const { return self_; }
+  // Weighted HSIC(K, K) and K w / sum(w) per replicate, for weights [B, N]; made on first use per weights.
+  struct Weighted {
+    torch::Tensor weights_t, total, mean, self;  // [N, B], [B], [N, B], [B]
+  };
+  const Weighted& weighted(const torch::Tensor& weights) const;
+
+ private:
+  int64_t n_ = 0;
+  torch::Tensor centred_, k_, k32_;
+  double self_ = 0;
+  mutable torch::Tensor weights_;  // the weights `weighted_` was made for
+  mutable Weighted weighted_;
 };
 
 // Gram-matrix form for the permutation test and the bootstrap, which both need many CKA values of the
@@ -27,20 +67,28 @@ struct PermutationTest {
 class GramCka {
  public:
   GramCka(const torch::Tensor& x, const torch::Tensor& y);
-  int64_t n() const { return n_; }
+  GramCka(std::shared_ptr<const CentredGram> k, std::shared_ptr<const CentredGram> l);  // shared, not copied
+  int64_t n() const { return k_->n(); }
   double value() const { return observed_; }
   // Rows of y permuted against rows of x: <K, P L P^T> / (||K|| ||L||), since centring commutes with
-  // permutation. Permutation b draws from a generator seeded by (seed, b): the result does not depend on
-  // the thread count.
+  // permutation. Permutation b draws from a generator seeded by derive(seed, "cka/permutation", b): the
+  // result does not depend on the thread count. Two exact forms, chosen by cost:
+  //   Gram form:    sum_ij K_ij L_p(i)p(j), N^2/2 gathers per permutation, blocks of 8 sharing a pass over K;
+  //   feature form: ||Xc^T P Yc||_F^2, one fp64 GEMM per batch of permutations (2 N dx dy flops each),
+  //                 cheaper while dx dy < kFeatureFormRatio N (narrow representations, e.g. the zoo).
   PermutationTest permutation_test(int64_t permutations, uint64_t seed) const;
+  enum class Form { automatic, gram, features };
+  PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form) const;
+  // Feature form when 2 N dx dy GEMM flops cost less than N^2/2 Gram-loop elements, i.e. dx dy < ratio N with
+  // ratio = (seconds per loop element) / (4 x seconds per fp64 GEMM flop), measured on the 2-core machine
+  // (test_stats cka_permutation_forms_agree_and_cost prints both).
+  static constexpr double kFeatureFormRatio = 4.0;
   // CKA with token multiplicities: weights [B, N] (e.g. bootstrap counts); one value per row.
   // Centring is weighted, so a row of integer counts gives exactly the CKA of the resampled matrix.
   std::vector<double> weighted(const torch::Tensor& weights) const;
 
  private:
-  int64_t n_ = 0;
-  torch::Tensor k_, l_;  // centred Gram matrices, fp64 [N, N]
-  torch::Tensor k32_, l32_;
+  std::shared_ptr<const CentredGram> k_, l_;
   double observed_ = 0, norm_product_ = 0;
 };
 

@@ -9,8 +9,11 @@ namespace strata::stats {
 torch::Tensor procrustes(const torch::Tensor& z, const torch::Tensor& y) {
   if (z.dim() != 2 || y.dim() != 2 || z.size(0) != y.size(0))
     fail("procrustes: z [n, dz] and y [n, dy] must pair the same n rows");
-  torch::Tensor cross = torch::mm(z.to(torch::kFloat64).t(), y.to(torch::kFloat64));  // [dz, dy]
-  auto [u, s, vh] = torch::linalg_svd(cross, /*full_matrices=*/false);
+  return procrustes_from_cross(torch::mm(z.to(torch::kFloat64).t(), y.to(torch::kFloat64)));
+}
+
+torch::Tensor procrustes_from_cross(const torch::Tensor& cross) {
+  auto [u, s, vh] = torch::linalg_svd(cross.to(torch::kFloat64), /*full_matrices=*/false);
   return torch::mm(u, vh);
 }
 
@@ -18,9 +21,13 @@ torch::Tensor ridge(const torch::Tensor& z, const torch::Tensor& y, double lambd
   if (z.dim() != 2 || y.dim() != 2 || z.size(0) != y.size(0))
     fail("ridge: z [n, dz] and y [n, dy] must pair the same n rows");
   torch::Tensor zd = z.to(torch::kFloat64), yd = y.to(torch::kFloat64);
-  torch::Tensor gram = torch::mm(zd.t(), zd);
-  gram.diagonal().add_(lambda);
-  return torch::linalg_solve(gram, torch::mm(zd.t(), yd));
+  return ridge_from_products(torch::mm(zd.t(), zd), torch::mm(zd.t(), yd), lambda);
+}
+
+torch::Tensor ridge_from_products(const torch::Tensor& gram, const torch::Tensor& cross, double lambda) {
+  torch::Tensor regularised = gram.to(torch::kFloat64).clone();
+  regularised.diagonal().add_(lambda);
+  return torch::linalg_solve(regularised, cross.to(torch::kFloat64));
 }
 
 torch::Tensor random_orthonormal(int64_t rows, int64_t cols, torch::Generator& generator) {

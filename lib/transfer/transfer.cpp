@@ -11,11 +11,15 @@
 #include <numeric>
 #include <set>
 #include <sstream>
+#include <unordered_map>
+
+#include <fmt/ranges.h>
 
 #include "core/bench.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
+#include "core/random.hpp"
 #include "io/activation_store.hpp"
 #include "io/safetensors.hpp"
 #include "sae/sae.hpp"
@@ -23,6 +27,8 @@
 #include "stats/correlation.hpp"
 #include "stats/linalg.hpp"
 #include "text/alignment.hpp"
+#include "transfer/maps.hpp"
+#include "transfer/metrics.hpp"
 
 namespace strata::transfer {
 namespace fs = std::filesystem;
@@ -30,31 +36,24 @@ using torch::indexing::Slice;
 
 namespace {
 
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0) {
-  return splitmix64(splitmix64(splitmix64(seed ^ splitmix64(a)) ^ b) ^ c);
-}
-double unit_hash(uint64_t seed, uint64_t tag, int64_t doc) {
-  return double(derive_seed(seed, tag, uint64_t(doc)) >> 11) * 0x1.0p-53;
-}
-constexpr uint64_t kSplitTag = 1, kCapTag = 2, kNullTag = 3, kBootTag = 4, kCkaTag = 5, kRandomTag = 6;
-
 torch::Generator generator_for(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
 struct CellData {
   Cell cell;
   size_t model = 0;
-  io::ActivationStore store;
-  sae::Sae sae;
-  std::optional<sae::Sae> ceiling;
+  io::ActivationStore store;  // closed in merge mode
+  int64_t dim = 0;
+  // SAEs are resident only while a model pair that involves the cell runs (Runner::make_resident): at real
+  // widths forty of them would not fit in memory together.
+  std::shared_ptr<const sae::Sae> sae, ceiling;
+  int64_t d_sae = 0;
+  std::string architecture;
   double scale = 1.0;  // scaled = raw * scale, E||scaled||^2 = d on the fitting split
+};
+
+struct DocumentDraw {
+  bool fit = false;        // in the map-fitting split
+  double cap_order = 0;    // caps take whole sequences in increasing order of this draw
 };
 
 struct ModelData {
@@ -72,155 +71,6 @@ struct Selection {
   int64_t aligned = 0, fit_sequences = 0, eval_sequences = 0;
   double retained_a = 1, retained_b = 1;
 };
-
-// FVU pooled over tokens, kept per sequence so that the bootstrap can resample sequences.
-struct DocSums {
-  torch::Tensor residual, square, count;  // fp64 [D]
-  torch::Tensor sum;                      // fp64 [D, d]
-  double fvu() const {
-    double n = count.sum().item<double>();
-    double denominator = square.sum().item<double>() - sum.sum(0).pow(2).sum().item<double>() / n;
-    return residual.sum().item<double>() / denominator;
-  }
-  // weights [B, D] -> FVU per replicate [B]
-  torch::Tensor fvu(const torch::Tensor& weights) const {
-    torch::Tensor n = torch::mv(weights, count);
-    torch::Tensor denominator = torch::mv(weights, square) - torch::mm(weights, sum).pow(2).sum(1) / n;
-    return torch::mv(weights, residual) / denominator;
-  }
-};
-
-struct Encoding {
-  DocSums sums;
-  torch::Tensor latent_mean, latent_var;  // fp64 [d_sae] over tokens
-  torch::Tensor firings, mass;            // fp64 [d_sae]: tokens with f > 0, sum of f
-  torch::Tensor latents;                  // sparse COO [N, d_sae] fp32 when kept
-  double l0 = 0;
-};
-
-// Applies `encode` (latents) and `decode` in batches to raw rows x [N, d], accumulating per-sequence FVU
-// sums (fp64) and per-latent moments.
-Encoding evaluate(const std::function<torch::Tensor(const torch::Tensor&)>& encode, const sae::Sae* decoder,
-                  const torch::Tensor& x, const torch::Tensor& doc, int64_t n_docs, int64_t batch, bool keep_latents) {
-  const int64_t n = x.size(0), d = x.size(1);
-  Encoding out;
-  auto f64 = torch::dtype(torch::kFloat64);
-  out.sums.residual = torch::zeros({n_docs}, f64);
-  out.sums.square = torch::zeros({n_docs}, f64);
-  out.sums.count = torch::zeros({n_docs}, f64);
-  out.sums.sum = torch::zeros({n_docs, d}, f64);
-  torch::Tensor latent_sum, latent_sq, firings, mass;
-  std::vector<torch::Tensor> indices, values;
-  double active = 0;
-  for (int64_t begin = 0; begin < n; begin += batch) {
-    int64_t end = std::min(n, begin + batch);
-    torch::Tensor xb = x.index({Slice(begin, end)});
-    torch::Tensor db = doc.index({Slice(begin, end)});
-    torch::Tensor f = encode(xb);
-    if (!latent_sum.defined()) {
-      latent_sum = torch::zeros({f.size(1)}, f64);
-      latent_sq = torch::zeros({f.size(1)}, f64);
-      firings = torch::zeros({f.size(1)}, f64);
-    }
-    torch::Tensor fd = f.to(torch::kFloat64);
-    latent_sum += fd.sum(0);
-    latent_sq += fd.pow(2).sum(0);
-    torch::Tensor fired = (f > 0);
-    firings += fired.sum(0).to(torch::kFloat64);
-    active += fired.sum().item<double>();
-    if (decoder) {
-      torch::Tensor xd = xb.to(torch::kFloat64);
-      torch::Tensor residual = (xd - decoder->decode(f).to(torch::kFloat64)).pow(2).sum(1);
-      out.sums.residual.index_add_(0, db, residual);
-      out.sums.square.index_add_(0, db, xd.pow(2).sum(1));
-      out.sums.sum.index_add_(0, db, xd);
-      out.sums.count.index_add_(0, db, torch::ones({end - begin}, f64));
-    }
-    if (keep_latents) {
-      torch::Tensor nz = fired.nonzero();  // [nnz, 2]
-      torch::Tensor rows = nz.select(1, 0), cols = nz.select(1, 1);
-      values.push_back(f.index({rows, cols}).to(torch::kFloat32));
-      indices.push_back(torch::stack({rows + begin, cols}));
-    }
-  }
-  out.latent_mean = latent_sum / double(n);
-  out.latent_var = (latent_sq / double(n) - out.latent_mean.pow(2)).clamp_min(0);
-  out.firings = firings;
-  out.mass = latent_sum;
-  out.l0 = active / double(n);
-  if (keep_latents)
-    out.latents = torch::sparse_coo_tensor(torch::cat(indices, 1), torch::cat(values), {n, latent_sum.size(0)})
-                      .coalesce();
-  return out;
-}
-
-// Max-over-partners Pearson correlation of sparse latents (Lan et al. 2024), both directions at once.
-struct MmacResult {
-  double a_to_b = kNaN, a_to_b_weighted = kNaN, b_to_a = kNaN, b_to_a_weighted = kNaN;
-};
-
-MmacResult mmac(const Encoding& a, const Encoding& b, int64_t min_firings) {
-  MmacResult out;
-  torch::Tensor alive_a = (a.firings >= double(min_firings)).nonzero().squeeze(1);
-  torch::Tensor alive_b = (b.firings >= double(min_firings)).nonzero().squeeze(1);
-  if (alive_a.numel() == 0 || alive_b.numel() == 0) return out;
-  const double n = double(a.latents.size(0));
-  // Columns of alive latents only; A^T sparse [na, N], B dense in column chunks.
-  auto select = [](const torch::Tensor& sparse, const torch::Tensor& alive) {
-    return sparse.index_select(1, alive).coalesce();
-  };
-  torch::Tensor at = select(a.latents, alive_a).t().coalesce();  // [na, N]
-  torch::Tensor bs = select(b.latents, alive_b);                  // [N, nb] sparse
-  torch::Tensor mean_a = a.latent_mean.index_select(0, alive_a), sd_a = a.latent_var.index_select(0, alive_a).sqrt();
-  torch::Tensor mean_b = b.latent_mean.index_select(0, alive_b), sd_b = b.latent_var.index_select(0, alive_b).sqrt();
-  const int64_t na = alive_a.numel(), nb = alive_b.numel(), chunk = 2048;
-  torch::Tensor best_a = torch::full({na}, -1.0, torch::kFloat64);
-  std::vector<torch::Tensor> best_b;
-  for (int64_t begin = 0; begin < nb; begin += chunk) {
-    int64_t end = std::min(nb, begin + chunk);
-    torch::Tensor cols = torch::arange(begin, end, torch::kInt64);
-    torch::Tensor dense = bs.index_select(1, cols).to_dense();                   // [N, c]
-    torch::Tensor cross = torch::mm(at, dense).to(torch::kFloat64) / n;          // E[ab], [na, c]
-    torch::Tensor cov = cross - mean_a.unsqueeze(1) * mean_b.index({Slice(begin, end)}).unsqueeze(0);
-    torch::Tensor corr = cov / (sd_a.unsqueeze(1) * sd_b.index({Slice(begin, end)}).unsqueeze(0));
-    best_a = torch::maximum(best_a, std::get<0>(corr.max(1)));
-    best_b.push_back(std::get<0>(corr.max(0)));
-  }
-  torch::Tensor best_bt = torch::cat(best_b);
-  torch::Tensor mass_a = a.mass.index_select(0, alive_a), mass_b = b.mass.index_select(0, alive_b);
-  out.a_to_b = best_a.mean().item<double>();
-  out.b_to_a = best_bt.mean().item<double>();
-  out.a_to_b_weighted = ((best_a * mass_a).sum() / mass_a.sum()).item<double>();
-  out.b_to_a_weighted = ((best_bt * mass_b).sum() / mass_b.sum()).item<double>();
-  return out;
-}
-
-// An affine map from scaled target space into RAW source space: y = ((z_scaled - mean_in) Q alpha + mean_out) / s_src.
-struct AffineMap {
-  torch::Tensor mean_in, linear, mean_out;  // fp64; linear undefined = identity
-  double alpha = 1, target_scale = 1, source_scale = 1;
-  torch::Tensor apply(const torch::Tensor& raw_target) const {
-    torch::Tensor z = raw_target.to(torch::kFloat64) * target_scale;
-    if (!linear.defined()) return (z / source_scale).to(torch::kFloat32);
-    torch::Tensor y = torch::mm(z - mean_in, linear) * alpha + mean_out;
-    return (y / source_scale).to(torch::kFloat32);
-  }
-};
-
-// Semi-orthogonal Procrustes on centred scaled fitting rows, rescaled to the source's total variance.
-AffineMap fit_procrustes(const torch::Tensor& z_centred, const torch::Tensor& y_centred, const torch::Tensor& mean_z,
-                         const torch::Tensor& mean_y, double target_scale, double source_scale) {
-  AffineMap map;
-  map.mean_in = mean_z;
-  map.mean_out = mean_y;
-  map.target_scale = target_scale;
-  map.source_scale = source_scale;
-  map.linear = stats::procrustes(z_centred, y_centred);
-  double mapped = torch::mm(z_centred, map.linear).pow(2).sum().item<double>();
-  double source = y_centred.pow(2).sum().item<double>();
-  map.alpha = mapped > 0 ? std::sqrt(source / mapped) : 1.0;
-  return map;
-}
 
 std::string label_for(double q_excess, const TransferOptions& options) {
   if (q_excess >= options.high_threshold) return "HIGH_UNIVERSALITY";
@@ -243,29 +93,69 @@ const std::vector<std::string> kMatrixMetrics = {
     "top_k_spearman", "top_k_spearman_p", "decoder_similarity", "cka", "cka_p", "map_r2", "mmac",
     "mmac_weighted", "mmac_random", "retained_fraction", "p_adjusted"};
 
+// The plan line's estimate: per term, FLOP and seconds.
+struct Plan {
+  double gemm_gflops = 0, seconds_per_gather = 0, gathers = 0, total_flops = 0, total_seconds = 0;
+  double peak_bytes = 0;  // largest model pair's resident data, latent codes excluded
+  std::map<std::string, double> flops, seconds;
+};
+
 class Runner {
  public:
   Runner(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed)
       : options_(options), seed_(seed) {
     load(cells);
   }
-  TransferResult run(const fs::path& out_dir);
+  // Merge mode: the cells, options and per-pair results of partial files (nothing is computed).
+  explicit Runner(const std::vector<std::pair<std::string, nlohmann::json>>& partials);
+  const TransferTiming& timing() const { return timing_; }
+  // Computes every pair whose source is in `sources` (cell indices; every model pair that involves one).
+  void compute(const std::set<size_t>& sources);
+  nlohmann::json partial() const;  // what compute() made, plus what finish() needs from the run
+  // BH across all pairs, the matrix, layer and per-model summaries; writes the four files.
+  TransferResult finish(const fs::path& out_dir);
 
  private:
   void load(const std::vector<Cell>& cells);
   void build_global_docs();
+  void draw_documents();
   Selection select(size_t a, size_t b) const;
   torch::Tensor read(const CellData& cell, const torch::Tensor& rows) const { return cell.store.read_rows(rows); }
   void compute_scales();
   void process_model_pair(size_t a, size_t b, log::Progress& progress);
-  std::pair<double, double> plan_estimate() const;
+  Plan plan_estimate() const;
+  // Loads the SAEs (and, for a model with itself, the ceiling SAEs) of models a and b; releases all others.
+  void make_resident(size_t a, size_t b);
+  bool involves_sources(size_t a, size_t b) const {
+    for (size_t c : sources_)
+      if (cells_[c].model == a || cells_[c].model == b) return true;
+    return false;
+  }
+  // Runs fn and adds its wall time to `term` (the plan's and the bench's per-term seconds).
+  template <class Fn>
+  auto timed(const std::string& term, Fn&& fn) {
+    auto begin = std::chrono::steady_clock::now();
+    struct Add {
+      std::map<std::string, double>& seconds;
+      const std::string& term;
+      std::chrono::steady_clock::time_point begin;
+      ~Add() { seconds[term] += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count(); }
+    } add{term_seconds_, term, begin};
+    return fn();
+  }
+  std::map<std::pair<size_t, size_t>, Selection> selections_;  // per model pair (a <= b), made once
+  std::map<std::string, double> term_seconds_;
+  TransferTiming timing_;
 
   TransferOptions options_;
   uint64_t seed_;
   std::vector<CellData> cells_;
   std::vector<ModelData> models_;
+  std::unordered_map<int64_t, DocumentDraw> documents_;  // every doc id of every model
   std::map<int64_t, int64_t> eval_doc_index_;  // doc id -> column of boot_weights_
   torch::Tensor boot_weights_;                 // fp64 [B, D_eval]
+  int64_t replicates_ = 0;                     // B
+  std::set<size_t> sources_;                   // cells whose pairs (as source) compute() makes
   std::map<std::string, nlohmann::json> pairs_;
   std::map<std::string, std::vector<double>> q_excess_boot_;
   nlohmann::json model_pairs_ = nlohmann::json::object();
@@ -281,15 +171,20 @@ void Runner::load(const std::vector<Cell>& cells) {
     CellData data;
     data.cell = cell;
     data.store = io::ActivationStore::open(cell.store);
-    data.sae = sae::Sae::load(cell.sae_dir);
-    if (data.sae.d_in() != data.store.dim())
-      fail("transfer: SAE {} has d_in {} but the activations {} have dim {}; pair each SAE with its own cell",
-           cell.sae_dir.string(), data.sae.d_in(), cell.store.string(), data.store.dim());
+    data.dim = data.store.dim();
+    {  // checked up front (a bad pairing fails before any work), then released until needed
+      sae::Sae sae = sae::Sae::load(cell.sae_dir);
+      if (sae.d_in() != data.store.dim())
+        fail("transfer: SAE {} has d_in {} but the activations {} have dim {}; pair each SAE with its own cell",
+             cell.sae_dir.string(), sae.d_in(), cell.store.string(), data.store.dim());
+      data.d_sae = sae.d_sae();
+      data.architecture = sae.architecture;
+    }
     if (cell.ceiling_sae_dir) {
-      data.ceiling = sae::Sae::load(*cell.ceiling_sae_dir);
-      if (data.ceiling->d_in() != data.store.dim())
+      sae::Sae ceiling = sae::Sae::load(*cell.ceiling_sae_dir);
+      if (ceiling.d_in() != data.store.dim())
         fail("transfer: ceiling SAE {} has d_in {} but {} has dim {}", cell.ceiling_sae_dir->string(),
-             data.ceiling->d_in(), cell.store.string(), data.store.dim());
+             ceiling.d_in(), cell.store.string(), data.store.dim());
     }
     auto [it, inserted] = model_index.emplace(cell.model, models_.size());
     if (inserted) models_.push_back(ModelData{cell.model, {}, 0, {}, {}});
@@ -327,34 +222,46 @@ void Runner::load(const std::vector<Cell>& cells) {
            model.name);
 }
 
-bool in_fit(uint64_t seed, int64_t doc, double fraction) { return unit_hash(seed, kSplitTag, doc) < fraction; }
-
-void Runner::build_global_docs() {
-  std::set<int64_t> eval_docs;
+// Per-document draws, derived once per document (strata::derive costs ~1 us): the fitting/evaluation split
+// (u(seed, "transfer/split", doc) < fit_fraction) and the order in which caps take whole sequences.
+void Runner::draw_documents() {
   for (const ModelData& model : models_) {
     torch::Tensor unique = std::get<0>(torch::_unique(model.sequence));
     const int64_t* ids = unique.data_ptr<int64_t>();
-    for (int64_t i = 0; i < unique.numel(); ++i)
-      if (!in_fit(seed_, ids[i], options_.fit_fraction)) eval_docs.insert(ids[i]);
+    for (int64_t i = 0; i < unique.numel(); ++i) {
+      if (documents_.count(ids[i])) continue;
+      documents_[ids[i]] = {derive_unit(seed_, "transfer/split", ids[i]) < options_.fit_fraction,
+                            derive_unit(seed_, "transfer/cap", ids[i])};
+    }
   }
+}
+
+void Runner::build_global_docs() {
+  draw_documents();
+  std::set<int64_t> eval_docs;
+  for (const auto& [doc, draw] : documents_)
+    if (!draw.fit) eval_docs.insert(doc);
   int64_t column = 0;
   for (int64_t doc : eval_docs) eval_doc_index_[doc] = column++;
   const int64_t d = column, b = std::max<int64_t>(options_.bootstrap, 0);
   boot_weights_ = torch::zeros({b, d}, torch::kFloat64);
+  replicates_ = b;
   if (d == 0) return;
-  auto generator = generator_for(derive_seed(seed_, kBootTag));
+  auto generator = generator_for(derive(seed_, "transfer/bootstrap"));
   torch::Tensor draws = torch::randint(0, d, {b, d}, generator, torch::kInt64);
   boot_weights_.scatter_add_(1, draws, torch::ones({b, d}, torch::kFloat64));
 }
 
 // Whole sequences, in the order of a seeded hash, until `cap` rows are reached.
-torch::Tensor cap_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>& docs, int64_t cap, uint64_t seed) {
+torch::Tensor cap_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>& docs, int64_t cap,
+                       const std::unordered_map<int64_t, DocumentDraw>& draws) {
   std::map<int64_t, std::vector<int64_t>> by_doc;
   for (size_t i = 0; i < rows.size(); ++i) by_doc[docs[i]].push_back(int64_t(i));
   std::vector<int64_t> order;
   for (auto& [doc, _] : by_doc) order.push_back(doc);
   std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
-    return unit_hash(seed, kCapTag, x) < unit_hash(seed, kCapTag, y);
+    const double kx = draws.at(x).cap_order, ky = draws.at(y).cap_order;
+    return kx != ky ? kx < ky : x < y;
   });
   std::vector<int64_t> kept;
   for (int64_t doc : order) {
@@ -387,15 +294,15 @@ Selection Runner::select(size_t a, size_t b) const {
   std::vector<int64_t> fit_rows, fit_docs, eval_rows, eval_docs;
   const int64_t* dp = docs.data_ptr<int64_t>();
   for (int64_t i = 0; i < s.aligned; ++i) {
-    bool fit = in_fit(seed_, dp[i], options_.fit_fraction);
+    bool fit = documents_.at(dp[i]).fit;
     (fit ? fit_rows : eval_rows).push_back(i);
     (fit ? fit_docs : eval_docs).push_back(dp[i]);
   }
   if (fit_rows.size() < 2 || eval_rows.size() < 2)
     fail("transfer: models '{}' and '{}': too few sequences to split ({} fitting, {} evaluation tokens)", ma.name,
          mb.name, fit_rows.size(), eval_rows.size());
-  torch::Tensor fit_pick = cap_rows(fit_rows, fit_docs, options_.max_fit_tokens, seed_);
-  torch::Tensor eval_pick = cap_rows(eval_rows, eval_docs, options_.max_eval_tokens, seed_);
+  torch::Tensor fit_pick = cap_rows(fit_rows, fit_docs, options_.max_fit_tokens, documents_);
+  torch::Tensor eval_pick = cap_rows(eval_rows, eval_docs, options_.max_eval_tokens, documents_);
   torch::Tensor fit_idx = torch::tensor(fit_rows, torch::kInt64).index_select(0, fit_pick);
   torch::Tensor eval_idx = torch::tensor(eval_rows, torch::kInt64).index_select(0, eval_pick);
   s.fit_a = rows_a.index_select(0, fit_idx);
@@ -415,7 +322,7 @@ Selection Runner::select(size_t a, size_t b) const {
 
 void Runner::compute_scales() {
   for (size_t m = 0; m < models_.size(); ++m) {
-    Selection s = select(m, m);
+    const Selection& s = selections_.at({m, m});
     for (size_t c : models_[m].cells) {
       torch::Tensor x = read(cells_[c], s.fit_a).to(torch::kFloat64);
       double mean_sq = x.pow(2).sum(1).mean().item<double>();
@@ -425,28 +332,125 @@ void Runner::compute_scales() {
   }
 }
 
-std::pair<double, double> Runner::plan_estimate() const {
-  // Work: per ordered pair, three SAE passes (source, mapped, null) of 4 N d d_sae flops; per unordered
-  // pair, the CKA permutations (~N_cka^2 gathers each); per model pair, the map fits (2 n_fit d_t d_s).
-  double gflops = bench::gemm_gflops(512, 512, 512, 3);
-  double flops = 0, gathers = 0;
-  const double n_eval = double(options_.max_eval_tokens), n_fit = double(options_.max_fit_tokens);
-  const double n_cka = double(options_.cka_max_tokens);
-  for (size_t i = 0; i < cells_.size(); ++i)
-    for (size_t j = 0; j < cells_.size(); ++j) {
-      double d_s = double(cells_[i].store.dim()), d_t = double(cells_[j].store.dim());
-      double rows = std::min<double>(n_eval, double(cells_[j].store.rows()));
-      flops += 3 * 4 * rows * d_s * double(cells_[i].sae.d_sae());
-      flops += 3 * 2 * std::min<double>(n_fit, double(cells_[j].store.rows())) * d_t * d_s;
-      if (i < j) gathers += double(options_.cka_permutations) * n_cka * n_cka / 2;
+Plan Runner::plan_estimate() const {
+  // Every term the step runs, counted from the exact selections (sizes per model pair) and timed with rates
+  // measured here: fp32 GEMM throughput (the ceiling every term is costed against) and the permutation
+  // loop's seconds per Gram element. `efficiency` folds in what a term does besides its GEMMs (ReLU/top-k,
+  // fp64 accumulation, index_add, SVD); calibrated on the default run and `strata bench transfer`.
+  Plan plan;
+  plan.gemm_gflops = bench::gemm_gflops(512, 512, 512, 3);
+  {
+    torch::Tensor x = torch::randn({512, 8}), y = torch::randn({512, 8});
+    stats::GramCka gram(x, y);
+    const int64_t reps = 64;
+    double seconds = bench::median_seconds([&] { gram.permutation_test(reps, 1, stats::GramCka::Form::gram); }, 3);
+    plan.seconds_per_gather = seconds / (double(reps) * 512.0 * 512.0 / 2.0);
+  }
+  auto add = [&](const std::string& term, double flops, double efficiency) {
+    plan.flops[term] += flops;
+    plan.seconds[term] += flops / (plan.gemm_gflops * 1e9 * efficiency);
+  };
+  // Efficiencies (achieved fraction of the fp32 GEMM ceiling): fp64 GEMMs run at about half the fp32 rate;
+  // SAE passes add ReLU/top-k, fp64 accumulation and index_add to their GEMMs.
+  constexpr double kSae = 0.3, kRandom = 0.15, kF64 = 0.35, kSvd = 0.05, kSmall = 0.1;
+  const double perms = double(options_.cka_permutations), boots = double(replicates_);
+  const double k = double(options_.top_k);
+  for (const auto& [pair, s] : selections_) {
+    const auto [a, b] = pair;
+    if (!involves_sources(a, b)) continue;
+    const double n_fit = double(s.fit_a.numel()), n_eval = double(s.eval_a.numel());
+    const double n_cka = std::min(n_eval, double(options_.cka_max_tokens)), n_docs = double(boot_weights_.size(1));
+    std::vector<size_t> involved = models_[a].cells;
+    if (a != b) involved.insert(involved.end(), models_[b].cells.begin(), models_[b].cells.end());
+    for (size_t c : involved) {  // per cell, once per model pair
+      const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
+      add("sae_own", 4 * n_eval * d * m, kSae);
+      add("sae_random", 2 * n_eval * d * m, kRandom);
+      add("maps", 2 * n_fit * d * d, kF64);
+      add("cka_linear", 2 * n_eval * d * d, kF64);
+      add("cka_gram", 2 * n_cka * n_cka * d, kF64);
+      if (boots > 0) add("cka_bootstrap", 2 * 2 * n_cka * n_cka * boots, kF64);  // K w and (K o K) w
     }
-  const double seconds_per_gather = 1.0e-9;  // measured order of the permutation loop on this class of CPU
-  return {flops, flops / (gflops * 1e9) + gathers * seconds_per_gather};
+    for (size_t i : models_[a].cells)
+      for (size_t j : models_[b].cells) {
+        if (a == b && j < i) continue;
+        if (!sources_.count(i) && !sources_.count(j)) continue;
+        const double di = double(cells_[i].dim), dj = double(cells_[j].dim);
+        const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
+        add("mmac", 2 * 2 * n_eval * mi * mj, kSae);  // own and random codes, dense GEMMs over all latents (bound)
+        add("maps", (i == j ? 2.0 : 4.0) * n_fit * di * dj + (a != b ? 2.0 : 1.0) * 20 * di * dj * std::min(di, dj),
+            i == j ? kF64 : kSvd + kF64);
+        if (i != j) {
+          add("cka_linear", 2 * n_eval * di * dj, kF64);
+          if (boots > 0) add("cka_bootstrap", 2 * n_cka * n_cka * boots, kF64);
+          if (di * dj < stats::GramCka::kFeatureFormRatio * n_cka)
+            add("cka_permutations", perms * 2 * n_cka * di * dj, kF64);
+          else
+            plan.gathers += perms * n_cka * n_cka / 2;
+        }
+        for (int direction = 0; direction < (i == j ? 1 : 2); ++direction) {
+          const size_t src = direction ? j : i, tgt = direction ? i : j;
+          if (!sources_.count(src)) continue;
+          const double ds = double(cells_[src].dim), dt = double(cells_[tgt].dim);
+          const double ms = double(cells_[src].d_sae), mt = double(cells_[tgt].d_sae);
+          add("sae_mapped", 4 * n_eval * ds * ms + 2 * n_eval * dt * ds, kSae);
+          add("sae_null", 4 * n_eval * ds * ms + 2 * n_eval * dt * ds, kSae);
+          add("maps", 2 * 2 * dt * dt * ds, kF64);
+          add("ridge", dt * dt * dt + 4 * n_eval * dt * ds, kF64);
+          add("decoder", 2 * k * mt * ds + (a != b ? 2 * mt * dt * ds : 0.0), kF64);
+          if (boots > 0) add("q_bootstrap", 3 * 2 * boots * n_docs * ds, kSmall);
+        }
+      }
+    if (a == b)
+      for (size_t c : models_[a].cells)
+        if (cells_[c].cell.ceiling_sae_dir && sources_.count(c)) {
+          const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
+          add("ceilings", 4 * n_eval * d * m, kSae);
+          add("ceilings", 2 * n_eval * m * m, kSae);
+        }
+  }
+  plan.seconds["cka_permutations"] += plan.gathers * plan.seconds_per_gather;
+  // Peak memory: the largest model pair's resident SAEs (+ ceilings) and per-cell data (eval rows fp32, CKA
+  // side fp64, fitting rows fp64 with a read copy, Gram d^2, centred N_cka^2 Gram fp64 + fp32), plus the MMAC
+  // blocks (2 x 256 MB at most) and the run's global tensors.
+  for (const auto& [pair, s] : selections_) {
+    const auto [a, b] = pair;
+    if (!involves_sources(a, b)) continue;
+    const double n_fit = double(s.fit_a.numel()), n_eval = double(s.eval_a.numel());
+    const double n_cka = std::min(n_eval, double(options_.cka_max_tokens));
+    double bytes = double(boot_weights_.numel()) * 8 + 512.0 * (1 << 20);
+    for (size_t c = 0; c < cells_.size(); ++c) {
+      if (cells_[c].model != a && cells_[c].model != b) continue;
+      const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
+      bytes += (a == b && cells_[c].cell.ceiling_sae_dir ? 2 : 1) * (2 * d * m + m + d) * 4;
+      bytes += n_eval * d * (4 + 8) + n_fit * d * (8 + 8 + 4) + d * d * 8 + n_cka * n_cka * 12;
+    }
+    plan.peak_bytes = std::max(plan.peak_bytes, bytes);
+  }
+  for (const auto& [term, seconds] : plan.seconds) plan.total_seconds += seconds;
+  for (const auto& [term, flops] : plan.flops) plan.total_flops += flops;
+  return plan;
+}
+
+void Runner::make_resident(size_t a, size_t b) {
+  for (size_t c = 0; c < cells_.size(); ++c) {
+    CellData& cell = cells_[c];
+    const bool involved = cell.model == a || cell.model == b;
+    if (!involved) {
+      cell.sae.reset();
+      cell.ceiling.reset();
+      continue;
+    }
+    if (!cell.sae) cell.sae = std::make_shared<const sae::Sae>(sae::Sae::load(cell.cell.sae_dir));
+    if (a == b && cell.cell.ceiling_sae_dir && !cell.ceiling)
+      cell.ceiling = std::make_shared<const sae::Sae>(sae::Sae::load(*cell.cell.ceiling_sae_dir));
+    if (a != b) cell.ceiling.reset();
+  }
 }
 
 void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   const ModelData &ma = models_[a], &mb = models_[b];
-  Selection s = select(a, b);
+  const Selection& s = selections_.at({a, b});
   const int64_t n_docs = boot_weights_.size(1), batch = options_.batch_size;
   const bool same = a == b;
   nlohmann::json info = {{"model_a", ma.name},
@@ -459,77 +463,116 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
                          {"fit_sequences", s.fit_sequences},
                          {"eval_sequences", s.eval_sequences}};
   model_pairs_[ma.name + "__" + mb.name] = info;
+  make_resident(a, b);
 
-  // Scaled fitting rows and raw evaluation rows of every cell of both models, on the aligned rows.
+  const int64_t n_eval = s.eval_a.numel();
+  torch::Tensor cka_rows;
+  {
+    auto generator = generator_for(derive(seed_, "transfer/cka_tokens", ma.name, mb.name));
+    cka_rows = std::get<0>(torch::randperm(n_eval, generator, torch::kInt64)
+                               .index({Slice(0, std::min(n_eval, options_.cka_max_tokens))})
+                               .sort());
+  }
+  torch::Tensor cka_weights = boot_weights_.index_select(1, s.eval_doc.index_select(0, cka_rows));
+
+  // Per cell, once for this model pair's rows: the scaled fitting rows and their Gram, the raw evaluation rows,
+  // the SAE's own and a random dictionary's encodings (with the alive latents' codes for MMAC), and the CKA
+  // sides (centred features, centred Gram of the permutation-test tokens).
   struct Side {
-    torch::Tensor fit, fit_mean, eval;  // fit: scaled centred fp64 [n_fit, d]; eval: raw fp32 [n_eval, d]
+    FitRows fit;
+    torch::Tensor eval;  // raw fp32 [n_eval, d]
     Encoding own, random;
+    stats::CkaSide cka;
+    std::shared_ptr<const stats::CentredGram> gram;
   };
   std::map<size_t, Side> sides;
-  auto prepare = [&](size_t c, const torch::Tensor& fit_rows, const torch::Tensor& eval_rows) {
+  auto prepare = [&](size_t c, const torch::Tensor& fit_rows_ids, const torch::Tensor& eval_rows) {
     Side side;
     const CellData& cell = cells_[c];
-    torch::Tensor fit = read(cell, fit_rows).to(torch::kFloat64) * cell.scale;
-    side.fit_mean = fit.mean(0);
-    side.fit = fit - side.fit_mean;
+    side.fit = timed("maps", [&] { return fit_rows(read(cell, fit_rows_ids).to(torch::kFloat64) * cell.scale); });
     side.eval = read(cell, eval_rows);
-    const sae::Sae& sae = cell.sae;
-    side.own = evaluate([&](const torch::Tensor& x) { return sae.encode(x); }, &sae, side.eval, s.eval_doc, n_docs,
-                        batch, true);
+    const sae::Sae& sae = *cell.sae;
+    side.own = timed("sae_own", [&] {
+      return encode_rows([&](const torch::Tensor& x) { return sae.encode(x); }, &sae, side.eval, s.eval_doc, n_docs,
+                         batch, options_.mmac_min_firings);
+    });
     // Random unit dictionary of the same size, top-k at the SAE's L0 on these tokens (mmac_random).
-    auto generator = generator_for(derive_seed(seed_, kRandomTag, c));
+    auto generator = generator_for(derive(seed_, "transfer/random_dictionary", cell.cell.name));
     torch::Tensor dictionary = torch::randn({sae.d_sae(), cell.store.dim()}, generator, torch::kFloat32);
     dictionary = dictionary / dictionary.norm(2, 1, true);
     int64_t k = std::max<int64_t>(1, std::llround(side.own.l0));
     torch::Tensor centre = side.eval.mean(0, true);
-    side.random = evaluate(
-        [&](const torch::Tensor& x) {
-          torch::Tensor pre = torch::relu(torch::mm(x - centre, dictionary.t()));
-          auto [values, indices] = pre.topk(std::min<int64_t>(k, pre.size(1)), 1);
-          return torch::zeros_like(pre).scatter_(1, indices, values);
-        },
-        nullptr, side.eval, s.eval_doc, n_docs, batch, true);
+    side.random = timed("sae_random", [&] {
+      return encode_rows(
+          [&](const torch::Tensor& x) {
+            torch::Tensor pre = torch::relu(torch::mm(x - centre, dictionary.t()));
+            auto [values, indices] = pre.topk(std::min<int64_t>(k, pre.size(1)), 1);
+            return torch::zeros_like(pre).scatter_(1, indices, values);
+          },
+          nullptr, side.eval, s.eval_doc, n_docs, batch, options_.mmac_min_firings);
+    });
+    side.cka = timed("cka_linear", [&] { return stats::cka_side(side.eval); });
+    side.gram = timed("cka_gram", [&] {
+      return std::make_shared<const stats::CentredGram>(side.eval.index_select(0, cka_rows));
+    });
     sides[c] = std::move(side);
   };
   for (size_t c : ma.cells) prepare(c, s.fit_a, s.eval_a);
   if (!same)
     for (size_t c : mb.cells) prepare(c, s.fit_b, s.eval_b);
 
-  // Symmetric quantities per unordered cell pair: CKA (+ permutation p, bootstrap) and MMAC both ways.
+  // Per unordered cell pair {i, j}: CKA (+ permutation p, bootstrap), MMAC both ways, and the maps of both
+  // directions from shared cross products (maps.hpp): C = Z_i^T Z_j serves Procrustes and ridge of i -> j and,
+  // transposed, of j -> i; the null's N = Z_hi[pi]^T Z_lo serves both null fits likewise.
   struct Symmetric {
     double cka = kNaN, cka_p = kNaN;
     int64_t cka_n = 0;
     std::vector<double> cka_boot;
     MmacResult mmac, mmac_random;
+    torch::Tensor cross;   // Z_i^T Z_j [d_i, d_j]
+    torch::Tensor q;       // Procrustes factor, target i -> source j (across models only)
+    torch::Tensor q_null;  // null Procrustes factor, target i -> source j
   };
   std::map<std::pair<size_t, size_t>, Symmetric> symmetric;
-  const int64_t n_eval = s.eval_a.numel();
-  torch::Tensor cka_rows;
-  {
-    auto generator = generator_for(derive_seed(seed_, kCkaTag, a, b));
-    cka_rows = std::get<0>(torch::randperm(n_eval, generator, torch::kInt64)
-                               .index({Slice(0, std::min(n_eval, options_.cka_max_tokens))})
-                               .sort());
-  }
-  torch::Tensor cka_weights = boot_weights_.index_select(1, s.eval_doc.index_select(0, cka_rows));
   for (size_t i : ma.cells)
     for (size_t j : mb.cells) {
       if (same && j < i) continue;
+      if (!sources_.count(i) && !sources_.count(j)) continue;
       Symmetric sym;
       const Side &si = sides.at(i), &sj = sides.at(j);
       if (i == j) {
         sym.cka = 1.0;
-        sym.cka_p = 1.0 / double(1 + options_.cka_permutations);  // no non-identity permutation reaches 1
-        sym.cka_boot.assign(boot_weights_.size(0), 1.0);
+        // CKA(X, X) = 1 and no permuted copy exceeds it; the p of a test that ran is 1/(B+1), of none NaN.
+        sym.cka_p = options_.cka_permutations > 0 ? 1.0 / double(1 + options_.cka_permutations) : kNaN;
+        sym.cka_boot.assign(replicates_, 1.0);
       } else {
-        sym.cka = stats::linear_cka(si.eval, sj.eval);
-        stats::GramCka gram(si.eval.index_select(0, cka_rows), sj.eval.index_select(0, cka_rows));
-        sym.cka_p = gram.permutation_test(options_.cka_permutations, derive_seed(seed_, kCkaTag, i, j)).p;
-        if (boot_weights_.size(0) > 0) sym.cka_boot = gram.weighted(cka_weights);
+        sym.cka = timed("cka_linear", [&] { return stats::linear_cka(si.cka, sj.cka); });
+        stats::GramCka gram(si.gram, sj.gram);
+        sym.cka_p = timed("cka_permutations", [&] {
+          return gram.permutation_test(options_.cka_permutations,
+                                       derive(seed_, "transfer/cka_permutation", cells_[i].cell.name, cells_[j].cell.name))
+              .p;
+        });
+        if (replicates_ > 0) sym.cka_boot = timed("cka_bootstrap", [&] { return gram.weighted(cka_weights); });
       }
       sym.cka_n = cka_rows.numel();
-      sym.mmac = mmac(si.own, sj.own, options_.mmac_min_firings);
-      sym.mmac_random = mmac(si.random, sj.random, options_.mmac_min_firings);
+      timed("mmac", [&] {
+        sym.mmac = mmac(si.own.codes, sj.own.codes);
+        sym.mmac_random = mmac(si.random.codes, sj.random.codes);
+      });
+      timed("maps", [&] {
+        sym.cross = i == j ? si.fit.gram : torch::mm(si.fit.centred.t(), sj.fit.centred);
+        if (!same) sym.q = stats::procrustes_from_cross(sym.cross);
+        // Null: one permutation pi per unordered cell pair {lo < hi} on hi's fitting rows (hi as the target;
+        // pi^-1 on lo's rows when lo is the target, which is the transposed cross product).
+        const size_t lo = std::min(i, j), hi = std::max(i, j);
+        auto generator = generator_for(derive(seed_, "transfer/null", cells_[lo].cell.name, cells_[hi].cell.name));
+        torch::Tensor shuffle = torch::randperm(sides.at(hi).fit.centred.size(0), generator, torch::kInt64);
+        torch::Tensor null_cross =
+            torch::mm(sides.at(hi).fit.centred.index_select(0, shuffle).t(), sides.at(lo).fit.centred);  // [d_hi, d_lo]
+        torch::Tensor q_hi_to_lo = stats::procrustes_from_cross(null_cross);
+        sym.q_null = hi == i ? q_hi_to_lo : q_hi_to_lo.t();
+      });
       symmetric[{i, j}] = std::move(sym);
     }
 
@@ -537,37 +580,38 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   auto pair = [&](size_t src, size_t tgt) {
     const CellData &cs = cells_[src], &ct = cells_[tgt];
     const Side &ss = sides.at(src), &st = sides.at(tgt);
-    const sae::Sae& sae = cs.sae;
+    const sae::Sae& sae = *cs.sae;
     const bool same_model = cs.model == ct.model;
+    const bool forward = symmetric.count({tgt, src}) > 0;  // the stored orientation is target i -> source j
+    const Symmetric& sym = forward ? symmetric.at({tgt, src}) : symmetric.at({src, tgt});
+    auto oriented = [&](const torch::Tensor& t) { return forward ? t : t.t(); };
     AffineMap map;
     map.target_scale = ct.scale;
     map.source_scale = cs.scale;
-    if (!same_model) map = fit_procrustes(st.fit, ss.fit, st.fit_mean, ss.fit_mean, ct.scale, cs.scale);
-    // Null: the same fit after shuffling target rows against source rows.
-    auto generator = generator_for(derive_seed(seed_, kNullTag, src, tgt));
-    torch::Tensor shuffle = torch::randperm(st.fit.size(0), generator, torch::kInt64);
+    if (!same_model) map = timed("maps", [&] { return procrustes_map(oriented(sym.q), st.fit, ss.fit, ct.scale, cs.scale); });
     AffineMap null_map =
-        fit_procrustes(st.fit.index_select(0, shuffle), ss.fit, st.fit_mean, ss.fit_mean, ct.scale, cs.scale);
+        timed("maps", [&] { return procrustes_map(oriented(sym.q_null), st.fit, ss.fit, ct.scale, cs.scale); });
     auto encode = [&](const torch::Tensor& x) { return sae.encode(x); };
-    Encoding mapped, null;
-    if (src == tgt) {
-      mapped = ss.own;  // identity at equal scale: exactly the source's own reconstruction
-    } else {
-      mapped = evaluate(encode, &sae, map.apply(st.eval), s.eval_doc, n_docs, batch, false);
-    }
-    null = evaluate(encode, &sae, null_map.apply(st.eval), s.eval_doc, n_docs, batch, false);
+    // The diagonal goes through the same map and SAE pass as every other pair: its q is computed, and Gate 3
+    // checks that it lands within kDiagonalQTolerance of 1.
+    Encoding mapped = timed("sae_mapped", [&] {
+      return encode_rows(encode, &sae, map.apply(st.eval), s.eval_doc, n_docs, batch);
+    });
+    Encoding null = timed("sae_null", [&] {
+      return encode_rows(encode, &sae, null_map.apply(st.eval), s.eval_doc, n_docs, batch);
+    });
     const double fvu_source = ss.own.sums.fvu(), fvu_target = mapped.sums.fvu(), fvu_null = null.sums.fvu();
     const double ev_source = 1 - fvu_source;
-    const double q = src == tgt ? 1.0 : (1 - fvu_target) / ev_source;
+    const double q = (1 - fvu_target) / ev_source;
     const double q_null = (1 - fvu_null) / ev_source;
     const double q_excess = (q - q_null) / (1 - q_null);
     std::vector<double> q_excess_boot;
-    if (boot_weights_.size(0) > 0) {
+    if (replicates_ > 0) timed("q_bootstrap", [&] {
       torch::Tensor ev_s = 1 - ss.own.sums.fvu(boot_weights_);
       torch::Tensor qb = (1 - mapped.sums.fvu(boot_weights_)) / ev_s;
       torch::Tensor qnb = (1 - null.sums.fvu(boot_weights_)) / ev_s;
       q_excess_boot = to_vector((qb - qnb) / (1 - qnb));
-    }
+    });
     // Latent variances over the top-k latents by source variance.
     int64_t k = std::min<int64_t>(options_.top_k, sae.d_sae());
     torch::Tensor top = std::get<1>(ss.own.latent_var.topk(k));
@@ -575,27 +619,22 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     double variance_ratio = var_t.mean().item<double>() / var_s.mean().item<double>();
     stats::Correlation rho = stats::spearman(to_vector(var_s), to_vector(var_t));
     // Decoder rows of the target's SAE carried into source space by the map's linear part.
-    torch::Tensor dec_s = sae.W_dec.index_select(0, top).to(torch::kFloat64);
-    torch::Tensor dec_t = ct.sae.W_dec.to(torch::kFloat64);
-    if (!same_model) dec_t = torch::mm(dec_t, map.linear);
-    dec_s = dec_s / dec_s.norm(2, 1, true).clamp_min(1e-12);
-    dec_t = dec_t / dec_t.norm(2, 1, true).clamp_min(1e-12);
-    double decoder_similarity = std::get<0>(torch::mm(dec_s, dec_t.t()).max(1)).mean().item<double>();
+    const double decoder = timed("decoder", [&] {
+      torch::Tensor dec_t = ct.sae->W_dec.to(torch::kFloat64);
+      if (!same_model) dec_t = torch::mm(dec_t, map.linear);
+      return decoder_similarity(sae.W_dec.index_select(0, top), dec_t);
+    });
     // map_r2: held-out R^2 of a ridge map target -> source (scaled spaces), a map-only baseline.
-    double map_r2;
-    {
-      double lambda = options_.ridge_lambda * st.fit.pow(2).sum().item<double>() / double(st.fit.size(1));
-      torch::Tensor w = stats::ridge(st.fit, ss.fit, lambda);
-      torch::Tensor z = st.eval.to(torch::kFloat64) * ct.scale - st.fit_mean;
-      torch::Tensor y = ss.eval.to(torch::kFloat64) * cs.scale;
-      torch::Tensor predicted = torch::mm(z, w) + ss.fit_mean;
-      map_r2 = 1 - (y - predicted).pow(2).sum().item<double>() / (y - y.mean(0)).pow(2).sum().item<double>();
-    }
-    bool forward = symmetric.count({src, tgt}) > 0;
-    const Symmetric& sym = forward ? symmetric.at({src, tgt}) : symmetric.at({tgt, src});
-    double mmac_value = forward ? sym.mmac.a_to_b : sym.mmac.b_to_a;
-    double mmac_weighted = forward ? sym.mmac.a_to_b_weighted : sym.mmac.b_to_a_weighted;
-    double mmac_random = forward ? sym.mmac_random.a_to_b : sym.mmac_random.b_to_a;
+    const double map_r2 = timed("ridge", [&] {
+      return ridge_r2(st.fit, ss.fit, oriented(sym.cross), options_.ridge_lambda,
+                      st.eval.to(torch::kFloat64) * ct.scale, ss.eval.to(torch::kFloat64) * cs.scale);
+    });
+    // MMAC is stored with i = ma's cell as A: a_to_b is i -> j.
+    const bool a_is_source = symmetric.count({src, tgt}) > 0;
+    const Symmetric& msym = a_is_source ? symmetric.at({src, tgt}) : symmetric.at({tgt, src});
+    double mmac_value = a_is_source ? msym.mmac.a_to_b : msym.mmac.b_to_a;
+    double mmac_weighted = a_is_source ? msym.mmac.a_to_b_weighted : msym.mmac.b_to_a_weighted;
+    double mmac_random = a_is_source ? msym.mmac_random.a_to_b : msym.mmac_random.b_to_a;
     auto [q_lo, q_hi] = stats::percentile_interval(q_excess_boot, options_.ci_level);
     auto [c_lo, c_hi] = stats::percentile_interval(sym.cka_boot, options_.ci_level);
     const std::string key = pair_key(cs.cell.name, ct.cell.name);
@@ -624,7 +663,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
         {"top_k", k},
         {"top_k_spearman", finite_or_null(rho.r)},
         {"top_k_spearman_p", finite_or_null(rho.p)},
-        {"decoder_similarity", finite_or_null(decoder_similarity)},
+        {"decoder_similarity", finite_or_null(decoder)},
         {"cka", finite_or_null(sym.cka)},
         {"cka_p", finite_or_null(sym.cka_p)},
         {"cka_ci", {finite_or_null(c_lo), finite_or_null(c_hi)}},
@@ -645,61 +684,221 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   };
   for (size_t i : ma.cells)
     for (size_t j : mb.cells) {
-      pair(i, j);
-      if (!same) pair(j, i);
+      if (sources_.count(i)) pair(i, j);
+      if (!same && sources_.count(j)) pair(j, i);
     }
 
   // Seed-to-seed ceiling: the second-seed SAE of a cell against the first, on the cell's own rows.
   if (same)
     for (size_t c : ma.cells) {
       const CellData& cell = cells_[c];
-      if (!cell.ceiling) continue;
-      const Side& side = sides.at(c);
-      const sae::Sae& second = *cell.ceiling;
-      Encoding other = evaluate([&](const torch::Tensor& x) { return second.encode(x); }, &second, side.eval,
-                                s.eval_doc, n_docs, batch, true);
-      const nlohmann::json& diagonal = pairs_.at(pair_key(cell.cell.name, cell.cell.name));
-      double q_null = diagonal["q_null"].is_number() ? diagonal["q_null"].get<double>() : kNaN;
-      double q = (1 - other.sums.fvu()) / (1 - side.own.sums.fvu());
-      MmacResult m = mmac(side.own, other, options_.mmac_min_firings);
-      torch::Tensor da = cell.sae.W_dec.to(torch::kFloat64), db = second.W_dec.to(torch::kFloat64);
-      da = da / da.norm(2, 1, true).clamp_min(1e-12);
-      db = db / db.norm(2, 1, true).clamp_min(1e-12);
-      int64_t k = std::min<int64_t>(options_.top_k, cell.sae.d_sae());
-      torch::Tensor top = std::get<1>(side.own.latent_var.topk(k));
-      double decoder = std::get<0>(torch::mm(da.index_select(0, top), db.t()).max(1)).mean().item<double>();
-      ceilings_[cell.cell.name] = {{"ceiling_sae_dir", cell.cell.ceiling_sae_dir->filename().generic_string()},
-                                   {"fvu_first", side.own.sums.fvu()},
-                                   {"fvu_second", other.sums.fvu()},
-                                   {"q", finite_or_null(q)},
-                                   {"q_null", finite_or_null(q_null)},
-                                   {"q_excess", finite_or_null((q - q_null) / (1 - q_null))},
-                                   {"mmac", finite_or_null(m.a_to_b)},
-                                   {"mmac_weighted", finite_or_null(m.a_to_b_weighted)},
-                                   {"decoder_similarity", finite_or_null(decoder)}};
+      if (!cell.cell.ceiling_sae_dir || !sources_.count(c)) continue;
+      timed("ceilings", [&] {
+        const Side& side = sides.at(c);
+        const sae::Sae& second = *cell.ceiling;
+        Encoding other = encode_rows([&](const torch::Tensor& x) { return second.encode(x); }, &second, side.eval,
+                                     s.eval_doc, n_docs, batch, options_.mmac_min_firings);
+        const nlohmann::json& diagonal = pairs_.at(pair_key(cell.cell.name, cell.cell.name));
+        double q_null = diagonal["q_null"].is_number() ? diagonal["q_null"].get<double>() : kNaN;
+        double q = (1 - other.sums.fvu()) / (1 - side.own.sums.fvu());
+        MmacResult m = mmac(side.own.codes, other.codes);
+        int64_t k = std::min<int64_t>(options_.top_k, cell.d_sae);
+        torch::Tensor top = std::get<1>(side.own.latent_var.topk(k));
+        double decoder = decoder_similarity(cell.sae->W_dec.index_select(0, top), second.W_dec);
+        ceilings_[cell.cell.name] = {{"ceiling_sae_dir", cell.cell.ceiling_sae_dir->filename().generic_string()},
+                                     {"fvu_first", side.own.sums.fvu()},
+                                     {"fvu_second", other.sums.fvu()},
+                                     {"q", finite_or_null(q)},
+                                     {"q_null", finite_or_null(q_null)},
+                                     {"q_excess", finite_or_null((q - q_null) / (1 - q_null))},
+                                     {"mmac", finite_or_null(m.a_to_b)},
+                                     {"mmac_weighted", finite_or_null(m.a_to_b_weighted)},
+                                     {"decoder_similarity", finite_or_null(decoder)}};
+      });
     }
 }
 
-TransferResult Runner::run(const fs::path& out_dir) {
-  auto start = std::chrono::steady_clock::now();
+nlohmann::json options_json(const TransferOptions& o) {
+  return {{"fit_fraction", o.fit_fraction},         {"top_k", o.top_k},
+          {"cka_permutations", o.cka_permutations}, {"cka_max_tokens", o.cka_max_tokens},
+          {"bootstrap", o.bootstrap},               {"ci_level", o.ci_level},
+          {"max_fit_tokens", o.max_fit_tokens},     {"max_eval_tokens", o.max_eval_tokens},
+          {"mmac_min_firings", o.mmac_min_firings}, {"ridge_lambda", o.ridge_lambda},
+          {"batch_size", o.batch_size},             {"high_threshold", o.high_threshold},
+          {"moderate_threshold", o.moderate_threshold}, {"aligned_rows", o.aligned_rows},
+          {"pseudo_sequence_rows", o.pseudo_sequence_rows}};
+}
+
+TransferOptions options_from_json(const nlohmann::json& j) {
+  TransferOptions o;
+  o.fit_fraction = j.at("fit_fraction").get<double>();
+  o.top_k = j.at("top_k").get<int64_t>();
+  o.cka_permutations = j.at("cka_permutations").get<int64_t>();
+  o.cka_max_tokens = j.at("cka_max_tokens").get<int64_t>();
+  o.bootstrap = j.at("bootstrap").get<int64_t>();
+  o.ci_level = j.at("ci_level").get<double>();
+  o.max_fit_tokens = j.at("max_fit_tokens").get<int64_t>();
+  o.max_eval_tokens = j.at("max_eval_tokens").get<int64_t>();
+  o.mmac_min_firings = j.at("mmac_min_firings").get<int64_t>();
+  o.ridge_lambda = j.at("ridge_lambda").get<double>();
+  o.batch_size = j.at("batch_size").get<int64_t>();
+  o.high_threshold = j.at("high_threshold").get<double>();
+  o.moderate_threshold = j.at("moderate_threshold").get<double>();
+  o.aligned_rows = j.at("aligned_rows").get<bool>();
+  o.pseudo_sequence_rows = j.at("pseudo_sequence_rows").get<int64_t>();
+  return o;
+}
+
+constexpr const char* kPartialFormat = "strata-transfer-partial-v1";
+
+nlohmann::json Runner::partial() const {
+  nlohmann::json cells = nlohmann::json::array(), sources = nlohmann::json::array();
+  for (const CellData& cell : cells_)
+    cells.push_back({{"name", cell.cell.name},
+                     {"model", cell.cell.model},
+                     {"layer", cell.cell.layer},
+                     {"n_layers", cell.cell.n_layers},
+                     {"store", fs::absolute(cell.cell.store).generic_string()},
+                     {"sae_dir", fs::absolute(cell.cell.sae_dir).generic_string()},
+                     {"ceiling_sae_dir", cell.cell.ceiling_sae_dir
+                                             ? nlohmann::json(fs::absolute(*cell.cell.ceiling_sae_dir).generic_string())
+                                             : nlohmann::json(nullptr)},
+                     {"dim", cell.dim},
+                     {"d_sae", cell.d_sae},
+                     {"architecture", cell.architecture},
+                     {"scaling_factor", cell.scale}});
+  for (size_t c : sources_) sources.push_back(cells_[c].cell.name);
+  nlohmann::json boots = nlohmann::json::object();
+  for (const auto& [key, replicate] : q_excess_boot_) {
+    nlohmann::json values = nlohmann::json::array();
+    for (double v : replicate) values.push_back(finite_or_null(v));
+    boots[key] = values;
+  }
+  nlohmann::json pairs(pairs_);
+  return {{"format", kPartialFormat},
+          {"seed", seed_},
+          {"options", options_json(options_)},
+          {"bootstrap_replicates", replicates_},
+          {"cells", cells},
+          {"sources", sources},
+          {"pairs", pairs},
+          {"q_excess_boot", boots},
+          {"model_pairs", model_pairs_},
+          {"seed_ceilings", ceilings_}};
+}
+
+Runner::Runner(const std::vector<std::pair<std::string, nlohmann::json>>& partials) {
+  if (partials.empty()) fail("transfer merge: no partial results given");
+  const auto& [first_name, first] = partials.front();
+  std::set<std::string> covered;
+  for (const auto& [name, partial] : partials) {
+    if (!partial.is_object() || partial.value("format", "") != kPartialFormat)
+      fail("transfer merge: {} is not a partial transfer result (format {})", name, kPartialFormat);
+    for (const char* key : {"seed", "options", "bootstrap_replicates", "cells"})
+      if (partial.at(key) != first.at(key))
+        fail("transfer merge: {} and {} differ in \"{}\"; all partials must come from the same cells, options and seed",
+             first_name, name, key);
+    for (const auto& source : partial.at("sources"))
+      if (!covered.insert(source.get<std::string>()).second)
+        fail("transfer merge: source cell {} is in more than one partial (again in {})", source.dump(), name);
+    for (const auto& [key, entry] : partial.at("pairs").items()) pairs_[key] = entry;
+    for (const auto& [key, values] : partial.at("q_excess_boot").items()) {
+      std::vector<double>& replicate = q_excess_boot_[key];
+      for (const auto& v : values) replicate.push_back(v.is_number() ? v.get<double>() : kNaN);
+    }
+    model_pairs_.update(partial.at("model_pairs"));
+    ceilings_.update(partial.at("seed_ceilings"));
+  }
+  seed_ = first.at("seed").get<uint64_t>();
+  options_ = options_from_json(first.at("options"));
+  replicates_ = first.at("bootstrap_replicates").get<int64_t>();
+  std::map<std::string, size_t> model_index;
+  std::vector<std::string> missing;
+  for (const auto& c : first.at("cells")) {
+    CellData data;
+    data.cell.name = c.at("name").get<std::string>();
+    data.cell.model = c.at("model").get<std::string>();
+    data.cell.layer = c.at("layer").get<int>();
+    data.cell.n_layers = c.at("n_layers").get<int>();
+    data.cell.store = c.at("store").get<std::string>();
+    data.cell.sae_dir = c.at("sae_dir").get<std::string>();
+    if (!c.at("ceiling_sae_dir").is_null()) data.cell.ceiling_sae_dir = fs::path(c.at("ceiling_sae_dir").get<std::string>());
+    data.dim = c.at("dim").get<int64_t>();
+    data.d_sae = c.at("d_sae").get<int64_t>();
+    data.architecture = c.at("architecture").get<std::string>();
+    data.scale = c.at("scaling_factor").get<double>();
+    if (!covered.count(data.cell.name)) missing.push_back(data.cell.name);
+    auto [it, inserted] = model_index.emplace(data.cell.model, models_.size());
+    if (inserted) models_.push_back(ModelData{data.cell.model, {}, 0, {}, {}});
+    data.model = it->second;
+    models_[data.model].cells.push_back(cells_.size());
+    cells_.push_back(std::move(data));
+  }
+  if (!missing.empty())
+    fail("transfer merge: no partial computed the pairs of source cell(s) {}; run those and merge again",
+         fmt::join(missing, ", "));
+}
+
+void Runner::compute(const std::set<size_t>& sources) {
+  sources_ = sources;
   build_global_docs();
+  timed("selection", [&] {
+    for (size_t a = 0; a < models_.size(); ++a)
+      for (size_t b = a; b < models_.size(); ++b) selections_.emplace(std::make_pair(a, b), select(a, b));
+  });
   compute_scales();
   const size_t n = cells_.size();
-  auto [flops, estimate] = plan_estimate();
+  const Plan plan = plan_estimate();
+  auto terms = [](const std::map<std::string, double>& seconds) {
+    std::string out;
+    for (const auto& [term, value] : seconds) out += fmt::format("{}{} {:.1f}", out.empty() ? "" : ", ", term, value);
+    return out;
+  };
   log::info("transfer plan: {} cells, {} pairs ({} model pairs), up to {} fitting + {} evaluation tokens per model "
-            "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.1f} TFLOP)",
+            "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.2f} TFLOP at {:.0f} "
+            "GFLOP/s GEMM ceiling; {:.2g} permutation-loop elements); peak memory ~{:.2f} GB + 24 B per latent code "
+            "(2 x N_eval x L0 per cell); by term (s): {}",
             n, n * n, models_.size() * (models_.size() + 1) / 2, options_.max_fit_tokens, options_.max_eval_tokens,
-            options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, estimate, flops / 1e12);
+            options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, plan.total_seconds,
+            plan.total_flops / 1e12, plan.gemm_gflops, plan.gathers, plan.peak_bytes / 1e9, terms(plan.seconds));
+  const auto work_start = std::chrono::steady_clock::now();
   {
-    log::Progress progress("transfer pairs", int64_t(n * n));
+    log::Progress progress("transfer pairs", int64_t(sources_.size() * n));
     for (size_t a = 0; a < models_.size(); ++a)
-      for (size_t b = a; b < models_.size(); ++b) process_model_pair(a, b, progress);
+      for (size_t b = a; b < models_.size(); ++b) {
+        if (!involves_sources(a, b)) continue;
+        const auto begin = std::chrono::steady_clock::now();
+        process_model_pair(a, b, progress);
+        timing_.model_pair_seconds[models_[a].name + "__" + models_[b].name] =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+      }
     progress.finish();
   }
-  // Benjamini-Hochberg across all pairs, on the CKA permutation p-values.
+  const double work_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - work_start).count();
+  double timed_seconds = 0;
+  for (const auto& [term, seconds] : term_seconds_)
+    if (plan.seconds.count(term)) timed_seconds += seconds;
+  term_seconds_["other"] = std::max(0.0, work_seconds - timed_seconds);
+  log::info("transfer: measured {:.1f} s against the plan's {:.1f} s ({:+.0f} %); by term (s): {}", work_seconds,
+            plan.total_seconds, 100.0 * (work_seconds / plan.total_seconds - 1.0), terms(term_seconds_));
+  timing_.estimated_seconds = plan.total_seconds;
+  timing_.measured_seconds = work_seconds;
+  timing_.gemm_gflops = plan.gemm_gflops;
+  timing_.flops = plan.total_flops;
+  timing_.peak_bytes_estimate = plan.peak_bytes;
+  timing_.estimated_by_term = plan.seconds;
+  timing_.seconds_by_term = term_seconds_;
+}
+
+TransferResult Runner::finish(const fs::path& out_dir) {
+  const size_t n = cells_.size();
+  // Benjamini-Hochberg across all pairs, on the CKA permutation p-values; without a permutation test there
+  // are no p-values and nothing to adjust (cka_p and p_adjusted stay null).
   std::vector<std::string> keys;
   std::vector<double> cka_p;
   for (auto& [key, entry] : pairs_) {
+    entry["p_adjusted"] = nullptr;
+    if (!entry["cka_p"].is_number()) continue;
     keys.push_back(key);
     cka_p.push_back(entry["cka_p"].get<double>());
   }
@@ -744,7 +943,7 @@ TransferResult Runner::run(const fs::path& out_dir) {
       score["mean_cross_model_cka"] = nullptr;
     } else {
       double q_sum = 0, cka_sum = 0;
-      std::vector<double> boot(boot_weights_.size(0), 0.0);
+      std::vector<double> boot(replicates_, 0.0);
       for (const std::string& key : keys_for_cell) {
         q_sum += pairs_.at(key)["q_excess"].is_number() ? pairs_.at(key)["q_excess"].get<double>() : kNaN;
         cka_sum += pairs_.at(key)["cka"].get<double>();
@@ -778,11 +977,10 @@ TransferResult Runner::run(const fs::path& out_dir) {
                           {"relative_depth", relative_depth(cell.cell)},
                           {"store", portable_path(cell.cell.store)},
                           {"sae_dir", portable_path(cell.cell.sae_dir)},
-                          {"dim", cell.store.dim()},
-                          {"d_sae", cell.sae.d_sae()},
-                          {"architecture", cell.sae.architecture},
+                          {"dim", cell.dim},
+                          {"d_sae", cell.d_sae},
+                          {"architecture", cell.architecture},
                           {"scaling_factor", cell.scale}});
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   nlohmann::json config = {
       {"seed", seed_},
       {"fit_fraction", options_.fit_fraction},
@@ -801,7 +999,6 @@ TransferResult Runner::run(const fs::path& out_dir) {
       {"evaluation_metric", "q_excess"},
       {"cells", cells_json},
       {"model_pairs", model_pairs_}};
-  log::info("transfer: {} pairs in {:.1f} s", n * n, seconds);
   nlohmann::json result = {{"config", config},
                            {"transfer_matrix", matrix},
                            {"layer_universality_scores", layer_scores},
@@ -863,6 +1060,7 @@ TransferResult Runner::run(const fs::path& out_dir) {
   fs::create_directories(out_dir);
   TransferResult out;
   out.matrix = result;
+  out.timing = timing_;
   atomic_write_text(out_dir / "transfer_matrix.json", result.dump(2));
   out.files.push_back(out_dir / "transfer_matrix.json");
   atomic_write_text(out_dir / "per_model_transfer_analysis.json", per_model.dump(2));
@@ -874,6 +1072,8 @@ TransferResult Runner::run(const fs::path& out_dir) {
   for (const std::string& metric : kMatrixMetrics) csv << ',' << metric;
   csv << ",q_excess_ci_lo,q_excess_ci_hi,cka_ci_lo,cka_ci_hi,aligned_tokens,eval_tokens,evaluation\n";
   auto number = [](const nlohmann::json& v) { return v.is_number() ? v.get<double>() : kNaN; };
+  // A value that was not computed (null) is an empty CSV field, never "nan" or a number.
+  auto field = [](const nlohmann::json& v) { return v.is_number() ? fmt::format("{}", v.get<double>()) : std::string(); };
   std::map<std::string, torch::Tensor> tensors;
   for (const std::string& metric : kMatrixMetrics)
     tensors[metric] = torch::full({int64_t(n), int64_t(n)}, kNaN, torch::kFloat64);
@@ -885,12 +1085,11 @@ TransferResult Runner::run(const fs::path& out_dir) {
           << e["target_model"].get<std::string>() << ',' << e["target_layer"].get<int>() << ','
           << (e["same_model"].get<bool>() ? "true" : "false");
       for (const std::string& metric : kMatrixMetrics) {
-        double v = number(e[metric]);
-        csv << ',' << v;
-        tensors[metric][int64_t(i)][int64_t(j)] = v;
+        csv << ',' << field(e[metric]);
+        tensors[metric][int64_t(i)][int64_t(j)] = number(e[metric]);
       }
-      csv << ',' << number(e["q_excess_ci"][0]) << ',' << number(e["q_excess_ci"][1]) << ','
-          << number(e["cka_ci"][0]) << ',' << number(e["cka_ci"][1]) << ',' << e["aligned_tokens"].get<int64_t>()
+      csv << ',' << field(e["q_excess_ci"][0]) << ',' << field(e["q_excess_ci"][1]) << ',' << field(e["cka_ci"][0])
+          << ',' << field(e["cka_ci"][1]) << ',' << e["aligned_tokens"].get<int64_t>()
           << ',' << e["eval_tokens"].get<int64_t>() << ',' << e["evaluation"].get<std::string>() << '\n';
     }
   atomic_write_text(out_dir / "transfer_metrics.csv", csv.str());
@@ -901,7 +1100,7 @@ TransferResult Runner::run(const fs::path& out_dir) {
                        {{"cells", cell_names.dump()},
                         {"layout", "[source, target], fp64; row i / column j = cells[i] / cells[j]"}});
   out.files.push_back(out_dir / "transfer_matrices.safetensors");
-  log::info("transfer: {} pairs in {:.1f} s -> {}", n * n, seconds, out_dir.string());
+  log::info("transfer: {} pairs -> {}", n * n, out_dir.string());
   return out;
 }
 
@@ -909,17 +1108,66 @@ TransferResult Runner::run(const fs::path& out_dir) {
 
 std::string pair_key(const std::string& source, const std::string& target) { return source + "__to__" + target; }
 
-TransferResult run_transfer(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed,
-                            const fs::path& out_dir) {
+namespace {
+
+void validate(const TransferOptions& options) {
   if (!(options.fit_fraction > 0 && options.fit_fraction < 1))
     fail("transfer: fit_fraction must lie in (0, 1), got {}", options.fit_fraction);
   if (options.top_k <= 0 || options.cka_max_tokens < 4 || options.batch_size <= 0 || options.max_eval_tokens < 4 ||
       options.max_fit_tokens < 4 || options.cka_permutations < 0 || options.bootstrap < 0)
     fail("transfer: top_k, batch_size > 0; cka_max_tokens, max_fit_tokens, max_eval_tokens >= 4; "
          "cka_permutations, bootstrap >= 0");
+}
+
+}  // namespace
+
+TransferResult run_transfer(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed,
+                            const fs::path& out_dir) {
+  validate(options);
   torch::NoGradGuard no_grad;
   Runner runner(cells, options, seed);
-  return runner.run(out_dir);
+  std::set<size_t> all;
+  for (size_t c = 0; c < cells.size(); ++c) all.insert(c);
+  runner.compute(all);
+  // The one-shot run goes through the same partial -> merge path as a split run, so both write the same bytes.
+  std::vector<std::pair<std::string, nlohmann::json>> partials;
+  partials.emplace_back("(in memory)", runner.partial());
+  Runner merged(partials);
+  TransferResult result = merged.finish(out_dir);
+  result.timing = runner.timing();
+  return result;
+}
+
+void compute_transfer_partial(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed,
+                              const std::vector<std::string>& sources, const fs::path& partial_file) {
+  validate(options);
+  torch::NoGradGuard no_grad;
+  Runner runner(cells, options, seed);
+  std::set<size_t> chosen;
+  for (const std::string& name : sources) {
+    auto it = std::find_if(cells.begin(), cells.end(), [&](const Cell& c) { return c.name == name; });
+    if (it == cells.end()) fail("transfer: source cell '{}' is not among the {} cells given", name, cells.size());
+    chosen.insert(size_t(it - cells.begin()));
+  }
+  if (chosen.empty()) fail("transfer: a partial run needs at least one source cell");
+  runner.compute(chosen);
+  if (!partial_file.parent_path().empty()) fs::create_directories(partial_file.parent_path());
+  atomic_write_text(partial_file, runner.partial().dump() + "\n");
+}
+
+TransferResult merge_transfer(const std::vector<fs::path>& partial_files, const fs::path& out_dir) {
+  std::vector<std::pair<std::string, nlohmann::json>> partials;
+  for (const fs::path& file : partial_files) {
+    std::ifstream in(file);
+    if (!in) fail("transfer merge: cannot read {}", file.string());
+    try {
+      partials.emplace_back(file.string(), nlohmann::json::parse(in));
+    } catch (const nlohmann::json::exception& e) {
+      fail("transfer merge: {} is not valid JSON ({}); re-run that partial", file.string(), e.what());
+    }
+  }
+  Runner merged(partials);
+  return merged.finish(out_dir);
 }
 
 nlohmann::json check_pair_matrix(const nlohmann::json& transfer_matrix, size_t n_src, size_t n_tgt) {
@@ -937,9 +1185,15 @@ nlohmann::json check_pair_matrix(const nlohmann::json& transfer_matrix, size_t n
   }
   ok &= add("pair_count", pairs.size() == n_src * n_tgt,
             fmt::format("{} pairs, expected {} x {} = {}", pairs.size(), n_src, n_tgt, n_src * n_tgt));
-  std::vector<std::string> nonfinite;
+  // Without a permutation test (config.cka_permutations = 0) the p-values were never computed: they must be
+  // null then, and finite otherwise.
+  const bool permutation_test = !transfer_matrix.contains("config") ||
+                                transfer_matrix["config"].value("cka_permutations", int64_t(1)) > 0;
+  auto is_p_value = [](const std::string& metric) { return metric == "cka_p" || metric == "p_adjusted"; };
+  std::vector<std::string> nonfinite, computed_without_test;
   std::vector<std::string> bad_diagonal;
   size_t diagonal = 0;
+  double worst_diagonal = 0;
   for (auto& [key, entry] : pairs.items()) {
     for (const std::string& metric : kMatrixMetrics) {
       if (!entry.contains(metric)) {
@@ -947,11 +1201,17 @@ nlohmann::json check_pair_matrix(const nlohmann::json& transfer_matrix, size_t n
         continue;
       }
       const nlohmann::json& v = entry[metric];
+      if (!permutation_test && is_p_value(metric)) {
+        if (!v.is_null()) computed_without_test.push_back(key + "." + metric);
+        continue;
+      }
       if (!v.is_number() || !std::isfinite(v.get<double>())) nonfinite.push_back(key + "." + metric);
     }
     if (entry.contains("source") && entry.contains("target") && entry["source"] == entry["target"]) {
       ++diagonal;
-      if (!entry["q"].is_number() || entry["q"].get<double>() != 1.0) bad_diagonal.push_back(key);
+      const double deviation = entry["q"].is_number() ? std::abs(entry["q"].get<double>() - 1.0) : kNaN;
+      if (!(deviation <= kDiagonalQTolerance)) bad_diagonal.push_back(fmt::format("{} (q = {})", key, entry["q"].dump()));
+      else worst_diagonal = std::max(worst_diagonal, deviation);
     }
   }
   auto head = [](const std::vector<std::string>& v) {
@@ -961,9 +1221,16 @@ nlohmann::json check_pair_matrix(const nlohmann::json& transfer_matrix, size_t n
   };
   ok &= add("all_finite", nonfinite.empty(),
             nonfinite.empty() ? "every metric finite" : "not finite: " + head(nonfinite));
+  if (!permutation_test)
+    ok &= add("p_values_absent_without_test", computed_without_test.empty(),
+              computed_without_test.empty() ? "cka_permutations = 0: cka_p and p_adjusted are null on every pair"
+                                            : "p-values present although no permutation test ran: " +
+                                                  head(computed_without_test));
   ok &= add("diagonal_q_is_1", bad_diagonal.empty() && diagonal == std::min(n_src, n_tgt),
-            bad_diagonal.empty() ? fmt::format("q == 1 on all {} diagonal pairs", diagonal)
-                                 : "q != 1 on: " + head(bad_diagonal));
+            bad_diagonal.empty()
+                ? fmt::format("computed q within {:g} of 1 on all {} diagonal pairs (largest |q - 1| = {:.3g})",
+                              kDiagonalQTolerance, diagonal, worst_diagonal)
+                : fmt::format("|q - 1| > {:g} on: {}", kDiagonalQTolerance, head(bad_diagonal)));
   return {{"passed", ok}, {"checks", checks}};
 }
 

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,9 +47,23 @@ struct TransferOptions {
   int64_t pseudo_sequence_rows = 128; // stores without doc_id: consecutive blocks act as sequences
 };
 
+// What the step cost against what its plan line said (also printed at the end of the step). Terms: sae_own,
+// sae_random, sae_mapped, sae_null (SAE passes), maps (fitting rows, Grams, cross products, SVDs), ridge,
+// decoder, mmac, cka_linear, cka_gram, cka_permutations, cka_bootstrap, q_bootstrap, ceilings; measured
+// also: selection (alignment, split; before the work) and other (the rest of the work's wall time).
+struct TransferTiming {
+  double estimated_seconds = 0, measured_seconds = 0;  // the plan's total and the work's wall time
+  double gemm_gflops = 0;                              // fp32 GEMM ceiling measured by the plan
+  double flops = 0;                                    // counted by the plan (GEMM-equivalent work)
+  double peak_bytes_estimate = 0;                      // the plan's peak memory (codes at the measured L0 excluded)
+  std::map<std::string, double> estimated_by_term, seconds_by_term;
+  std::map<std::string, double> model_pair_seconds;    // "<model_a>__<model_b>" -> wall seconds
+};
+
 struct TransferResult {
   nlohmann::json matrix;                    // transfer_matrix.json contents
   std::vector<std::filesystem::path> files; // every file written
+  TransferTiming timing;
 };
 
 // Computes every pair and writes transfer_matrix.json, per_model_transfer_analysis.json,
@@ -56,7 +71,25 @@ struct TransferResult {
 TransferResult run_transfer(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed,
                             const std::filesystem::path& out_dir);
 
-// Gate 3: exactly n_src x n_tgt pairs, every metric finite, q exactly 1 on the diagonal.
+// The diagonal pair (a cell's SAE on its own rows) runs through the same map (identity: x s / s, rounded back
+// to fp32) and SAE pass as every other pair, so its q is computed; it must lie this close to 1.
+inline constexpr double kDiagonalQTolerance = 1e-6;
+
+// Splitting the work across jobs (e.g. one Slurm job per block of source cells):
+// compute_transfer_partial() computes the pairs whose SOURCE is one of `sources` (cell names) -- every model
+// pair that involves one of them -- and writes them, with what the merge needs (cells, options, seed,
+// bootstrap replicates, seed ceilings of those cells), to `partial_file` (JSON, atomically). Every unit
+// needs all cells (targets) and identical cells, options and seed. merge_transfer() of partials whose sources
+// cover every cell exactly once writes the same four files as run_transfer(), byte for byte: run_transfer
+// itself is "all sources" followed by the same merge in memory. Cost of a unit: the per-cell work of every
+// model pair it touches (encodings, Grams) plus its sources' pairs.
+void compute_transfer_partial(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed,
+                              const std::vector<std::string>& sources, const std::filesystem::path& partial_file);
+TransferResult merge_transfer(const std::vector<std::filesystem::path>& partial_files,
+                              const std::filesystem::path& out_dir);
+
+// Gate 3: exactly n_src x n_tgt pairs, every metric finite (cka_p and p_adjusted: null exactly when
+// config.cka_permutations = 0), the computed diagonal q within kDiagonalQTolerance of 1.
 // Returns {"passed": bool, "checks": [{"name", "passed", "detail"}...]}.
 nlohmann::json check_pair_matrix(const nlohmann::json& transfer_matrix, size_t n_src, size_t n_tgt);
 

@@ -17,6 +17,8 @@ struct TransferArgs {
   std::vector<std::string> saes, activations, ceilings;
   bool aligned = false;
   std::string out;
+  std::vector<std::string> sources;  // a split run's unit: only these source cells, into a partial file
+  std::string partial;
   uint64_t seed = 0;
   strata::transfer::TransferOptions options;
 };
@@ -107,7 +109,11 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--activations", args->activations, "NAME=PATH of the cell's activation store")->required();
   cmd->add_option("--ceiling-sae", args->ceilings, "NAME=DIR of a second-seed SAE of a cell (seed-to-seed ceiling)");
   cmd->add_flag("--aligned", args->aligned, "all activation files hold the same tokens in the same row order");
-  cmd->add_option("--out", args->out, "output directory")->required();
+  cmd->add_option("--out", args->out, "output directory (not with --partial)");
+  cmd->add_option("--sources", args->sources, "split run: compute only the pairs whose source is one of these cells")
+      ->delimiter(',');
+  cmd->add_option("--partial", args->partial, "split run: write the --sources pairs to this partial file (merge "
+                                              "them with `strata transfer-merge`)");
   cmd->add_option("--seed", args->seed, "seed of the split, nulls, permutations and bootstrap")->capture_default_str();
   auto& o = args->options;
   cmd->add_option("--fit-fraction", o.fit_fraction, "fraction of sequences for fitting maps")->capture_default_str();
@@ -122,8 +128,31 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--moderate-threshold", o.moderate_threshold, "q_excess for MODERATE_UNIVERSALITY")->capture_default_str();
   commands.bind(cmd, [args]() {
     args->options.aligned_rows = args->aligned;
+    if (args->sources.empty() != args->partial.empty())
+      strata::fail("transfer: --sources and --partial go together (a unit of a split run)");
+    if (args->partial.empty() == args->out.empty())
+      strata::fail("transfer: give --out DIR (whole matrix) or --sources A,B --partial FILE (one unit of a split run)");
     auto cells = build_cells(*args);
+    if (!args->partial.empty()) {
+      strata::transfer::compute_transfer_partial(cells, args->options, args->seed, args->sources, args->partial);
+      fmt::print("{}\n", args->partial);
+      return 0;
+    }
     auto result = strata::transfer::run_transfer(cells, args->options, args->seed, args->out);
+    for (const auto& file : result.files) fmt::print("{}\n", file.string());
+    return 0;
+  });
+
+  auto merge_files = std::make_shared<std::vector<std::string>>();
+  auto merge_out = std::make_shared<std::string>();
+  auto* merge = commands.root().add_subcommand(
+      "transfer-merge", "Merge the partial files of a split transfer run into the four matrix files");
+  merge->add_option("--partial", *merge_files, "partial files (`strata transfer --sources ... --partial FILE`)")
+      ->required();
+  merge->add_option("--out", *merge_out, "output directory")->required();
+  commands.bind(merge, [merge_files, merge_out]() {
+    std::vector<fs::path> files(merge_files->begin(), merge_files->end());
+    auto result = strata::transfer::merge_transfer(files, *merge_out);
     for (const auto& file : result.files) fmt::print("{}\n", file.string());
     return 0;
   });

@@ -1,0 +1,169 @@
+// `strata bench transfer`: one model pair's full transfer work (two models x 5 cells, both ways: maps, nulls,
+// CKA with permutations and bootstrap, MMAC, ceilings) on random cells and random TopK SAEs (k = L0 gives exact
+// control of the code density), at phase5_4's sizes by default. Prints per-term seconds, the achieved GFLOP/s
+// as a fraction of the fp32 GEMM ceiling measured in the same run, peak RSS, and the extrapolation to
+// phase5_4's 400 pairs (4 models: 4 within-model and 6 cross-model model pairs).
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "command.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "core/runtime.hpp"
+#include "io/activation_store.hpp"
+#include "sae/sae.hpp"
+#include "transfer/transfer.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct BenchTransferArgs {
+  std::vector<int64_t> widths = {2048, 2048};  // phase5_4: 2048 / 1024 / 2560 / 2048
+  int64_t expansion = 8, l0 = 64, layers = 5;
+  int64_t fit_tokens = 32768, eval_tokens = 16384, tokens_per_sequence = 128;
+  int64_t permutations = 10000, cka_tokens = 2048, bootstrap = 1000;
+  bool ceilings = true;
+  std::string dir, json;
+  uint64_t seed = 1;
+};
+
+double peak_rss_gb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_maxrss) * 1024.0 / 1e9;  // Linux: kilobytes
+}
+
+// Low-rank random activations (a shared latent of 64 dimensions plus noise) so that CKA and the maps see
+// structure, with the same tokens in both models (byte-aligned rows).
+std::vector<strata::transfer::Cell> make_cells(const BenchTransferArgs& a, const fs::path& dir) {
+  const int64_t rows = a.fit_tokens * 4 / 3 + a.eval_tokens * 4;  // fit_fraction 0.75 with room for the caps
+  const int64_t sequences = (rows + a.tokens_per_sequence - 1) / a.tokens_per_sequence, n = sequences * a.tokens_per_sequence;
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(a.seed);
+  torch::Tensor doc = torch::arange(n, torch::kInt64).div(a.tokens_per_sequence, "floor");
+  torch::Tensor position = torch::arange(n, torch::kInt64).remainder(a.tokens_per_sequence);
+  torch::Tensor shared = torch::randn({n, 64}, generator, torch::kFloat32);
+  std::vector<strata::transfer::Cell> cells;
+  for (size_t m = 0; m < a.widths.size(); ++m) {
+    const int64_t d = a.widths[m], d_sae = d * a.expansion;
+    const std::string model = "bench" + std::to_string(m);
+    for (int layer = 1; layer <= a.layers; ++layer) {
+      torch::Tensor x = torch::mm(shared, torch::randn({64, d}, generator, torch::kFloat32)) +
+                        torch::randn({n, d}, generator, torch::kFloat32);
+      const std::string base = strata::io::store_base_name(model, layer);
+      strata::io::ActivationStoreWriter writer(dir / "activations", base, d, torch::kFloat32, int64_t(1) << 30);
+      writer.append(x, {doc, doc, position, position, position + 1});
+      writer.finish({{"model", model}, {"layer", layer}, {"n_layers", a.layers}});
+      const std::string name = model + "_layer" + std::to_string(layer);
+      auto random_sae = [&](const fs::path& path) {
+        strata::sae::Sae sae;
+        torch::Tensor dec = torch::randn({d_sae, d}, generator, torch::kFloat32);
+        sae.W_dec = (dec / dec.norm(2, 1, true)).contiguous();
+        sae.W_enc = sae.W_dec.t().contiguous();
+        sae.b_enc = torch::zeros({d_sae});
+        sae.b_dec = torch::zeros({d});
+        sae.architecture = "topk";
+        sae.k = a.l0;
+        sae.save(path);
+      };
+      strata::transfer::Cell cell{name, model, layer, int(a.layers), dir / "activations" / (base + ".meta.json"),
+                                  dir / "saes" / name, std::nullopt};
+      random_sae(cell.sae_dir);
+      if (a.ceilings) {
+        cell.ceiling_sae_dir = dir / "saes" / (name + "_ceiling");
+        random_sae(*cell.ceiling_sae_dir);
+      }
+      cells.push_back(cell);
+    }
+  }
+  return cells;
+}
+
+void setup(strata::cli::Commands& commands) {
+  auto* bench = commands.group("bench", "Benchmarks that print figures (GFLOP/s, tokens/s)");
+  auto* cmd = bench->add_subcommand(
+      "transfer", "one model pair's transfer work on random cells/SAEs: per-term time, GEMM fraction, peak RSS");
+  auto args = std::make_shared<BenchTransferArgs>();
+  cmd->add_option("--widths", args->widths, "d of each of the two models")->capture_default_str()->expected(2);
+  cmd->add_option("--expansion", args->expansion, "d_sae / d")->capture_default_str();
+  cmd->add_option("--l0", args->l0, "active latents per token (TopK k)")->capture_default_str();
+  cmd->add_option("--layers", args->layers, "cells per model")->capture_default_str();
+  cmd->add_option("--fit-tokens", args->fit_tokens, "map-fitting tokens per model pair")->capture_default_str();
+  cmd->add_option("--eval-tokens", args->eval_tokens, "evaluation tokens per model pair")->capture_default_str();
+  cmd->add_option("--permutations", args->permutations, "CKA permutations")->capture_default_str();
+  cmd->add_option("--cka-tokens", args->cka_tokens, "N of the permutation test")->capture_default_str();
+  cmd->add_option("--bootstrap", args->bootstrap, "bootstrap resamples")->capture_default_str();
+  cmd->add_flag("!--no-ceilings", args->ceilings, "skip the second-seed ceiling SAEs");
+  cmd->add_option("--dir", args->dir, "scratch directory (default: a temporary one, removed at the end)");
+  cmd->add_option("--json", args->json, "also write the figures to this JSON file");
+  commands.bind(cmd, [args]() {
+    const BenchTransferArgs& a = *args;
+    if (a.widths.size() != 2) strata::fail("bench transfer: --widths takes two widths");
+    if (a.l0 <= 0 || a.l0 > a.widths[0] * a.expansion || a.l0 > a.widths[1] * a.expansion)
+      strata::fail("bench transfer: --l0 must lie in [1, d_sae]");
+    const fs::path dir = a.dir.empty() ? fs::temp_directory_path() / fmt::format("strata-bench-transfer-{}", getpid())
+                                       : fs::path(a.dir);
+    fs::create_directories(dir);
+    auto cells = make_cells(a, dir);
+    strata::transfer::TransferOptions options;
+    options.max_fit_tokens = a.fit_tokens;
+    options.max_eval_tokens = a.eval_tokens;
+    options.cka_permutations = a.permutations;
+    options.cka_max_tokens = a.cka_tokens;
+    options.bootstrap = a.bootstrap;
+    auto result = strata::transfer::run_transfer(cells, options, a.seed, dir / "transfer");
+    const auto& t = result.timing;
+    const double rss = peak_rss_gb();
+    // phase5_4: 4 models -> 4 within-model and 6 cross-model model pairs; here 2 within and 1 across.
+    double within = 0, across = 0;
+    for (const auto& [pair, seconds] : t.model_pair_seconds) {
+      auto sep = pair.find("__");
+      (pair.substr(0, sep) == pair.substr(sep + 2) ? within : across) += seconds;
+    }
+    const double hours = (4 * within / 2 + 6 * across) / 3600.0;
+    const double gflops = t.flops / t.measured_seconds / 1e9, fraction = gflops / t.gemm_gflops;
+    fmt::print("transfer bench: widths {}/{}, d_sae {}/{}, L0 {}, {} fit + {} eval tokens, {} permutations at N={}, "
+               "{} bootstrap, {} threads\n",
+               a.widths[0], a.widths[1], a.widths[0] * a.expansion, a.widths[1] * a.expansion, a.l0, a.fit_tokens,
+               a.eval_tokens, a.permutations, a.cka_tokens, a.bootstrap, strata::runtime::threads());
+    fmt::print("  {:<18} {:>10} {:>10}\n", "term", "measured s", "planned s");
+    for (const auto& [term, seconds] : t.seconds_by_term)
+      fmt::print("  {:<18} {:>10.2f} {:>10}\n", term, seconds,
+                 t.estimated_by_term.count(term) ? fmt::format("{:.2f}", t.estimated_by_term.at(term)) : "");
+    fmt::print("  total: {:.1f} s measured, {:.1f} s planned ({:+.0f} %)\n", t.measured_seconds, t.estimated_seconds,
+               100.0 * (t.measured_seconds / t.estimated_seconds - 1));
+    fmt::print("  {:.1f} GFLOP/s = {:.0f} % of the GEMM ceiling ({:.1f} GFLOP/s, same run)\n", gflops, 100 * fraction,
+               t.gemm_gflops);
+    fmt::print("  peak RSS {:.2f} GB (plan: {:.2f} GB + latent codes)\n", rss, t.peak_bytes_estimate / 1e9);
+    fmt::print("  phase5_4 (400 pairs = 4 within- + 6 cross-model model pairs of this size): {:.2f} h extrapolated\n",
+               hours);
+    if (!a.json.empty()) {
+      nlohmann::json out = {{"phase5_4_hours", hours},
+                            {"gemm_fraction", fraction},
+                            {"gemm_gflops", t.gemm_gflops},
+                            {"peak_rss_gb", rss},
+                            {"l0", a.l0},
+                            {"d_sae", std::max(a.widths[0], a.widths[1]) * a.expansion},
+                            {"d_sae_per_model", {a.widths[0] * a.expansion, a.widths[1] * a.expansion}},
+                            {"widths", a.widths},
+                            {"fit_tokens", a.fit_tokens},
+                            {"eval_tokens", a.eval_tokens},
+                            {"permutations", a.permutations},
+                            {"cka_tokens", a.cka_tokens},
+                            {"bootstrap", a.bootstrap},
+                            {"measured_seconds", t.measured_seconds},
+                            {"planned_seconds", t.estimated_seconds},
+                            {"seconds_by_term", t.seconds_by_term},
+                            {"planned_seconds_by_term", t.estimated_by_term}};
+      strata::atomic_write_text(a.json, out.dump(2) + "\n");
+    }
+    if (a.dir.empty()) fs::remove_all(dir);
+    return 0;
+  });
+}
+
+STRATA_REGISTER_COMMAND(setup);
+
+}  // namespace

@@ -1,0 +1,50 @@
+#include "transfer/maps.hpp"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "stats/linalg.hpp"
+
+namespace strata::transfer {
+
+FitRows fit_rows(const torch::Tensor& scaled) {
+  FitRows rows;
+  torch::Tensor x = scaled.to(torch::kFloat64);
+  rows.mean = x.mean(0);
+  rows.centred = x - rows.mean;
+  rows.gram = torch::mm(rows.centred.t(), rows.centred);
+  rows.trace = rows.gram.diagonal().sum().item<double>();
+  return rows;
+}
+
+torch::Tensor AffineMap::apply(const torch::Tensor& raw_target) const {
+  torch::Tensor z = raw_target.to(torch::kFloat64) * target_scale;
+  if (!linear.defined()) return (z / source_scale).to(torch::kFloat32);
+  torch::Tensor y = torch::mm(z - mean_in, linear) * alpha + mean_out;
+  return (y / source_scale).to(torch::kFloat32);
+}
+
+AffineMap procrustes_map(const torch::Tensor& q, const FitRows& target, const FitRows& source, double target_scale,
+                         double source_scale) {
+  AffineMap map;
+  map.mean_in = target.mean;
+  map.mean_out = source.mean;
+  map.target_scale = target_scale;
+  map.source_scale = source_scale;
+  map.linear = q;
+  // sum ||Z Q||^2 = tr(Q^T Z^T Z Q), from the cell's Gram instead of a pass over the rows.
+  const double mapped = (torch::mm(target.gram, q) * q).sum().item<double>();
+  map.alpha = mapped > 0 ? std::sqrt(source.trace / mapped) : 1.0;
+  return map;
+}
+
+double ridge_r2(const FitRows& target, const FitRows& source, const torch::Tensor& cross, double ridge_lambda,
+                const torch::Tensor& z_eval, const torch::Tensor& y_eval) {
+  const double lambda = ridge_lambda * target.trace / double(target.gram.size(0));
+  torch::Tensor w = stats::ridge_from_products(target.gram, cross, lambda);
+  torch::Tensor predicted = torch::mm(z_eval - target.mean, w) + source.mean;
+  return 1 - (y_eval - predicted).pow(2).sum().item<double>() / (y_eval - y_eval.mean(0)).pow(2).sum().item<double>();
+}
+
+}  // namespace strata::transfer

@@ -1,0 +1,37 @@
+// Maps target -> source between two cells' representation spaces, fitted on paired fitting rows.
+//   identity (same model):  y = z s_t / s_s
+//   Procrustes (across):    Q = U V^T from the thin SVD Z^T Y = U S V^T (Z target, Y source, both centred and
+//                           scaled); y = alpha (z - mean_Z) Q + mean_Y, alpha^2 = tr(Y^T Y) / tr(Q^T Z^T Z Q)
+//   ridge (map_r2):         W = (Z^T Z + lambda I)^-1 Z^T Y, lambda = ridge_lambda tr(Z^T Z) / d_t
+// Both directions of a cell pair share one cross product C = Z^T Y and one SVD: the SVD of C^T is V S U^T,
+// so Q(s -> t) = V U^T = Q(t -> s)^T. Per cell, the centred rows and their Gram Z^T Z are made once.
+#pragma once
+#include <torch/types.h>
+
+namespace strata::transfer {
+
+// A cell's scaled fitting rows on one model pair's selection, centred, with Z^T Z and tr(Z^T Z) (fp64).
+struct FitRows {
+  torch::Tensor centred, mean, gram;
+  double trace = 0;
+};
+FitRows fit_rows(const torch::Tensor& scaled);  // scaled [n_fit, d] (raw * scaling factor)
+
+// An affine map from scaled target space into RAW source space: y = ((z_scaled - mean_in) Q alpha + mean_out) / s_src.
+struct AffineMap {
+  torch::Tensor mean_in, linear, mean_out;  // fp64; linear undefined = identity
+  double alpha = 1, target_scale = 1, source_scale = 1;
+  torch::Tensor apply(const torch::Tensor& raw_target) const;  // raw fp32 [n, d_t] -> raw fp32 [n, d_s]
+};
+
+// The Procrustes map with orthogonal factor q [d_t, d_s] (stats::procrustes_from_cross of Z^T Y), scaled to
+// the source's total variance.
+AffineMap procrustes_map(const torch::Tensor& q, const FitRows& target, const FitRows& source, double target_scale,
+                         double source_scale);
+
+// Held-out R^2 of the ridge map target -> source: 1 - sum||y - yhat||^2 / sum||y - mean y||^2, fitted from
+// Z^T Z (target.gram) and cross = Z^T Y; z_eval, y_eval scaled (not centred) evaluation rows.
+double ridge_r2(const FitRows& target, const FitRows& source, const torch::Tensor& cross, double ridge_lambda,
+                const torch::Tensor& z_eval, const torch::Tensor& y_eval);
+
+}  // namespace strata::transfer

@@ -1,0 +1,147 @@
+#include "transfer/metrics.hpp"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+
+namespace strata::transfer {
+using torch::indexing::Slice;
+
+double SequenceSums::fvu() const {
+  double n = count.sum().item<double>();
+  double denominator = square.sum().item<double>() - sum.sum(0).pow(2).sum().item<double>() / n;
+  return residual.sum().item<double>() / denominator;
+}
+
+torch::Tensor SequenceSums::fvu(const torch::Tensor& weights) const {
+  torch::Tensor n = torch::mv(weights, count);
+  torch::Tensor denominator = torch::mv(weights, square) - torch::mm(weights, sum).pow(2).sum(1) / n;
+  return torch::mv(weights, residual) / denominator;
+}
+
+torch::Tensor LatentCodes::dense(int64_t begin, int64_t end) const {
+  torch::Tensor out = torch::zeros({tokens, end - begin}, torch::kFloat32);
+  const int64_t first = offsets[begin].item<int64_t>(), last = offsets[end].item<int64_t>();
+  if (last == first) return out;
+  torch::Tensor column = torch::searchsorted(offsets, torch::arange(first, last, torch::kInt64), false, true) - 1;
+  out.index_put_({rows.index({Slice(first, last)}), column - begin}, values.index({Slice(first, last)}));
+  return out;
+}
+
+Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& encode, const sae::Sae* decoder,
+                     const torch::Tensor& x, const torch::Tensor& doc, int64_t n_docs, int64_t batch,
+                     int64_t keep_codes_min_firings) {
+  const int64_t n = x.size(0), d = x.size(1);
+  const bool keep = keep_codes_min_firings >= 0;
+  Encoding out;
+  auto f64 = torch::dtype(torch::kFloat64);
+  out.sums.residual = torch::zeros({n_docs}, f64);
+  out.sums.square = torch::zeros({n_docs}, f64);
+  out.sums.count = torch::zeros({n_docs}, f64);
+  out.sums.sum = torch::zeros({n_docs, d}, f64);
+  torch::Tensor latent_sum, latent_sq, firings;
+  std::vector<torch::Tensor> entry_rows, entry_cols, entry_values;
+  double active = 0;
+  for (int64_t begin = 0; begin < n; begin += batch) {
+    int64_t end = std::min(n, begin + batch);
+    torch::Tensor xb = x.index({Slice(begin, end)});
+    torch::Tensor db = doc.index({Slice(begin, end)});
+    torch::Tensor f = encode(xb);
+    if (!latent_sum.defined()) {
+      latent_sum = torch::zeros({f.size(1)}, f64);
+      latent_sq = torch::zeros({f.size(1)}, f64);
+      firings = torch::zeros({f.size(1)}, f64);
+    }
+    torch::Tensor fd = f.to(torch::kFloat64);
+    latent_sum += fd.sum(0);
+    latent_sq += fd.pow(2).sum(0);
+    torch::Tensor fired = (f > 0);
+    firings += fired.sum(0).to(torch::kFloat64);
+    active += fired.sum().item<double>();
+    if (decoder) {
+      torch::Tensor xd = xb.to(torch::kFloat64);
+      // decode(f, x): per-token normalised (published) SAEs need the input to undo their normalisation.
+      torch::Tensor residual = (xd - decoder->decode(f, xb).to(torch::kFloat64)).pow(2).sum(1);
+      out.sums.residual.index_add_(0, db, residual);
+      out.sums.square.index_add_(0, db, xd.pow(2).sum(1));
+      out.sums.sum.index_add_(0, db, xd);
+      out.sums.count.index_add_(0, db, torch::ones({end - begin}, f64));
+    }
+    if (keep) {
+      torch::Tensor nz = fired.nonzero();  // [nnz, 2], row-major
+      torch::Tensor r = nz.select(1, 0), c = nz.select(1, 1);
+      entry_values.push_back(f.index({r, c}).to(torch::kFloat32));
+      entry_rows.push_back(r + begin);
+      entry_cols.push_back(c);
+    }
+  }
+  out.latent_mean = latent_sum / double(n);
+  out.latent_var = (latent_sq / double(n) - out.latent_mean.pow(2)).clamp_min(0);
+  out.firings = firings;
+  out.mass = latent_sum;
+  out.l0 = active / double(n);
+  if (keep) {
+    LatentCodes& codes = out.codes;
+    const int64_t d_sae = latent_sum.size(0);
+    codes.tokens = n;
+    codes.alive = (firings >= double(keep_codes_min_firings)).nonzero().squeeze(1);
+    torch::Tensor position = torch::full({d_sae}, -1, torch::kInt64);
+    position.index_put_({codes.alive}, torch::arange(codes.alive.numel(), torch::kInt64));
+    torch::Tensor rows = torch::cat(entry_rows), cols = torch::cat(entry_cols), values = torch::cat(entry_values);
+    torch::Tensor pos = position.index_select(0, cols);
+    torch::Tensor kept = (pos >= 0).nonzero().squeeze(1);
+    pos = pos.index_select(0, kept);
+    rows = rows.index_select(0, kept);
+    values = values.index_select(0, kept);
+    // Column-major: entries sorted by (alive position, token); rows are already ascending within a column.
+    torch::Tensor order = std::get<1>(torch::sort(pos, /*stable=*/true, 0, false));
+    codes.rows = rows.index_select(0, order);
+    codes.values = values.index_select(0, order);
+    torch::Tensor counts = torch::bincount(pos, {}, codes.alive.numel());
+    codes.offsets = torch::cat({torch::zeros({1}, torch::kInt64), counts.cumsum(0)});
+    codes.mean = out.latent_mean.index_select(0, codes.alive);
+    codes.sd = out.latent_var.index_select(0, codes.alive).sqrt();
+    codes.mass = latent_sum.index_select(0, codes.alive);
+  }
+  return out;
+}
+
+MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes) {
+  MmacResult out;
+  const int64_t na = a.n_alive(), nb = b.n_alive();
+  if (na == 0 || nb == 0) return out;
+  const int64_t n = a.tokens;
+  const int64_t block = std::max<int64_t>(1, block_bytes / (2 * 4 * std::max<int64_t>(n, 1)));
+  torch::Tensor best_a = torch::full({na}, -1.0, torch::kFloat64);
+  torch::Tensor best_b = torch::full({nb}, -1.0, torch::kFloat64);
+  // With everything in one block, B's dense codes are made once; otherwise once per A block.
+  torch::Tensor b_whole = nb <= block ? b.dense(0, nb) : torch::Tensor();
+  for (int64_t a0 = 0; a0 < na; a0 += block) {
+    const int64_t a1 = std::min(na, a0 + block);
+    torch::Tensor fa = a.dense(a0, a1);
+    torch::Tensor mean_a = a.mean.index({Slice(a0, a1)}), sd_a = a.sd.index({Slice(a0, a1)});
+    for (int64_t b0 = 0; b0 < nb; b0 += block) {
+      const int64_t b1 = std::min(nb, b0 + block);
+      torch::Tensor fb = b_whole.defined() ? b_whole : b.dense(b0, b1);
+      torch::Tensor cross = torch::mm(fa.t(), fb).to(torch::kFloat64) / double(n);  // E[ab], [ba, bb]
+      torch::Tensor cov = cross - mean_a.unsqueeze(1) * b.mean.index({Slice(b0, b1)}).unsqueeze(0);
+      torch::Tensor corr = cov / (sd_a.unsqueeze(1) * b.sd.index({Slice(b0, b1)}).unsqueeze(0));
+      best_a.index_put_({Slice(a0, a1)}, torch::maximum(best_a.index({Slice(a0, a1)}), std::get<0>(corr.max(1))));
+      best_b.index_put_({Slice(b0, b1)}, torch::maximum(best_b.index({Slice(b0, b1)}), std::get<0>(corr.max(0))));
+    }
+  }
+  out.a_to_b = best_a.mean().item<double>();
+  out.b_to_a = best_b.mean().item<double>();
+  out.a_to_b_weighted = ((best_a * a.mass).sum() / a.mass.sum()).item<double>();
+  out.b_to_a_weighted = ((best_b * b.mass).sum() / b.mass.sum()).item<double>();
+  return out;
+}
+
+double decoder_similarity(const torch::Tensor& source_rows, const torch::Tensor& target_rows) {
+  torch::Tensor s = source_rows.to(torch::kFloat64), t = target_rows.to(torch::kFloat64);
+  s = s / s.norm(2, 1, true).clamp_min(1e-12);
+  t = t / t.norm(2, 1, true).clamp_min(1e-12);
+  return std::get<0>(torch::mm(s, t.t()).max(1)).mean().item<double>();
+}
+
+}  // namespace strata::transfer

@@ -1,0 +1,72 @@
+// The transfer metrics on tensors (docs/transfer.md has the long form). Every function here is pure: the
+// runner (transfer.hpp) decides which rows, maps and SAEs go in.
+//   FVU(SAE, X)      = sum_t ||x_t - SAE(x_t)||^2 / sum_t ||x_t - mean(X)||^2   (pooled over tokens, fp64)
+//   q                = (1 - FVU(SAE_s, map(X_t))) / (1 - FVU(SAE_s, X_s))
+//   q_null           = q with the map fitted to shuffled rows;  q_excess = (q - q_null) / (1 - q_null)
+//   feature variance = mean_k Var(f_k on mapped target) / mean_k Var(f_k on own rows), top-k latents by own Var
+//   decoder sim.     = mean over the source's top-k latents a of max_b cos(W_dec_s[a], W_dec_t[b] Q)
+//   MMAC(A -> B)     = mean over alive latents a of A of max over alive b of B of Pearson(f_a, g_b) on the
+//                      same tokens; weighted: by mass sum_t f_a(t); alive: >= min_firings firings
+//   CKA              = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)   (stats/cka.hpp)
+#pragma once
+#include <torch/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+
+#include "sae/sae.hpp"
+
+namespace strata::transfer {
+
+inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Per-sequence sufficient statistics of a pooled FVU, so that a bootstrap over sequences is a matrix product
+// (weights [B, D] x sums [D, ...]) instead of a pass over the rows per resample.
+struct SequenceSums {
+  torch::Tensor residual, square, count;  // fp64 [D]: sum ||x - x_hat||^2, sum ||x||^2, tokens
+  torch::Tensor sum;                      // fp64 [D, d]: sum x
+  double fvu() const;
+  torch::Tensor fvu(const torch::Tensor& weights) const;  // weights [B, D] -> FVU per replicate, fp64 [B]
+};
+
+// The alive latents' codes of one encoding in column-major (CSC) order, so that any block of alive latents
+// is a contiguous range: MMAC densifies one block at a time.
+struct LatentCodes {
+  int64_t tokens = 0;
+  torch::Tensor alive;     // I64 [n_alive]: latent ids with >= min_firings firings
+  torch::Tensor offsets;   // I64 [n_alive + 1]: entries of alive latent p are [offsets[p], offsets[p+1])
+  torch::Tensor rows;      // I64 [nnz]: token of each entry
+  torch::Tensor values;    // F32 [nnz]
+  torch::Tensor mean, sd, mass;  // fp64 [n_alive]: over all tokens (zeros included)
+  int64_t n_alive() const { return alive.numel(); }
+  torch::Tensor dense(int64_t begin, int64_t end) const;  // F32 [tokens, end - begin], alive positions
+};
+
+struct Encoding {
+  SequenceSums sums;                      // defined when a decoder was given
+  torch::Tensor latent_mean, latent_var;  // fp64 [d_sae] over tokens
+  torch::Tensor firings, mass;            // fp64 [d_sae]: tokens with f > 0, sum of f
+  LatentCodes codes;                      // when kept (min_firings >= 0)
+  double l0 = 0;
+};
+
+// Applies `encode` and (if given) `decoder` in batches of `batch` rows to raw rows x [N, d]: per-sequence FVU
+// sums (doc [N] indexes D sequences), per-latent moments, and, when keep_codes_min_firings >= 0, the codes
+// of the latents with at least that many firings.
+Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& encode, const sae::Sae* decoder,
+                     const torch::Tensor& x, const torch::Tensor& doc, int64_t n_docs, int64_t batch,
+                     int64_t keep_codes_min_firings = -1);
+
+// Max-over-partners Pearson correlation (Lan et al. 2024), both directions at once. Cross moments are dense
+// fp32 GEMMs over blocks of alive latents; memory is bounded by block_bytes (two dense blocks of tokens x
+// latents) plus a block x block correlation, whatever L0 or the number of alive latents.
+struct MmacResult {
+  double a_to_b = kNaN, a_to_b_weighted = kNaN, b_to_a = kNaN, b_to_a_weighted = kNaN;
+};
+MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes = int64_t(256) << 20);
+
+// Mean over rows of `source_rows` [k, d] of the max cosine with any row of `target_rows` [m, d] (fp64).
+double decoder_similarity(const torch::Tensor& source_rows, const torch::Tensor& target_rows);
+
+}  // namespace strata::transfer

@@ -1,0 +1,120 @@
+// The transfer metrics on tensors (transfer/metrics.hpp, transfer/maps.hpp) against their definitions.
+#define BOOST_TEST_MODULE transfer_metrics
+#include <boost/test/unit_test.hpp>
+
+#include <torch/torch.h>
+
+#include "stats/linalg.hpp"
+#include "transfer/maps.hpp"
+#include "transfer/metrics.hpp"
+
+using namespace strata;
+using namespace strata::transfer;
+
+namespace {
+
+// Codes of `pre` [N, m] after ReLU, through the same pass the runner uses (no decoder).
+Encoding codes_of(const torch::Tensor& pre, int64_t min_firings, int64_t batch = 50) {
+  torch::Tensor doc = torch::zeros({pre.size(0)}, torch::kInt64);
+  return encode_rows([](const torch::Tensor& x) { return torch::relu(x); }, nullptr, pre, doc, 1, batch, min_firings);
+}
+
+// MMAC straight from its definition, in fp64 on dense codes: alive latents (>= min_firings firings), Pearson
+// correlation of every alive pair over the N tokens, max over partners, mean (and mass-weighted mean).
+MmacResult mmac_definition(const torch::Tensor& pre_a, const torch::Tensor& pre_b, int64_t min_firings) {
+  torch::Tensor fa = torch::relu(pre_a).to(torch::kFloat64), fb = torch::relu(pre_b).to(torch::kFloat64);
+  torch::Tensor alive_a = ((fa > 0).sum(0) >= min_firings).nonzero().squeeze(1);
+  torch::Tensor alive_b = ((fb > 0).sum(0) >= min_firings).nonzero().squeeze(1);
+  fa = fa.index_select(1, alive_a);
+  fb = fb.index_select(1, alive_b);
+  torch::Tensor ca = fa - fa.mean(0), cb = fb - fb.mean(0);
+  torch::Tensor corr = torch::mm(ca.t(), cb) / torch::outer(ca.pow(2).sum(0).sqrt(), cb.pow(2).sum(0).sqrt());
+  torch::Tensor best_a = std::get<0>(corr.max(1)), best_b = std::get<0>(corr.max(0));
+  torch::Tensor mass_a = fa.sum(0), mass_b = fb.sum(0);
+  MmacResult out;
+  out.a_to_b = best_a.mean().item<double>();
+  out.b_to_a = best_b.mean().item<double>();
+  out.a_to_b_weighted = ((best_a * mass_a).sum() / mass_a.sum()).item<double>();
+  out.b_to_a_weighted = ((best_b * mass_b).sum() / mass_b.sum()).item<double>();
+  return out;
+}
+
+void check_mmac(const MmacResult& got, const MmacResult& want, double tolerance) {
+  BOOST_CHECK_CLOSE(got.a_to_b, want.a_to_b, tolerance);
+  BOOST_CHECK_CLOSE(got.b_to_a, want.b_to_a, tolerance);
+  BOOST_CHECK_CLOSE(got.a_to_b_weighted, want.a_to_b_weighted, tolerance);
+  BOOST_CHECK_CLOSE(got.b_to_a_weighted, want.b_to_a_weighted, tolerance);
+}
+
+}  // namespace
+
+// Sparse and dense codes (a positive bias makes most latents fire on most tokens), one block and many blocks
+// (a 7-latent block budget): the blocked dense-GEMM MMAC equals the definition to fp32 accuracy (1e-4 %).
+BOOST_AUTO_TEST_CASE(mmac_by_blocks_equals_the_definition_sparse_and_dense) {
+  torch::manual_seed(3);
+  const int64_t n = 300;
+  torch::Tensor shared = torch::randn({n, 8});
+  for (double bias : {-4.0, 3.0}) {  // pre-activations have sd ~2.9: ~8 % and ~85 % of codes fire
+    torch::Tensor pre_a = torch::mm(shared, torch::randn({8, 40})) + 0.5 * torch::randn({n, 40}) + bias;
+    torch::Tensor pre_b = torch::mm(shared, torch::randn({8, 56})) + 0.5 * torch::randn({n, 56}) + bias;
+    Encoding a = codes_of(pre_a, 5), b = codes_of(pre_b, 5);
+    const double density = (torch::relu(pre_a) > 0).to(torch::kFloat64).mean().item<double>();
+    BOOST_TEST_MESSAGE("bias " << bias << ": density " << density << ", alive " << a.codes.n_alive() << " / "
+                               << b.codes.n_alive());
+    if (bias > 0) BOOST_CHECK_GT(density, 0.7);  // the dense case is dense
+    else BOOST_CHECK_LT(density, 0.2);
+    BOOST_CHECK_GT(a.codes.n_alive(), 10);
+    const MmacResult want = mmac_definition(pre_a, pre_b, 5);
+    check_mmac(mmac(a.codes, b.codes), want, 1e-4);
+    const int64_t seven_latents = 2 * 4 * n * 7;
+    check_mmac(mmac(a.codes, b.codes, seven_latents), want, 1e-4);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(latent_codes_densify_any_block) {
+  torch::manual_seed(4);
+  torch::Tensor pre = torch::randn({97, 23}) - 0.5;
+  Encoding e = codes_of(pre, 2, 10);
+  torch::Tensor alive = ((torch::relu(pre) > 0).sum(0) >= 2).nonzero().squeeze(1);
+  BOOST_CHECK(torch::equal(e.codes.alive, alive));
+  torch::Tensor dense = torch::relu(pre).index_select(1, alive);
+  BOOST_CHECK(torch::equal(e.codes.dense(0, alive.numel()), dense));
+  BOOST_CHECK(torch::equal(e.codes.dense(3, 11), dense.index({torch::indexing::Slice(), torch::indexing::Slice(3, 11)})));
+}
+
+// Procrustes of the two directions of a cell pair from one cross product: Q(s -> t) = Q(t -> s)^T, because the
+// SVD of C^T is V S U^T. The runner relies on this identity to do one SVD per unordered pair.
+BOOST_AUTO_TEST_CASE(procrustes_directions_share_one_factor) {
+  torch::manual_seed(5);
+  torch::Tensor z = torch::randn({200, 12}, torch::kFloat64), y = torch::randn({200, 9}, torch::kFloat64);
+  z = z - z.mean(0);
+  y = y - y.mean(0);
+  torch::Tensor q_zy = stats::procrustes_from_cross(torch::mm(z.t(), y));  // [12, 9]
+  torch::Tensor q_yz = stats::procrustes_from_cross(torch::mm(y.t(), z));  // [9, 12], computed separately
+  BOOST_CHECK_LT((q_zy.t() - q_yz).abs().max().item<double>(), 1e-10);
+  // Semi-orthogonal: Q^T Q = I on the narrow side.
+  BOOST_CHECK_LT((torch::mm(q_zy.t(), q_zy) - torch::eye(9, torch::kFloat64)).abs().max().item<double>(), 1e-10);
+  // alpha from the Gram (tr(Q^T Z^T Z Q)) equals the row pass ||Z Q||^2.
+  FitRows zr = fit_rows(z), yr = fit_rows(y);
+  AffineMap map = procrustes_map(q_zy, zr, yr, 1.0, 1.0);
+  const double alpha = std::sqrt(y.pow(2).sum().item<double>() / torch::mm(z, q_zy).pow(2).sum().item<double>());
+  BOOST_CHECK_CLOSE(map.alpha, alpha, 1e-10);
+}
+
+// ridge_r2 from the shared Gram and cross product equals the textbook fit on the rows.
+BOOST_AUTO_TEST_CASE(ridge_from_shared_products_equals_the_row_fit) {
+  torch::manual_seed(6);
+  torch::Tensor z = torch::randn({150, 6}, torch::kFloat64);
+  torch::Tensor y = torch::mm(z, torch::randn({6, 4}, torch::kFloat64)) + 0.3 * torch::randn({150, 4}, torch::kFloat64);
+  torch::Tensor z_eval = torch::randn({50, 6}, torch::kFloat64);
+  torch::Tensor y_eval = torch::mm(z_eval, torch::randn({6, 4}, torch::kFloat64));
+  FitRows zr = fit_rows(z), yr = fit_rows(y);
+  const double r2 = ridge_r2(zr, yr, torch::mm(zr.centred.t(), yr.centred), 0.01, z_eval, y_eval);
+  // Textbook: W = (Zc^T Zc + lambda I)^-1 Zc^T Yc, lambda = 0.01 * ||Zc||^2 / d.
+  torch::Tensor zc = z - z.mean(0), yc = y - y.mean(0);
+  const double lambda = 0.01 * zc.pow(2).sum().item<double>() / 6.0;
+  torch::Tensor w = torch::linalg_solve(torch::mm(zc.t(), zc) + lambda * torch::eye(6, torch::kFloat64), torch::mm(zc.t(), yc));
+  torch::Tensor predicted = torch::mm(z_eval - z.mean(0), w) + y.mean(0);
+  const double want = 1 - (y_eval - predicted).pow(2).sum().item<double>() / (y_eval - y_eval.mean(0)).pow(2).sum().item<double>();
+  BOOST_CHECK_CLOSE(r2, want, 1e-9);
+}
