@@ -51,6 +51,12 @@ RunLock::~RunLock() {
 
 RunDir::RunDir(fs::path root, std::unique_ptr<RunLock> lock) : root_(std::move(root)), lock_(std::move(lock)) {}
 
+namespace {
+// The temporary an atomic write of manifest.json leaves when the process dies before its rename
+// (core/fs.cpp names temporaries ".<name>.tmp-<pid>-<random>").
+bool is_manifest_temporary(const std::string& name) { return name.rfind(".manifest.json.tmp-", 0) == 0; }
+}  // namespace
+
 std::unique_ptr<RunDir> RunDir::create(const fs::path& root) {
   fs::path absolute = fs::absolute(root).lexically_normal();
   if (fs::exists(absolute / "manifest.json"))
@@ -59,10 +65,11 @@ std::unique_ptr<RunDir> RunDir::create(const fs::path& root) {
     fail("{} exists and is not a directory; a run directory must be a new or empty directory", absolute.string());
   if (fs::is_directory(absolute)) {
     // A run among unrelated files would be verified, reported and cleaned up together with them. Only
-    // what an interrupted create leaves (its lock and log) may already be there.
+    // what an interrupted create leaves (its lock, its log, the temporary of its first manifest save) may
+    // already be there.
     for (const auto& entry : fs::directory_iterator(absolute)) {
       const std::string name = entry.path().filename().string();
-      if (name != "logs" && name != "run.lock")
+      if (name != "logs" && name != "run.lock" && !is_manifest_temporary(name))
         fail("{} is not empty and holds no run (it has '{}'); write the run to a new or empty directory",
              absolute.string(), name);
     }
@@ -71,6 +78,8 @@ std::unique_ptr<RunDir> RunDir::create(const fs::path& root) {
   auto lock = std::make_unique<RunLock>(absolute / "run.lock");
   // Re-check under the lock: another process may have created the run in between.
   if (fs::exists(absolute / "manifest.json")) fail("{} already holds a run", absolute.string());
+  for (const auto& entry : fs::directory_iterator(absolute))
+    if (is_manifest_temporary(entry.path().filename().string())) fs::remove(entry.path());
   auto run = std::unique_ptr<RunDir>(new RunDir(absolute, std::move(lock)));
   run->save_manifest();
   return run;

@@ -30,9 +30,10 @@ torch::Tensor LatentCodes::dense(int64_t begin, int64_t end) const {
 
 Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& encode, const sae::Sae* decoder,
                      const torch::Tensor& x, const torch::Tensor& doc, int64_t n_docs, int64_t batch,
-                     int64_t keep_codes_min_firings) {
+                     int64_t keep_codes_min_firings, bool moments) {
   const int64_t n = x.size(0), d = x.size(1);
   const bool keep = keep_codes_min_firings >= 0;
+  if (keep && !moments) throw std::invalid_argument("encode_rows: keeping codes needs the latent moments");
   Encoding out;
   auto f64 = torch::dtype(torch::kFloat64);
   out.sums.residual = torch::zeros({n_docs}, f64);
@@ -41,23 +42,24 @@ Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& e
   out.sums.sum = torch::zeros({n_docs, d}, f64);
   torch::Tensor latent_sum, latent_sq, firings;
   std::vector<torch::Tensor> entry_rows, entry_cols, entry_values;
-  double active = 0;
   for (int64_t begin = 0; begin < n; begin += batch) {
     int64_t end = std::min(n, begin + batch);
     torch::Tensor xb = x.index({Slice(begin, end)});
     torch::Tensor db = doc.index({Slice(begin, end)});
     torch::Tensor f = encode(xb);
-    if (!latent_sum.defined()) {
-      latent_sum = torch::zeros({f.size(1)}, f64);
-      latent_sq = torch::zeros({f.size(1)}, f64);
-      firings = torch::zeros({f.size(1)}, f64);
+    torch::Tensor fired;
+    if (moments) {
+      if (!latent_sum.defined()) {
+        latent_sum = torch::zeros({f.size(1)}, f64);
+        latent_sq = torch::zeros({f.size(1)}, f64);
+        firings = torch::zeros({f.size(1)}, f64);
+      }
+      torch::Tensor fd = f.to(torch::kFloat64);
+      latent_sum += fd.sum(0);
+      latent_sq += fd.square().sum(0);
+      fired = (f > 0);
+      firings += fired.sum(0, false, torch::kFloat64);
     }
-    torch::Tensor fd = f.to(torch::kFloat64);
-    latent_sum += fd.sum(0);
-    latent_sq += fd.pow(2).sum(0);
-    torch::Tensor fired = (f > 0);
-    firings += fired.sum(0).to(torch::kFloat64);
-    active += fired.sum().item<double>();
     if (decoder) {
       torch::Tensor xd = xb.to(torch::kFloat64);
       // decode(f, x): per-token normalised (published) SAEs need the input to undo their normalisation.
@@ -75,11 +77,12 @@ Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& e
       entry_cols.push_back(c);
     }
   }
+  if (!moments) return out;
   out.latent_mean = latent_sum / double(n);
   out.latent_var = (latent_sq / double(n) - out.latent_mean.pow(2)).clamp_min(0);
   out.firings = firings;
   out.mass = latent_sum;
-  out.l0 = active / double(n);
+  out.l0 = firings.sum().item<double>() / double(n);
   if (keep) {
     LatentCodes& codes = out.codes;
     const int64_t d_sae = latent_sum.size(0);

@@ -53,10 +53,11 @@ struct Encoding {
 
 // Applies `encode` and (if given) `decoder` in batches of `batch` rows to raw rows x [N, d]: per-sequence FVU
 // sums (doc [N] indexes D sequences), per-latent moments, and, when keep_codes_min_firings >= 0, the codes
-// of the latents with at least that many firings.
+// of the latents with at least that many firings. Where only the FVU is needed (the null's pass), `moments`
+// = false skips the per-latent statistics (latent_mean/var, firings, mass and l0 stay undefined / 0).
 Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& encode, const sae::Sae* decoder,
                      const torch::Tensor& x, const torch::Tensor& doc, int64_t n_docs, int64_t batch,
-                     int64_t keep_codes_min_firings = -1);
+                     int64_t keep_codes_min_firings = -1, bool moments = true);
 
 // Max-over-partners Pearson correlation (Lan et al. 2024), both directions at once. Cross moments are dense
 // fp32 GEMMs over blocks of alive latents; memory is bounded by block_bytes (two dense blocks of tokens x

@@ -598,7 +598,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       return encode_rows(encode, &sae, map.apply(st.eval), s.eval_doc, n_docs, batch);
     });
     Encoding null = timed("sae_null", [&] {
-      return encode_rows(encode, &sae, null_map.apply(st.eval), s.eval_doc, n_docs, batch);
+      return encode_rows(encode, &sae, null_map.apply(st.eval), s.eval_doc, n_docs, batch, -1, /*moments=*/false);
     });
     const double fvu_source = ss.own.sums.fvu(), fvu_target = mapped.sums.fvu(), fvu_null = null.sums.fvu();
     const double ev_source = 1 - fvu_source;

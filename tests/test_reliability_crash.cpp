@@ -79,7 +79,10 @@ std::string strata_run(const std::string& args, const std::string& env = "") {
 // path -> sha256 of every artifact the manifest records, each re-hashed from the file on disk.
 std::map<std::string, std::string> artifacts_on_disk(const fs::path& run) {
   std::map<std::string, std::string> out;
-  for (const auto& [path, record] : harness::Manifest::load(run / "manifest.json").artifacts())
+  // The manifest must outlive the loop: artifacts() refers into it (a range-for over a temporary's member
+  // would read freed memory).
+  const harness::Manifest manifest = harness::Manifest::load(run / "manifest.json");
+  for (const auto& [path, record] : manifest.artifacts())
     out[path] = fs::is_regular_file(run / path) ? sha256_file(run / path) : "missing";
   return out;
 }
@@ -100,7 +103,8 @@ std::vector<std::string> wrong_final_files(const fs::path& run, const std::map<s
 }
 
 std::string step_in(const fs::path& run, const std::string& status) {
-  for (const auto& [name, step] : harness::Manifest::load(run / "manifest.json").steps())
+  const harness::Manifest manifest = harness::Manifest::load(run / "manifest.json");
+  for (const auto& [name, step] : manifest.steps())
     if (step.status == status) return name;
   return "";
 }
@@ -143,21 +147,21 @@ struct Fixture {
 
 BOOST_AUTO_TEST_CASE(kill_9_at_writes_over_every_step_then_resume_gives_the_same_bytes) {
   Fixture f;
-  // Every artifact is one write plus one manifest save; steps add their own saves. Points every
-  // `stride` writes cover the whole run; the loop ends at the first N beyond the run's last write.
-  const int stride = std::max<int>(1, static_cast<int>(f.reference.size()) * 2 / 12);
   std::set<std::string> interrupted_steps;
   int kills = 0;
-  for (int n = 1;; n += stride) {
+  // Runs the experiment killed at write n; false if the run ended first (n is past its last write).
+  // Otherwise checks what the kill left and that --resume finishes it to the reference's bytes.
+  auto killed_at = [&](int n) {
     const fs::path run = f.dir / fmt::format("killed-{}", n);
     std::string out;
     const int code = testing::run_command(
         strata_run(fmt::format("'{}' --out '{}'", (f.dir / "crash.toml").string(), run.string()),
                    fmt::format("STRATA_ABORT_AT_WRITE={}", n)),
         &out);
-    if (code != 137 && code != -1) {  // not killed: N is past the last write
+    if (code != 137 && code != -1) {
       BOOST_TEST((code == 0 || code == 2), out);
-      break;
+      fs::remove_all(run);
+      return false;
     }
     ++kills;
     // What the kill left: a manifest whose artifacts are all intact, and no file under a final name that
@@ -170,7 +174,24 @@ BOOST_AUTO_TEST_CASE(kill_9_at_writes_over_every_step_then_resume_gives_the_same
     BOOST_TEST(wrong.empty(), "write " << n << " left " << (wrong.empty() ? "" : wrong.front()));
     f.resume_and_compare(run, fmt::format("killed at write {}", n));
     fs::remove_all(run);
+    return true;
+  };
+  // Every artifact is one write plus one manifest save; steps add their own saves. Points every `stride`
+  // writes cover the run until the first n past its last write; then a bisection finds the last write
+  // itself (the gates step's final manifest save), so that the short last step is interrupted too.
+  const int stride = std::max<int>(1, static_cast<int>(f.reference.size()) * 2 / 12);
+  int last_killed = 0, first_past = 1;
+  for (;; first_past += stride) {
+    if (!killed_at(first_past)) break;
+    last_killed = first_past;
   }
+  while (first_past - last_killed > 1) {
+    const int middle = (last_killed + first_past) / 2;
+    (killed_at(middle) ? last_killed : first_past) = middle;
+  }
+  // The run's last writes are its closing manifest saves; the gates step's own writes lie just before.
+  for (int n = last_killed - 1; n > last_killed - 8 && !interrupted_steps.count("gates"); --n) killed_at(n);
+  BOOST_TEST_MESSAGE("the run makes " << last_killed << " writes; " << kills << " kills");
   BOOST_TEST(kills >= 10);
   for (const char* step : {"capture", "train", "transfer", "figures", "report", "gates"})
     BOOST_TEST(interrupted_steps.count(step) == 1u, "no kill landed in step " << step);
