@@ -6,12 +6,14 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <regex>
 #include <thread>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/runtime.hpp"
 #include "core/hash.hpp"
+#include "core/options.hpp"
 #include "harness/config.hpp"
 #include "harness/manifest.hpp"
 #include "harness/run_dir.hpp"
@@ -141,11 +143,11 @@ architecture = "topk"
   BOOST_TEST(exp.experiment.name == "exp");
   BOOST_TEST(exp.experiment.seed == 0u);
   BOOST_TEST(exp.dataset.resolved_spec == "jsonl:" + (dir / "data" / "docs.jsonl").string() + ":text");
-  BOOST_TEST(exp.sae_for(0.2).l1 == 1.5e-4);
-  BOOST_TEST(exp.sae_for(0.5).l1 == 1e-4);
-  BOOST_TEST(exp.sae_for(0.8).l1 == 0.5e-4);
-  BOOST_TEST(exp.sae_for(0.8).architecture == "topk");
-  BOOST_TEST(exp.sae_for(0.5).architecture == "relu");
+  BOOST_TEST(exp.sae.for_depth(0.2).l1 == 1.5e-4);
+  BOOST_TEST(exp.sae.for_depth(0.5).l1 == 1e-4);
+  BOOST_TEST(exp.sae.for_depth(0.8).l1 == 0.5e-4);
+  BOOST_TEST(exp.sae.for_depth(0.8).architecture == "topk");
+  BOOST_TEST(exp.sae.for_depth(0.5).architecture == "relu");
   BOOST_TEST(exp.models.size() == 2u);
   BOOST_TEST(exp.models[0].checkpoint_path == (dir / "does/not/exist/a").lexically_normal());
   BOOST_TEST(exp.models[1].is_hf());
@@ -161,7 +163,7 @@ architecture = "topk"
   // Hash is stable across loads and changes with the config.
   BOOST_TEST(load_experiment(file).sha256() == exp.sha256());
   Experiment other = exp;
-  other.sae.l1 = 2e-4;
+  other.sae.options.l1 = 2e-4;
   BOOST_TEST(other.sha256() != exp.sha256());
 }
 
@@ -180,9 +182,9 @@ BOOST_AUTO_TEST_CASE(config_layers_resolve_against_real_depth) {
       BOOST_TEST(std::abs(double(layers[i]) / n_layers - (i + 1) / 6.0) < 0.03, name << " layer " << layers[i]);
   }
   // The seed's L1 schedule.
-  BOOST_TEST(exp.sae_for(3.0 / 18).l1 == 1.5e-4);
-  BOOST_TEST(exp.sae_for(9.0 / 18).l1 == 1e-4);
-  BOOST_TEST(exp.sae_for(15.0 / 18).l1 == 0.5e-4);
+  BOOST_TEST(exp.sae.for_depth(3.0 / 18).l1 == 1.5e-4);
+  BOOST_TEST(exp.sae.for_depth(9.0 / 18).l1 == 1e-4);
+  BOOST_TEST(exp.sae.for_depth(15.0 / 18).l1 == 0.5e-4);
 
   Experiment def = load_experiment(repo_root() / "experiments" / "default.toml");
   BOOST_TEST(def.models.size() == 5u);  // four families and the positive control
@@ -199,6 +201,73 @@ BOOST_AUTO_TEST_CASE(config_relative_paths_fall_back_to_the_repository) {
   BOOST_TEST(load_experiment(file).models[0].checkpoint_path == (repo_root() / "experiments").lexically_normal());
   fs::create_directories(dir / "experiments");
   BOOST_TEST(load_experiment(file).models[0].checkpoint_path == (dir / "experiments").lexically_normal());
+}
+
+// The resolved config (what `strata config check` prints, what the manifest records and hashes) is the one
+// the code before the option tables wrote: tests/data/config_check/*.resolved.json are the output of
+// `strata config check --format json` built at b448e14, main before this change (repository path replaced
+// by <repo>). Same keys, same values, same JSON types, so recorded config hashes
+// and --resume keep working. minimal.toml sets nothing but a model: its golden lists every default.
+BOOST_AUTO_TEST_CASE(resolved_config_is_unchanged_by_the_option_tables) {
+  const fs::path golden_dir = fs::path(STRATA_TEST_DATA) / "config_check";
+  for (const fs::path& file : {repo_root() / "experiments" / "default.toml", repo_root() / "experiments" / "phase5_4.toml",
+                               golden_dir / "minimal.toml"}) {
+    std::string resolved = load_experiment(file).to_json().dump(2) + "\n";
+    for (size_t at; (at = resolved.find(repo_root().string())) != std::string::npos;)
+      resolved.replace(at, repo_root().string().size(), "<repo>");
+    const std::string golden = read_text_file(golden_dir / (file.stem().string() + ".resolved.json"));
+    BOOST_TEST(resolved == golden, file.filename().string() << " resolves differently:\n" << resolved);
+  }
+}
+
+// Every key of every section's options table is printed with its default by `config check` (TOML and JSON).
+BOOST_AUTO_TEST_CASE(config_check_prints_every_key_of_every_table) {
+  const Experiment exp = load_experiment(fs::path(STRATA_TEST_DATA) / "config_check" / "minimal.toml");
+  const json resolved = exp.to_json();
+  const std::string toml_text = to_toml(resolved);
+  size_t checked = 0;
+  auto expect_defaults = [&](const std::string& section, const auto& defaults) {
+    const json expected = options::to_json(defaults);
+    for (const auto& key : options::keys<std::decay_t<decltype(defaults)>>()) {
+      BOOST_TEST(resolved.at(section).contains(key), section << "." << key << " is not printed");
+      BOOST_TEST(resolved.at(section).value(key, json()) == expected.at(key), section << "." << key);
+      BOOST_TEST(std::regex_search(toml_text, std::regex("(^|\\n)[ \\t]*" + key + " = ")), section << "." << key << " is not in the TOML");
+      ++checked;
+    }
+  };
+  expect_defaults("dataset", DatasetConfig{});
+  expect_defaults("capture", CaptureConfig{});
+  expect_defaults("sae", sae::TrainOptions{});
+  expect_defaults("transfer", TransferConfig{});
+  expect_defaults("figures", report::FigureOptions{});
+  expect_defaults("gates", validation::GateThresholds{});
+  BOOST_TEST(checked == 8u + 4u + 24u + 15u + 3u + 12u);
+}
+
+// One rule per option, wherever the options come from: a [transfer] value run_transfer would refuse is
+// refused when the experiment is loaded, naming file:line and the key, with the message of the rule
+// that run_transfer applies (before, the config accepted max_eval_tokens = 2 and the transfer step failed).
+BOOST_AUTO_TEST_CASE(config_and_layer_apply_the_same_rules) {
+  fs::path dir = testing::fresh_dir("harness_config_rules");
+  fs::path file = write_file(dir / "v.toml", std::string("[transfer]\nmax_eval_tokens = 2\n") + kMinimalModels);
+  const std::string from_config = error_of([&] { load_experiment(file); });
+  BOOST_TEST(contains(from_config, "v.toml:2:19: 'transfer.max_eval_tokens' must be >= 4"), from_config);
+  transfer::TransferOptions direct;
+  direct.max_eval_tokens = 2;
+  const std::string from_layer = error_of([&] { options::validate(direct, "transfer"); });
+  BOOST_TEST(from_layer == "transfer: 'max_eval_tokens' must be >= 4");
+
+  // A rule relating two fields of the trainer's options, in an override.
+  file = write_file(dir / "w.toml", std::string("[sae]\nepochs = 3\n[[sae.overrides]]\nmin_depth = 0.5\nmin_epochs = 4\n") + kMinimalModels);
+  BOOST_TEST(contains(error_of([&] { load_experiment(file); }), "w.toml:5:14: 'sae.overrides.min_epochs' must lie in [1, epochs]"));
+
+  // Overrides and records read back through the same table: unknown keys and wrong types are errors.
+  sae::TrainOptions o;
+  BOOST_TEST(contains(error_of([&] { options::apply_json(o, {{"l11", 1.0}}, "[[sae.overrides]]"); }), "unknown key 'l11'"));
+  BOOST_TEST(contains(error_of([&] { options::apply_json(o, {{"epochs", 2.5}}, "[[sae.overrides]]"); }), "'epochs' has the wrong type"));
+  options::apply_json(o, {{"epochs", 7}, {"architecture", "topk"}}, "[[sae.overrides]]");
+  BOOST_TEST(o.epochs == 7);
+  BOOST_TEST(o.architecture == "topk");
 }
 
 // ---------------------------------------------------------------- seeds
@@ -409,9 +478,9 @@ fs::path g_checkpoint;  // when set: an input of capture outside the run, like a
 
 StepRegistry fake_registry() {
   StepRegistry registry;
-  registry.add("capture", [](StepContext& ctx) {
+  registry.add({.name = "capture", .description = "fake capture", .run = [](StepContext& ctx) {
     ++g_capture_calls;
-    for (const auto& model : ctx.exp.models)
+    for (const auto& model : ctx.config(&Experiment::models))
       for (int64_t layer : model.layers) {
         std::string rel = fmt::format("activations/{}_layer{}.txt", model.name, layer);
         std::vector<std::string> inputs;
@@ -419,17 +488,20 @@ StepRegistry fake_registry() {
         ctx.write_text_artifact(rel, fmt::format("{} {} {}\n", model.name, layer, ctx.seed_for(model.name, layer)),
                                 inputs);
       }
-  });
-  registry.add("train", [](StepContext& ctx) {
+  }, .config_keys = {"models"}, .inputs_from = {}, .outputs = {"activations/{cell}.txt"}, .units = StepUnits::per_model});
+  registry.add({.name = "train", .description = "fake train", .run = [](StepContext& ctx) {
     ++g_train_calls;
     for (const auto& input : ctx.artifacts_of("capture")) {
       std::string rel = "saes/" + fs::path(input.path).stem().string() + "/cfg.json";
-      json cfg = {{"input", input.sha256}, {"l1", ctx.exp.sae.l1}, {"seed", ctx.seed_for(input.path)}};
+      json cfg = {{"input", input.sha256}, {"l1", ctx.config(&Experiment::sae).options.l1}, {"seed", ctx.seed_for(input.path)}};
       if (g_train_nondeterministic) cfg["noise"] = g_train_calls;
       ctx.write_json_artifact(rel, cfg, {input.path});
     }
     ctx.set_summary("saes", ctx.artifacts_of("train").size());
-  });
+  }, .config_keys = {"sae"}, .inputs_from = {"capture"}, .outputs = {"saes/{cell}/cfg.json"}, .units = StepUnits::per_cell});
+  // Declared, not built: reported as unavailable.
+  registry.add({.name = "transfer", .description = "not in this build", .run = nullptr, .config_keys = {"transfer"},
+                .inputs_from = {"capture", "train"}});
   return registry;
 }
 
@@ -465,7 +537,7 @@ BOOST_AUTO_TEST_CASE(run_resume_skips_up_to_date_steps) {
   RunSummary first = run_experiment(options, registry);
   BOOST_TEST(first.ok());
   BOOST_TEST((first.completed == std::vector<std::string>{"capture", "train"}));
-  BOOST_TEST((first.unavailable == std::vector<std::string>{"transfer", "figures", "report", "gates"}));
+  BOOST_TEST((first.unavailable == std::vector<std::string>{"transfer"}));
   BOOST_TEST(g_capture_calls == 1);
 
   Manifest m = Manifest::load(dir / "run" / "manifest.json");
@@ -507,7 +579,7 @@ BOOST_AUTO_TEST_CASE(run_resume_skips_up_to_date_steps) {
 
   // A new run cannot be started over an existing one.
   BOOST_TEST(contains(error_of([&] { run_experiment(options, registry); }), "already holds a run"));
-  BOOST_TEST(contains(error_of([] { parse_step_list("capture,trian"); }), "unknown step 'trian'"));
+  BOOST_TEST(contains(error_of([&] { parse_step_list("capture,trian", registry); }), "unknown step 'trian' (steps: capture, train, transfer)"));
 }
 
 // An input outside the run (a checkpoint directory) that changed after the step ran makes the step run
@@ -555,11 +627,15 @@ BOOST_AUTO_TEST_CASE(failing_step_is_recorded_and_stops_the_run) {
   fs::path dir = testing::fresh_dir("harness_run_fail");
   fs::path exp_file = write_file(dir / "exp.toml", kRunConfig);
   StepRegistry registry = fake_registry();
-  registry.add("train", [](StepContext& ctx) {
+  StepDefinition train = *registry.find("train");
+  train.run = [](StepContext& ctx) {
     ctx.write_text_artifact("saes/partial.txt", "one done\n");
     throw Error("SAE m1_layer2 diverged (NaN loss at step 12)");
-  });
-  registry.add("transfer", [](StepContext&) { BOOST_FAIL("transfer must not run after a failed train"); });
+  };
+  registry.add(train);
+  StepDefinition transfer = *registry.find("transfer");
+  transfer.run = [](StepContext&) { BOOST_FAIL("transfer must not run after a failed train"); };
+  registry.add(transfer);
   RunSummary summary = run_experiment({.experiment_file = exp_file, .out_dir = dir / "run"}, registry);
   BOOST_TEST(!summary.ok());
   BOOST_TEST(summary.failed_step == "train");
@@ -600,4 +676,65 @@ BOOST_AUTO_TEST_CASE(reproduce_lists_identical_and_different_artifacts) {
       BOOST_TEST(a.path.rfind("saes/", 0) == 0u);
     }
   BOOST_TEST(n_different == 3u);
+}
+
+// A step reads the config only through ctx.config(), which refuses a section (or key) the step's row does
+// not declare: the declared config is exactly what the step reads, so --resume cannot miss a change.
+BOOST_AUTO_TEST_CASE(a_step_cannot_read_config_it_does_not_declare) {
+  fs::path dir = testing::fresh_dir("harness_step_declares");
+  fs::path exp_file = write_file(dir / "exp.toml", kRunConfig);
+  StepRegistry registry = fake_registry();
+  int64_t dpi_seen = 0;
+  registry.add({.name = "figures", .description = "reads [figures] without declaring it", .run = [&](StepContext& ctx) {
+    dpi_seen = ctx.config(&Experiment::figures).dpi;
+  }, .config_keys = {"transfer"}, .inputs_from = {"train"}});
+  RunSummary summary = run_experiment({.experiment_file = exp_file, .out_dir = dir / "run"}, registry);
+  BOOST_TEST(summary.failed_step == "figures");
+  BOOST_TEST(contains(summary.error, "step 'figures' reads config 'figures' but its row in the step table does not declare it"),
+             summary.error);
+  BOOST_TEST(dpi_seen == 0);
+
+  // Declared as a dotted key, that key alone may be read; the rest of its section may not.
+  StepDefinition keyed = *registry.find("figures");
+  keyed.config_keys = {"transfer.ceiling"};
+  bool ceiling = false;
+  keyed.run = [&](StepContext& ctx) {
+    ceiling = ctx.config(&Experiment::transfer, &TransferConfig::ceiling);
+    ctx.config(&Experiment::transfer, &TransferConfig::diverging_threshold);
+  };
+  registry.add(keyed);
+  summary = run_experiment({.resume_dir = dir / "run"}, registry);
+  BOOST_TEST(ceiling);
+  BOOST_TEST(contains(summary.error, "reads config 'transfer.diverging_threshold'"), summary.error);
+
+  // With the section declared, a change to it makes the step run again on resume.
+  StepDefinition declared = *registry.find("figures");
+  declared.config_keys = {"figures"};
+  int figures_calls = 0;
+  declared.run = [&](StepContext& ctx) {
+    ++figures_calls;
+    ctx.write_json_artifact("figures/figures.json", {{"dpi", ctx.config(&Experiment::figures).dpi}});
+  };
+  registry.add(declared);
+  BOOST_TEST(run_experiment({.resume_dir = dir / "run"}, registry).ok());
+  BOOST_TEST(run_experiment({.resume_dir = dir / "run"}, registry).skipped.size() == 3u);
+  write_file(exp_file, std::string(kRunConfig) + "\n[figures]\ndpi = 150\n");
+  RunSummary changed = run_experiment({.experiment_file = exp_file, .resume_dir = dir / "run"}, registry);
+  BOOST_TEST((changed.completed == std::vector<std::string>{"figures"}));
+  BOOST_TEST(figures_calls == 2);
+  BOOST_TEST(json::parse(read_text_file(dir / "run" / "figures" / "figures.json"))["dpi"] == 150);
+}
+
+// The step table is checked when rows are added: a step may only read artifacts of earlier steps.
+BOOST_AUTO_TEST_CASE(step_table_rows_read_only_earlier_steps) {
+  StepRegistry registry;
+  registry.add({.name = "a", .run = [](StepContext&) {}, .config_keys = {}, .inputs_from = {}});
+  BOOST_TEST(contains(error_of([&] { registry.add({.name = "b", .run = [](StepContext&) {}, .inputs_from = {"c"}}); }),
+                      "step 'b' reads the artifacts of 'c', which is not an earlier step"));
+  registry.add({.name = "b", .run = [](StepContext&) {}, .inputs_from = {"a"}});
+  BOOST_TEST((registry.declared() == std::vector<std::string>{"a", "b"}));
+  // Replacing a row keeps its place.
+  registry.add({.name = "a", .description = "again", .run = nullptr});
+  BOOST_TEST((registry.declared() == std::vector<std::string>{"a", "b"}));
+  BOOST_TEST((registry.names() == std::vector<std::string>{"b"}));
 }

@@ -124,6 +124,37 @@ BOOST_AUTO_TEST_CASE(tiny_pipeline_runs_resumes_verifies_and_reproduces_bit_for_
   BOOST_TEST(again.seed_differences.empty());
   BOOST_TEST(again.identical());
 
+  // Each step declares exactly the config it reads (StepContext::config refuses anything else), so a change
+  // there re-runs it on resume: [figures] dpi re-renders the figures (and the report, whose inputs they
+  // are); a [gates] threshold re-runs figures and report, which draw the analysis with it.
+  {
+    std::ofstream(dir / "tiny.toml") << kTinyExperiment << "\n[figures]\ndpi = 150\n";
+  }
+  harness::RunSummary new_dpi = harness::run_experiment({.experiment_file = dir / "tiny.toml", .resume_dir = dir / "run"}, registry);
+  BOOST_TEST((new_dpi.skipped == std::vector<std::string>{"capture", "train", "transfer"}));
+  BOOST_TEST((new_dpi.completed == std::vector<std::string>{"figures", "report"}));
+  {
+    std::ofstream(dir / "tiny.toml") << kTinyExperiment << "\n[figures]\ndpi = 150\n[gates]\nearly_transfer = 0.7\n";
+  }
+  harness::RunSummary new_gates = harness::run_experiment({.experiment_file = dir / "tiny.toml", .resume_dir = dir / "run"}, registry);
+  BOOST_TEST((new_gates.skipped == std::vector<std::string>{"capture", "train", "transfer"}));
+  BOOST_TEST((new_gates.completed == std::vector<std::string>{"figures", "report"}));
+  // Every row of the table declares config that exists, and reads only earlier steps' artifacts.
+  const json resolved = harness::load_experiment(dir / "tiny.toml").to_json();
+  std::vector<std::string> earlier;
+  for (const auto& step : pipeline::step_table()) {
+    for (const auto& key : step.config_keys) {
+      std::string pointer = "/" + key;
+      std::replace(pointer.begin(), pointer.end(), '.', '/');
+      BOOST_TEST(resolved.contains(json::json_pointer(pointer)), step.name << " declares " << key);
+    }
+    for (const auto& input : step.inputs_from)
+      BOOST_TEST((std::find(earlier.begin(), earlier.end(), input) != earlier.end()), step.name << " reads " << input);
+    BOOST_TEST(!step.outputs.empty(), step.name);
+    earlier.push_back(step.name);
+  }
+  BOOST_TEST((earlier == std::vector<std::string>{"capture", "train", "transfer", "figures", "report", "gates"}));
+
   // The CLI adds the gates step; its exit status carries the verdict (0 GO, 2 NO-GO), like `strata gate`.
   std::string output;
   const int code = testing::run_command(

@@ -212,10 +212,13 @@ layers = [1]
 )", dataset.string()));
   // A capture that reads the dataset, as the real one does; its error quotes the bad bytes.
   harness::StepRegistry registry;
-  registry.add("capture", [](harness::StepContext& ctx) {
-    auto docs = text::load_dataset(ctx.exp.dataset.resolved_spec);
-    ctx.write_text_artifact("activations/docs.txt", fmt::format("{}\n", docs.size()));
-  });
+  registry.add({.name = "capture",
+                .description = "reads the dataset",
+                .run = [](harness::StepContext& ctx) {
+                  auto docs = text::load_dataset(ctx.config(&harness::Experiment::dataset).resolved_spec);
+                  ctx.write_text_artifact("activations/docs.txt", fmt::format("{}\n", docs.size()));
+                },
+                .config_keys = {"dataset"}});
   harness::RunSummary first = harness::run_experiment({.experiment_file = dir / "exp.toml", .out_dir = dir / "run"}, registry);
   BOOST_TEST(first.failed_step == "capture");
   BOOST_TEST(first.error.find("data.jsonl:2: invalid JSON") != std::string::npos, first.error);

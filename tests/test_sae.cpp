@@ -206,12 +206,30 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_of_another_run_is_refused) {
   auto dir = testing::fresh_dir("sae_foreign_checkpoint");
   auto store = write_store(dir / "store", data.x, 2000);
   auto o = planted_options("topk");
-  o.epochs = 2;
+  o.epochs = o.min_epochs = 2;
   o.stop_after_steps = 3;
   BOOST_TEST(sae::train_sae(store, o, 1, dir / "out").interrupted);
   o.lr *= 2;
   o.stop_after_steps = 0;
   BOOST_CHECK_THROW(sae::train_sae(store, o, 1, dir / "out"), Error);
+}
+
+// train_sae holds its options to the rules of the [sae] table (TrainOptions::fields()), the same an
+// experiment file meets; before, it checked 3 of them and trained with min_epochs above epochs.
+BOOST_AUTO_TEST_CASE(train_sae_applies_the_rules_of_its_options_table) {
+  auto data = planted_data(2000, 8, 8, 2, 9);
+  auto dir = testing::fresh_dir("sae_option_rules");
+  auto store = write_store(dir / "store", data.x, 2000);
+  auto o = planted_options("topk");
+  o.epochs = 2;  // min_epochs stays 12
+  std::string message;
+  try {
+    sae::train_sae(store, o, 1, dir / "out");
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  BOOST_TEST(message == "sae: 'min_epochs' must lie in [1, epochs]");
+  BOOST_TEST(!fs::exists(dir / "out"));
 }
 
 BOOST_AUTO_TEST_CASE(nan_input_fails_that_sae_with_a_clear_error) {
@@ -223,7 +241,7 @@ BOOST_AUTO_TEST_CASE(nan_input_fails_that_sae_with_a_clear_error) {
   auto store = io::ActivationStore::open(dir / "acts.safetensors");
   for (const std::string arch : {"standard", "topk"}) {
     auto o = planted_options(arch);
-    o.epochs = 2;
+    o.epochs = o.min_epochs = 2;
     auto result = sae::train_sae(store, o, 1, dir / arch);
     BOOST_TEST(!result.ok);
     BOOST_TEST(result.diverged);

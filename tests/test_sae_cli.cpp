@@ -57,3 +57,21 @@ BOOST_AUTO_TEST_CASE(train_sae_fails_cleanly_on_non_finite_input) {
   BOOST_TEST(output.find("strata: error:") != std::string::npos, output);
   BOOST_TEST(output.find("NaN/Inf") != std::string::npos, output);
 }
+
+// Every [sae] option is a flag (from sae::TrainOptions::fields()), held to the same rules as an
+// experiment file; before, train-sae had 10 of the 24 options and checked 3 of them.
+BOOST_AUTO_TEST_CASE(train_sae_flags_come_from_the_options_table_and_its_rules) {
+  auto dir = testing::fresh_dir("sae_cli_rules");
+  auto file = write_plain_file(dir, false);
+  std::string output;
+  BOOST_TEST(testing::run_command(command(file, dir / "bad", "--tensor acts --heldout-fraction 0.9"), &output) == 1);
+  BOOST_TEST(output.find("--heldout-fraction must lie in (0, 0.5]") != std::string::npos, output);
+  BOOST_TEST(!fs::exists(dir / "bad" / "cfg.json"));
+  BOOST_TEST(testing::run_command(command(file, dir / "bad", "--tensor acts --min-epochs 3"), &output) == 1);
+  BOOST_TEST(output.find("--min-epochs must lie in [1, epochs]") != std::string::npos, output);
+  // A flag that did not exist before reaches the trainer.
+  BOOST_TEST_REQUIRE(testing::run_command(command(file, dir / "sae", "--tensor acts --dense-threshold 0.25 --aux-k 3"), &output) == 0, output);
+  auto sae = sae::Sae::load(dir / "sae");
+  BOOST_TEST(sae.cfg["training"]["dense_threshold"].get<double>() == 0.25);
+  BOOST_TEST(sae.cfg["training"]["aux_k"].get<int64_t>() == 3);
+}

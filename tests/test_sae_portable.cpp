@@ -47,7 +47,7 @@ double relative_difference(const torch::Tensor& a, const torch::Tensor& b) {
 // scalar tails of every native kernel take part.
 constexpr int64_t kDin = 20, kExpansion = 7, kBatch = 64;
 
-sae::TrainOptions options(const std::string& architecture) {
+sae::TrainOptions train_options(const std::string& architecture) {
   sae::TrainOptions o;
   o.architecture = architecture;
   o.expansion = kExpansion;
@@ -151,7 +151,7 @@ BOOST_AUTO_TEST_CASE(one_step_gradients_agree) {
   torch::NoGradGuard no_grad;
   for (const std::string architecture : {"standard", "topk"}) {
     BOOST_TEST_CONTEXT(architecture) {
-      const auto o = options(architecture);
+      const auto o = train_options(architecture);
       sae::Parameters start;
       start.b_dec = batch(256, 99).mean(0);
       auto native = sae::make_architecture(o, KernelPath::native);
@@ -200,7 +200,7 @@ BOOST_AUTO_TEST_CASE(one_step_gradients_agree) {
 BOOST_AUTO_TEST_CASE(weights_after_thirty_steps_agree) {
   for (const std::string architecture : {"standard", "topk"}) {
     BOOST_TEST_CONTEXT(architecture) {
-      const auto o = options(architecture);
+      const auto o = train_options(architecture);
       const auto native = train_steps(o, KernelPath::native, 30);
       const auto portable = train_steps(o, KernelPath::portable, 30);
       const double tolerance = 1e-4;
@@ -248,7 +248,7 @@ BOOST_AUTO_TEST_CASE(train_sae_portable_matches_native) {
   const auto store = io::ActivationStore::open(root / "store" / "toy_layer1_activations.meta.json");
   for (const std::string architecture : {"standard", "topk"}) {
     BOOST_TEST_CONTEXT(architecture) {
-      auto o = options(architecture);
+      auto o = train_options(architecture);
       o.batch_size = 128;
       o.epochs = 3;
       o.min_epochs = 3;

@@ -38,7 +38,8 @@ harness::StepRegistry registry() {
   };
   hooks.write = [](const fs::path& run_dir, const json& gates) { validation::write_gates(run_dir, gates); };
   pipeline::register_steps(r, hooks);
-  r.add("transfer", [](harness::StepContext& ctx) {
+  harness::StepDefinition transfer = *r.find("transfer");
+  transfer.run = [](harness::StepContext& ctx) {
     json cells = json::array();
     for (const char* dir : {"activations", "saes", "transfer"}) {
       fs::copy(fixture().dir / dir, ctx.path(dir), fs::copy_options::recursive | fs::copy_options::overwrite_existing);
@@ -51,7 +52,8 @@ harness::StepRegistry registry() {
     std::lock_guard lock(ctx.run.mutex());
     ctx.run.manifest().section("cells") = cells;
     ctx.run.save_manifest();
-  });
+  };
+  r.add(transfer);
   return r;
 }
 

@@ -11,56 +11,6 @@ using nlohmann::json;
 
 std::string ExpectedCell::name() const { return report::cell_name(model, layer); }
 
-json GateThresholds::to_json() const {
-  return {{"max_fvu", max_fvu},
-          {"stream_store_check", stream_store_check},
-          {"pixel_tolerance", pixel_tolerance},
-          {"early_transfer", early_transfer},
-          {"early_max_depth", early_max_depth},
-          {"spread", spread},
-          {"divergence_threshold", divergence_threshold},
-          {"trend_alpha", trend_alpha},
-          {"min_dpi", min_dpi},
-          {"significance_alpha", significance_alpha},
-          {"max_l0_fraction", max_l0_fraction},
-          {"max_dead_fraction", max_dead_fraction}};
-}
-
-GateThresholds GateThresholds::from_json(const json& section) {
-  GateThresholds t;
-  if (section.is_null()) return t;
-  if (!section.is_object()) fail("[gates] must be a table, got {}", section.dump());
-  for (auto it = section.begin(); it != section.end(); ++it) {
-    const std::string key = it.key();
-    const json& value = it.value();
-    auto number = [&]() {
-      if (!value.is_number()) fail("[gates] {} must be a number, got {}", key, value.dump());
-      return value.get<double>();
-    };
-    if (key == "max_fvu") t.max_fvu = number();
-    else if (key == "stream_store_check") {
-      if (!value.is_boolean()) fail("[gates] stream_store_check must be true or false");
-      t.stream_store_check = value.get<bool>();
-    } else if (key == "pixel_tolerance") t.pixel_tolerance = static_cast<int>(number());
-    else if (key == "early_transfer") t.early_transfer = number();
-    else if (key == "early_max_depth") t.early_max_depth = number();
-    else if (key == "spread") t.spread = number();
-    else if (key == "divergence_threshold") t.divergence_threshold = number();
-    else if (key == "trend_alpha") t.trend_alpha = number();
-    else if (key == "min_dpi") t.min_dpi = static_cast<int64_t>(number());
-    else if (key == "significance_alpha") t.significance_alpha = number();
-    else if (key == "max_l0_fraction") t.max_l0_fraction = number();
-    else if (key == "max_dead_fraction") t.max_dead_fraction = number();
-    else fail("[gates] has no key '{}' (known: {})", key, [] {
-      std::string keys;
-      const json defaults = GateThresholds{}.to_json();  // named: items() of a temporary would dangle
-      for (auto it = defaults.begin(); it != defaults.end(); ++it) keys += (keys.empty() ? "" : ", ") + it.key();
-      return keys;
-    }());
-  }
-  return t;
-}
-
 GateThresholds thresholds_for_run(const fs::path& run_dir) {
   std::optional<json> resolved = report::read_json_if_exists(run_dir / "config.resolved.json");
   if (!resolved) {

@@ -13,28 +13,9 @@
 #include <vector>
 
 #include "report/analysis.hpp"
+#include "validation/gate_options.hpp"
 
 namespace strata::validation {
-
-// Defaults are the seed's. Field names are the keys of an experiment's [gates] TOML section
-// (harness/config.hpp GatesConfig), so the resolved section maps onto this struct with from_json.
-struct GateThresholds {
-  double max_fvu = 0.5;               // Gate 2: held-out FVU of every SAE below this
-  bool stream_store_check = true;     // Gate 1: read every shard to look for NaN/Inf
-  int pixel_tolerance = 1;            // Gate 4: |PNG pixels - inches * dpi|
-  double early_transfer = 0.8;        // should-pass: mean cross-model q_excess of early cells above this
-  double early_max_depth = 0.34;      // relative depth up to which a cell counts as early
-  double spread = 0.15;               // should-pass: per depth, max - min over models (q_excess units)
-  double divergence_threshold = 0.6;  // divergence point: first depth where mean q_excess falls below
-  double trend_alpha = 0.05;          // should-pass: one-sided Kendall trend test of the decline
-  int64_t min_dpi = 300;              // Gate 4 and publication-ready: figure resolution
-  double significance_alpha = 0.05;   // BH-adjusted p-values counted as significant below this
-  double max_l0_fraction = 0.5;       // should-pass: every SAE's held-out L0 at most this fraction of d_in
-  double max_dead_fraction = 0.2;     // should-pass: every SAE's dead-latent fraction at most this
-  nlohmann::json to_json() const;
-  // Unknown keys are an error naming the key; missing keys keep their defaults.
-  static GateThresholds from_json(const nlohmann::json& gates_section);
-};
 
 struct ExpectedCell {
   std::string model;

@@ -98,6 +98,13 @@ class TableReader {
       out = static_cast<int>(v);
     }
   }
+  void read(std::string_view key, uint64_t& out) {
+    if (auto* node = find(key)) {
+      int64_t v = integer(*node, key);
+      if (v < 0) fail_at(*node, key, "must be >= 0");
+      out = static_cast<uint64_t>(v);
+    }
+  }
   void read(std::string_view key, double& out) {
     if (auto* node = find(key)) out = number(*node, key);
   }
@@ -169,23 +176,6 @@ const toml::table& section_table(TableReader& root, std::string_view name, const
   return *node->as_table();
 }
 
-bool one_of(const std::string& value, std::initializer_list<const char*> options) {
-  for (auto* o : options)
-    if (value == o) return true;
-  return false;
-}
-
-std::string options_text(std::initializer_list<const char*> options) {
-  std::string out;
-  for (auto* o : options) out += (out.empty() ? "\"" : ", \"") + std::string(o) + "\"";
-  return out;
-}
-
-void check_choice(const TableReader& r, std::string_view key, const std::string& value,
-                  std::initializer_list<const char*> options) {
-  r.require(one_of(value, options), key, fmt::format("must be one of {}, got \"{}\"", options_text(options), value));
-}
-
 // A path as written in the config: absolute stays; relative is tried against the TOML file's directory,
 // then the repository root; if neither exists, the TOML-relative path is kept (the step reports it).
 fs::path resolve_path(const std::string& written, const fs::path& base_dir) {
@@ -200,41 +190,37 @@ fs::path resolve_path(const std::string& written, const fs::path& base_dir) {
   return near;
 }
 
+// error_code overload: a name too long for the file system is "not there", not an exception.
 bool is_existing_file(const fs::path& path) {
   std::error_code ec;
   return fs::is_regular_file(path, ec);
 }
 
-void read_experiment(TableReader& r, ExperimentInfo& e) {
-  r.read("name", e.name);
-  int64_t seed = 0;
-  r.read("seed", seed);
-  r.require(seed >= 0, "seed", "must be >= 0");
-  e.seed = static_cast<uint64_t>(seed);
-  r.read("device", e.device);
-  static const std::regex device_re("cpu|cuda(:[0-9]+)?");
-  r.require(std::regex_match(e.device, device_re), "device", fmt::format("must be \"cpu\" or \"cuda:N\", got \"{}\"", e.device));
-  r.read("threads", e.threads);
-  r.require(e.threads >= 0 && e.threads <= 4096, "threads", "must be 0 (all cores) or a positive thread count");
-  r.read("output_root", e.output_root);
-  r.require(!e.output_root.empty(), "output_root", "must not be empty");
-  static const std::regex name_re("[A-Za-z0-9._-]+");
-  r.require(std::regex_match(e.name, name_re), "name", "must be non-empty and use only letters, digits, '.', '_' and '-'");
-  r.require(e.name != "." && e.name != "..", "name", "must not be '.' or '..' (names become file names)");
+// Reads every key of an options struct's table from `r` (types checked by TableReader::read).
+template <class Options>
+void read_fields(TableReader& r, Options& o) {
+  options::for_each_field(o, [&](const auto& f, auto& owner) { r.read(f.key, owner.*f.member); });
+}
+
+// Checks every rule of the table; the error points at the offending value (or the table for a default).
+template <class Options>
+void check_fields(const TableReader& r, const Options& o) {
+  options::for_each_field(o, [&](const auto& f, const auto& owner) {
+    const std::string message = f.check(owner);
+    r.require(message.empty(), f.key, message);
+  });
+}
+
+// A section that is exactly one options struct: read, reject unknown keys, check.
+template <class Options>
+void read_section(TableReader& r, Options& o) {
+  read_fields(r, o);
   r.reject_unknown();
+  check_fields(r, o);
 }
 
 void read_dataset(TableReader& r, DatasetConfig& d, const fs::path& base_dir) {
-  r.read("spec", d.spec);
-  r.read("template", d.jsonl_template);
-  r.read("num_documents", d.num_documents);
-  r.read("seq_len", d.seq_len);
-  r.read("batch_size", d.batch_size);
-  r.read("num_batches", d.num_batches);
-  r.read("tokens", d.tokens);
-  r.read("packing", d.packing);
-  r.reject_unknown();
-
+  read_section(r, d);
   // spec: synthetic[:SEED] | jsonl:PATH[:FIELD] | text:PATH
   static const std::regex synthetic_re("synthetic(:[0-9]+)?");
   if (std::regex_match(d.spec, synthetic_re)) {
@@ -260,26 +246,7 @@ void read_dataset(TableReader& r, DatasetConfig& d, const fs::path& base_dir) {
     r.require(false, "spec",
               fmt::format("must be \"synthetic[:SEED]\", \"jsonl:PATH[:FIELD]\" or \"text:PATH\", got \"{}\"", d.spec));
   }
-  r.require(d.jsonl_template.empty() || d.spec.rfind("jsonl:", 0) == 0, "template", "applies only to jsonl datasets");
-  r.require(d.num_documents >= 0, "num_documents", "must be >= 0 (0 = all)");
-  r.require(d.seq_len >= 2 && d.seq_len <= 1 << 20, "seq_len", "must be between 2 and 1048576");
-  r.require(d.batch_size >= 1, "batch_size", "must be >= 1");
-  r.require(d.num_batches >= 1, "num_batches", "must be >= 1");
-  r.require(d.tokens >= 0, "tokens", "must be >= 0 (0 = use num_batches)");
   r.require(!(r.has("num_batches") && r.has("tokens")), "tokens", "and 'dataset.num_batches' are alternatives; set only one");
-  check_choice(r, "packing", d.packing, {"truncate", "pack"});
-}
-
-void read_capture(TableReader& r, CaptureConfig& c) {
-  r.read("store_dtype", c.store_dtype);
-  r.read("keep_special", c.keep_special);
-  r.read("norm_outlier_factor", c.norm_outlier_factor);
-  r.read("shard_size_mb", c.shard_size_mb);
-  r.reject_unknown();
-  check_choice(r, "store_dtype", c.store_dtype, {"f32", "f16", "bf16"});
-  r.require(c.norm_outlier_factor == 0 || c.norm_outlier_factor > 1, "norm_outlier_factor",
-            "must be 0 (off) or greater than 1 (a multiple of the median norm)");
-  r.require(c.shard_size_mb > 0, "shard_size_mb", "must be > 0");
 }
 
 void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
@@ -322,7 +289,8 @@ void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
     r.require(unique.size() == m.depths.size(), "depths", "lists a depth twice");
     m.depths.assign(unique.begin(), unique.end());
   }
-  check_choice(r, "dtype", m.dtype, {"f32", "f16", "bf16"});
+  const std::string dtype_error = options::one_of({"f32", "f16", "bf16"})(m, m.dtype);
+  r.require(dtype_error.empty(), "dtype", dtype_error);
   if (saes) {
     // saes = { "8" = "DIR or hf://org/name[@rev]/sub/dir" }: published SAEs the train step uses instead of
     // training those cells (checked against the captured layers and the SAE's hook by the train step).
@@ -350,165 +318,85 @@ void read_model(TableReader& r, ModelConfig& m, const fs::path& base_dir) {
   }
 }
 
-// The [sae] keys, in one list: read, written to JSON and applied from overrides alike.
-#define STRATA_SAE_FIELDS(X) X(architecture) X(expansion) X(k) X(lr) X(l1) X(adam_beta1) X(adam_beta2) X(adam_eps) X(lr_warmup_steps) X(l1_warmup_steps) X(epochs) X(min_epochs) X(convergence_tolerance) X(batch_size) X(heldout_fraction) X(b_dec_init) X(b_dec_init_rows) X(shuffle_buffer_rows) X(dead_window_tokens) X(aux_k) X(aux_coefficient) X(resample_interval_steps) X(dense_threshold) X(checkpoint_interval_steps)
-
-void read_sae_fields(TableReader& r, SaeConfig& s) {
-#define STRATA_READ(field) r.read(#field, s.field);
-  STRATA_SAE_FIELDS(STRATA_READ)
-#undef STRATA_READ
-}
-
-void validate_sae(const TableReader& r, const SaeConfig& s) {
-  check_choice(r, "architecture", s.architecture, {"relu", "topk"});
-  r.require(s.expansion >= 1 && s.expansion <= 1024, "expansion", "must be between 1 and 1024");
-  r.require(s.k >= 1, "k", "must be >= 1");
-  r.require(s.lr > 0 && s.lr < 1, "lr", "must lie in (0, 1)");
-  r.require(s.l1 >= 0, "l1", "must be >= 0");
-  r.require(s.adam_beta1 >= 0 && s.adam_beta1 < 1, "adam_beta1", "must lie in [0, 1)");
-  r.require(s.adam_beta2 >= 0 && s.adam_beta2 < 1, "adam_beta2", "must lie in [0, 1)");
-  r.require(s.adam_eps > 0, "adam_eps", "must be > 0");
-  r.require(s.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0");
-  r.require(s.l1_warmup_steps >= 0, "l1_warmup_steps", "must be >= 0");
-  r.require(s.epochs >= 1, "epochs", "must be >= 1");
-  r.require(s.min_epochs >= 1 && s.min_epochs <= s.epochs, "min_epochs", "must lie in [1, epochs]");
-  r.require(s.convergence_tolerance >= 0, "convergence_tolerance", "must be >= 0");
-  r.require(s.batch_size >= 1, "batch_size", "must be >= 1");
-  r.require(s.heldout_fraction > 0 && s.heldout_fraction <= 0.5, "heldout_fraction", "must lie in (0, 0.5]");
-  check_choice(r, "b_dec_init", s.b_dec_init, {"geometric_median", "mean", "zeros"});
-  r.require(s.b_dec_init_rows >= 1, "b_dec_init_rows", "must be >= 1");
-  r.require(s.shuffle_buffer_rows >= 0, "shuffle_buffer_rows", "must be >= 0");
-  r.require(s.dead_window_tokens >= 1, "dead_window_tokens", "must be >= 1");
-  r.require(s.aux_k >= 0, "aux_k", "must be >= 0 (0 = d_in / 2)");
-  r.require(s.aux_coefficient >= 0, "aux_coefficient", "must be >= 0");
-  r.require(s.resample_interval_steps >= 0, "resample_interval_steps", "must be >= 0 (0 = never)");
-  r.require(s.dense_threshold > 0 && s.dense_threshold <= 1, "dense_threshold", "must lie in (0, 1]");
-  r.require(s.checkpoint_interval_steps >= 0, "checkpoint_interval_steps", "must be >= 0");
-}
-
-json sae_to_json(const SaeConfig& s) {
-  json j;
-#define STRATA_WRITE(field) j[#field] = s.field;
-  STRATA_SAE_FIELDS(STRATA_WRITE)
-#undef STRATA_WRITE
-  return j;
-}
-
-void apply_sae_json(SaeConfig& s, const json& j) {
-#define STRATA_APPLY(field) \
-  if (j.contains(#field)) j.at(#field).get_to(s.field);
-  STRATA_SAE_FIELDS(STRATA_APPLY)
-#undef STRATA_APPLY
-}
-
-void read_sae(TableReader& r, Experiment& exp, const std::string& file) {
-  read_sae_fields(r, exp.sae);
+void read_sae(TableReader& r, SaeConfig& section, const std::string& file) {
+  read_fields(r, section.options);
   const toml::node* overrides = r.find("overrides");
   r.reject_unknown();
-  validate_sae(r, exp.sae);
+  check_fields(r, section.options);
   if (!overrides) return;
   if (!overrides->is_array_of_tables())
     r.fail_at(*overrides, "overrides", "must be an array of tables ([[sae.overrides]]), got " + type_name(*overrides));
-  const json base = sae_to_json(exp.sae);
   for (const auto& element : *overrides->as_array()) {
     TableReader o(*element.as_table(), "sae.overrides", file);
     SaeOverride entry;
     o.read("min_depth", entry.min_depth);
     o.read("max_depth", entry.max_depth);
-    SaeConfig applied = exp.sae;
-    read_sae_fields(o, applied);
+    sae::TrainOptions applied = section.options;
+    read_fields(o, applied);
     o.reject_unknown();
     o.require(entry.min_depth >= 0 && entry.min_depth <= 1, "min_depth", "must lie in [0, 1]");
     o.require(entry.max_depth >= 0 && entry.max_depth <= 1, "max_depth", "must lie in [0, 1]");
     o.require(entry.min_depth <= entry.max_depth, "max_depth", "must be >= min_depth");
-    validate_sae(o, applied);
-    json values = sae_to_json(applied);
+    check_fields(o, applied);
+    json values = options::to_json(applied);
     entry.values = json::object();
     for (const auto& [key, node] : o.table())
       if (key.str() != "min_depth" && key.str() != "max_depth") entry.values[std::string(key.str())] = values.at(std::string(key.str()));
     if (entry.values.empty()) o.fail_table("a [[sae.overrides]] entry sets no [sae] key");
-    exp.sae_overrides.push_back(std::move(entry));
+    section.overrides.push_back(std::move(entry));
   }
 }
 
-void read_transfer(TableReader& r, TransferConfig& t) {
-  r.read("fit_fraction", t.fit_fraction);
-  r.read("top_k", t.top_k);
-  r.read("cka_permutations", t.cka_permutations);
-  r.read("cka_max_tokens", t.cka_max_tokens);
-  r.read("bootstrap", t.bootstrap);
-  r.read("ci_level", t.ci_level);
-  r.read("max_fit_tokens", t.max_fit_tokens);
-  r.read("max_eval_tokens", t.max_eval_tokens);
-  r.read("mmac_min_firings", t.mmac_min_firings);
-  r.read("ridge_lambda", t.ridge_lambda);
-  r.read("batch_size", t.batch_size);
-  r.read("high_threshold", t.high_threshold);
-  r.read("moderate_threshold", t.moderate_threshold);
-  r.read("diverging_threshold", t.diverging_threshold);
-  r.read("ceiling", t.ceiling);
-  r.reject_unknown();
-  r.require(t.fit_fraction > 0 && t.fit_fraction < 1, "fit_fraction", "must lie in (0, 1)");
-  r.require(t.top_k >= 1, "top_k", "must be >= 1");
-  r.require(t.cka_permutations >= 0, "cka_permutations", "must be >= 0");
-  r.require(t.cka_max_tokens >= 4, "cka_max_tokens", "must be >= 4");
-  r.require(t.bootstrap >= 0, "bootstrap", "must be >= 0");
-  r.require(t.ci_level > 0 && t.ci_level < 1, "ci_level", "must lie in (0, 1)");
-  r.require(t.max_fit_tokens >= 1, "max_fit_tokens", "must be >= 1");
-  r.require(t.max_eval_tokens >= 1, "max_eval_tokens", "must be >= 1");
-  r.require(t.mmac_min_firings >= 1, "mmac_min_firings", "must be >= 1");
-  r.require(t.ridge_lambda >= 0, "ridge_lambda", "must be >= 0");
-  r.require(t.batch_size >= 1, "batch_size", "must be >= 1");
-  r.require(t.high_threshold > 0 && t.high_threshold <= 1, "high_threshold", "must lie in (0, 1]");
-  r.require(t.moderate_threshold >= 0 && t.moderate_threshold <= t.high_threshold, "moderate_threshold",
-            "must lie in [0, high_threshold]");
-  r.require(t.diverging_threshold >= 0 && t.diverging_threshold <= t.moderate_threshold, "diverging_threshold",
-            "must lie in [0, moderate_threshold]");
+json section_json(const DatasetConfig& d) {
+  json j = options::to_json(d);
+  j["resolved_spec"] = d.resolved_spec;
+  return j;
 }
 
-void read_figures(TableReader& r, FiguresConfig& f) {
-  r.read("dpi", f.dpi);
-  r.read("font_pt", f.font_pt);
-  r.read("max_annotated_cells", f.max_annotated_cells);
-  r.reject_unknown();
-  r.require(f.dpi >= 50 && f.dpi <= 2400, "dpi", "must lie in [50, 2400]");
-  r.require(f.font_pt >= 4 && f.font_pt <= 48, "font_pt", "must lie in [4, 48]");
-  r.require(f.max_annotated_cells >= 0, "max_annotated_cells", "must be >= 0");
+json section_json(const std::vector<ModelConfig>& models) {
+  json out = json::array();
+  for (const auto& m : models) {
+    json j = {{"name", m.name}, {"checkpoint", m.checkpoint}, {"dtype", m.dtype}, {"tokenizer", m.tokenizer}};
+    j["checkpoint_path"] = m.checkpoint_path.string();
+    j["tokenizer_path"] = m.tokenizer_path.string();
+    if (!m.layers.empty()) j["layers"] = m.layers;
+    if (!m.depths.empty()) j["depths"] = m.depths;
+    if (!m.control_of.empty()) j["control_of"] = m.control_of;  // only when set: other configs hash as before
+    if (!m.saes.empty()) {
+      json saes = json::object();
+      for (const auto& [layer, spec] : m.saes) saes[std::to_string(layer)] = spec;
+      j["saes"] = saes;
+    }
+    out.push_back(std::move(j));
+  }
+  return out;
 }
 
-void read_gates(TableReader& r, GatesConfig& g) {
-  r.read("max_fvu", g.max_fvu);
-  r.read("stream_store_check", g.stream_store_check);
-  r.read("pixel_tolerance", g.pixel_tolerance);
-  r.read("early_transfer", g.early_transfer);
-  r.read("early_max_depth", g.early_max_depth);
-  r.read("spread", g.spread);
-  r.read("divergence_threshold", g.divergence_threshold);
-  r.read("trend_alpha", g.trend_alpha);
-  r.read("min_dpi", g.min_dpi);
-  r.read("significance_alpha", g.significance_alpha);
-  r.read("max_l0_fraction", g.max_l0_fraction);
-  r.read("max_dead_fraction", g.max_dead_fraction);
-  r.reject_unknown();
-  r.require(g.max_fvu > 0, "max_fvu", "must be > 0");
-  r.require(g.pixel_tolerance >= 0, "pixel_tolerance", "must be >= 0");
-  r.require(g.early_transfer >= 0 && g.early_transfer <= 1, "early_transfer", "must lie in [0, 1]");
-  r.require(g.early_max_depth > 0 && g.early_max_depth <= 1, "early_max_depth", "must lie in (0, 1]");
-  r.require(g.spread >= 0, "spread", "must be >= 0");
-  r.require(g.divergence_threshold >= 0 && g.divergence_threshold <= 1, "divergence_threshold", "must lie in [0, 1]");
-  r.require(g.trend_alpha > 0 && g.trend_alpha < 1, "trend_alpha", "must lie in (0, 1)");
-  r.require(g.min_dpi >= 1, "min_dpi", "must be >= 1");
-  r.require(g.significance_alpha > 0 && g.significance_alpha < 1, "significance_alpha", "must lie in (0, 1)");
-  r.require(g.max_l0_fraction > 0, "max_l0_fraction", "must be > 0");
-  r.require(g.max_dead_fraction >= 0 && g.max_dead_fraction <= 1, "max_dead_fraction", "must lie in [0, 1]");
+json section_json(const SaeConfig& sae) {
+  json j = options::to_json(sae.options);
+  j["overrides"] = json::array();
+  for (const auto& o : sae.overrides) {
+    json entry = o.values;
+    entry["min_depth"] = o.min_depth;
+    entry["max_depth"] = o.max_depth;
+    j["overrides"].push_back(std::move(entry));
+  }
+  return j;
+}
+
+// Every other section is one options struct.
+template <class Options>
+json section_json(const Options& o) {
+  return options::to_json(o);
 }
 
 }  // namespace
 
-SaeConfig Experiment::sae_for(double relative_depth) const {
-  SaeConfig s = sae;
-  for (const auto& o : sae_overrides)
-    if (relative_depth >= o.min_depth - 1e-12 && relative_depth <= o.max_depth + 1e-12) apply_sae_json(s, o.values);
+sae::TrainOptions SaeConfig::for_depth(double relative_depth) const {
+  sae::TrainOptions s = options;
+  for (const auto& o : overrides)
+    if (relative_depth >= o.min_depth - 1e-12 && relative_depth <= o.max_depth + 1e-12)
+      options::apply_json(s, o.values, "[[sae.overrides]]");
   return s;
 }
 
@@ -518,77 +406,16 @@ const ModelConfig& Experiment::model(const std::string& name) const {
   fail("experiment '{}' has no model named '{}'", experiment.name, name);
 }
 
-json Experiment::section(const std::string& name) const {
-  if (name == "experiment")
-    return {{"name", experiment.name}, {"seed", experiment.seed}, {"device", experiment.device},
-            {"threads", experiment.threads}, {"output_root", experiment.output_root}};
-  if (name == "dataset")
-    return {{"spec", dataset.spec}, {"resolved_spec", dataset.resolved_spec}, {"template", dataset.jsonl_template},
-            {"num_documents", dataset.num_documents}, {"seq_len", dataset.seq_len}, {"batch_size", dataset.batch_size},
-            {"num_batches", dataset.num_batches}, {"tokens", dataset.tokens}, {"packing", dataset.packing}};
-  if (name == "capture")
-    return {{"store_dtype", capture.store_dtype}, {"keep_special", capture.keep_special},
-            {"norm_outlier_factor", capture.norm_outlier_factor}, {"shard_size_mb", capture.shard_size_mb}};
-  if (name == "models") {
-    json out = json::array();
-    for (const auto& m : models) {
-      json j = {{"name", m.name}, {"checkpoint", m.checkpoint}, {"dtype", m.dtype}, {"tokenizer", m.tokenizer}};
-      j["checkpoint_path"] = m.checkpoint_path.string();
-      j["tokenizer_path"] = m.tokenizer_path.string();
-      if (!m.layers.empty()) j["layers"] = m.layers;
-      if (!m.depths.empty()) j["depths"] = m.depths;
-      if (!m.control_of.empty()) j["control_of"] = m.control_of;  // only when set: other configs hash as before
-      if (!m.saes.empty()) {
-        json saes = json::object();
-        for (const auto& [layer, spec] : m.saes) saes[std::to_string(layer)] = spec;
-        j["saes"] = saes;
-      }
-      out.push_back(std::move(j));
-    }
-    return out;
-  }
-  if (name == "sae") {
-    json j = sae_to_json(sae);
-    j["overrides"] = json::array();
-    for (const auto& o : sae_overrides) {
-      json entry = o.values;
-      entry["min_depth"] = o.min_depth;
-      entry["max_depth"] = o.max_depth;
-      j["overrides"].push_back(std::move(entry));
-    }
-    return j;
-  }
-  if (name == "transfer")
-    return {{"fit_fraction", transfer.fit_fraction},     {"top_k", transfer.top_k},
-            {"cka_permutations", transfer.cka_permutations}, {"cka_max_tokens", transfer.cka_max_tokens},
-            {"bootstrap", transfer.bootstrap},           {"ci_level", transfer.ci_level},
-            {"max_fit_tokens", transfer.max_fit_tokens}, {"max_eval_tokens", transfer.max_eval_tokens},
-            {"mmac_min_firings", transfer.mmac_min_firings}, {"ridge_lambda", transfer.ridge_lambda},
-            {"batch_size", transfer.batch_size},         {"high_threshold", transfer.high_threshold},
-            {"moderate_threshold", transfer.moderate_threshold}, {"diverging_threshold", transfer.diverging_threshold},
-            {"ceiling", transfer.ceiling}};
-  if (name == "figures")
-    return {{"dpi", figures.dpi}, {"font_pt", figures.font_pt}, {"max_annotated_cells", figures.max_annotated_cells}};
-  if (name == "gates")
-    return {{"max_fvu", gates.max_fvu},
-            {"stream_store_check", gates.stream_store_check},
-            {"pixel_tolerance", gates.pixel_tolerance},
-            {"early_transfer", gates.early_transfer},
-            {"early_max_depth", gates.early_max_depth},
-            {"spread", gates.spread},
-            {"divergence_threshold", gates.divergence_threshold},
-            {"trend_alpha", gates.trend_alpha},
-            {"min_dpi", gates.min_dpi},
-            {"significance_alpha", gates.significance_alpha},
-            {"max_l0_fraction", gates.max_l0_fraction},
-            {"max_dead_fraction", gates.max_dead_fraction}};
-  fail("internal: unknown config section '{}'", name);
+json Experiment::to_json() const {
+  json out = json::object();
+  std::apply([&](const auto&... s) { ((out[s.first] = section_json(this->*s.second)), ...); }, sections());
+  return out;
 }
 
-json Experiment::to_json() const {
-  json out;
-  for (const char* name : {"experiment", "dataset", "capture", "models", "sae", "transfer", "figures", "gates"}) out[name] = section(name);
-  return out;
+json Experiment::section(const std::string& name) const {
+  json all = to_json();
+  if (!all.contains(name)) fail("internal: unknown config section '{}'", name);
+  return all.at(name);
 }
 
 std::string Experiment::sha256() const { return sha256_hex(to_json().dump()); }
@@ -607,11 +434,11 @@ Experiment parse_experiment(const std::string& toml_text, const std::string& dis
   TableReader r(root, "", display_name);
 
   TableReader experiment(section_table(r, "experiment", empty), "experiment", display_name);
-  read_experiment(experiment, exp.experiment);
+  read_section(experiment, exp.experiment);
   TableReader dataset(section_table(r, "dataset", empty), "dataset", display_name);
   read_dataset(dataset, exp.dataset, base_dir);
   TableReader capture(section_table(r, "capture", empty), "capture", display_name);
-  read_capture(capture, exp.capture);
+  read_section(capture, exp.capture);
 
   const toml::node* models = r.find("models");
   if (!models) fail("{}: no [[models]] entries: an experiment needs at least one model", display_name);
@@ -641,13 +468,13 @@ Experiment parse_experiment(const std::string& toml_text, const std::string& dis
   }
 
   TableReader sae(section_table(r, "sae", empty), "sae", display_name);
-  read_sae(sae, exp, display_name);
+  read_sae(sae, exp.sae, display_name);
   TableReader transfer(section_table(r, "transfer", empty), "transfer", display_name);
-  read_transfer(transfer, exp.transfer);
+  read_section(transfer, exp.transfer);
   TableReader figures(section_table(r, "figures", empty), "figures", display_name);
-  read_figures(figures, exp.figures);
+  read_section(figures, exp.figures);
   TableReader gates(section_table(r, "gates", empty), "gates", display_name);
-  read_gates(gates, exp.gates);
+  read_section(gates, exp.gates);
   r.reject_unknown();
   return exp;
 }

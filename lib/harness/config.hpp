@@ -13,8 +13,11 @@
 //   [gates]       max_fvu, early_transfer, spread, ...
 //
 // Loading is strict: an unknown key, a value of the wrong type or an impossible value is a strata::Error
-// naming FILE:LINE:COLUMN and the dotted key. Every field below carries its default, so the resolved
-// config (to_json) is complete. Relative paths are resolved against the TOML file's directory, then the
+// naming FILE:LINE:COLUMN and the dotted key. Each section is the options struct of the layer that uses
+// it ([sae] sae::TrainOptions, [transfer] transfer::TransferOptions plus two keys, [figures]
+// report::FigureOptions, [gates] validation::GateThresholds); its fields() table (core/options.hpp) gives
+// the keys, defaults, docs and rules, so parsing, validation and the resolved config (to_json, complete
+// with every default) come from one declaration. Relative paths are resolved against the TOML file's directory, then the
 // repository root (so configs copied into a run directory still find zoo/ checkpoints).
 #pragma once
 #include <nlohmann/json.hpp>
@@ -23,8 +26,17 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <regex>
 #include <string>
+#include <string_view>
+#include <tuple>
 #include <vector>
+
+#include "core/options.hpp"
+#include "report/figures.hpp"
+#include "sae/options.hpp"
+#include "transfer/options.hpp"
+#include "validation/gate_options.hpp"
 
 namespace strata::harness {
 
@@ -34,6 +46,26 @@ struct ExperimentInfo {
   std::string device = "cpu";        // "cpu" | "cuda" | "cuda:N"
   int threads = 0;                   // 0 = all cores
   std::string output_root = "runs";  // new run directories go to <output_root>/<name>-<timestamp>
+
+  static const auto& fields() {
+    using O = ExperimentInfo;
+    namespace o = options;
+    static const auto table = std::make_tuple(
+        o::field("name", &O::name, "run directory prefix (default: the TOML file's stem)",
+                 o::rule([](const O&, const std::string& v) { return std::regex_match(v, std::regex("[A-Za-z0-9._-]+")); },
+                         "must be non-empty and use only letters, digits, '.', '_' and '-'"),
+                 o::rule([](const O&, const std::string& v) { return v != "." && v != ".."; },
+                         "must not be '.' or '..' (names become file names)")),
+        o::field("seed", &O::seed, "master seed; every step's seed is derived from it"),
+        o::field("device", &O::device, "\"cpu\" or \"cuda:N\"",
+                 o::rule([](const O&, const std::string& v) { return std::regex_match(v, std::regex("cpu|cuda(:[0-9]+)?")); },
+                         "must be \"cpu\" or \"cuda:N\"")),
+        o::field("threads", &O::threads, "compute threads (0 = all cores)",
+                 o::rule([](const O&, int v) { return v >= 0 && v <= 4096; }, "must be 0 (all cores) or a positive thread count")),
+        o::field("output_root", &O::output_root, "new run directories go to <output_root>/<name>-<UTC time>",
+                 o::rule([](const O&, const std::string& v) { return !v.empty(); }, "must not be empty")));
+    return table;
+  }
 };
 
 struct DatasetConfig {
@@ -46,6 +78,26 @@ struct DatasetConfig {
   int64_t num_batches = 50;        // batches to capture (ignored when `tokens` is set)
   int64_t tokens = 0;              // > 0: exactly this many real input tokens per model instead of num_batches
   std::string packing = "truncate";  // "truncate" | "pack"
+
+  // `spec` is checked (and resolved_spec made) where paths are resolved (config.cpp read_dataset).
+  static const auto& fields() {
+    using O = DatasetConfig;
+    namespace o = options;
+    static const auto table = std::make_tuple(
+        o::field("spec", &O::spec, "\"synthetic[:SEED]\", \"jsonl:PATH[:FIELD]\" or \"text:PATH\""),
+        o::field("template", &O::jsonl_template, "jsonl only: e.g. \"{question}\\n{answer}\"",
+                 o::rule([](const O& d, const std::string& v) { return v.empty() || d.spec.rfind("jsonl:", 0) == 0; },
+                         "applies only to jsonl datasets")),
+        o::field("num_documents", &O::num_documents, "documents read (0 = all)", o::at_least(0, " (0 = all)")),
+        o::field("seq_len", &O::seq_len, "tokens per sequence",
+                 o::rule([](const O&, int64_t v) { return v >= 2 && v <= (1 << 20); }, "must be between 2 and 1048576")),
+        o::field("batch_size", &O::batch_size, "sequences per forward pass", o::at_least(1)),
+        o::field("num_batches", &O::num_batches, "batches to capture (ignored when tokens is set)", o::at_least(1)),
+        o::field("tokens", &O::tokens, "> 0: exactly this many real input tokens per model",
+                 o::at_least(0, " (0 = use num_batches)")),
+        o::field("packing", &O::packing, "\"truncate\" or \"pack\"", o::one_of({"truncate", "pack"})));
+    return table;
+  }
 };
 
 struct CaptureConfig {
@@ -54,6 +106,20 @@ struct CaptureConfig {
   double norm_outlier_factor = 0;   // 0 = off; else drop positions whose norm exceeds factor x the batch's median
                                     // norm at any captured layer (from every layer)
   double shard_size_mb = 512;       // activation bytes per shard before a new shard starts
+
+  static const auto& fields() {
+    using O = CaptureConfig;
+    namespace o = options;
+    static const auto table = std::make_tuple(
+        o::field("store_dtype", &O::store_dtype, "\"f32\", \"f16\" or \"bf16\"", o::one_of({"f32", "f16", "bf16"})),
+        o::field("keep_special", &O::keep_special, "store BOS and other special tokens too"),
+        o::field("norm_outlier_factor", &O::norm_outlier_factor,
+                 "0 = off; else drop positions whose norm exceeds this many times the batch median",
+                 o::rule([](const O&, double v) { return v == 0 || v > 1; },
+                         "must be 0 (off) or greater than 1 (a multiple of the median norm)")),
+        o::field("shard_size_mb", &O::shard_size_mb, "activation bytes per shard (MiB)", o::above(0)));
+    return table;
+  }
 };
 
 struct ModelConfig {
@@ -80,79 +146,38 @@ struct ModelConfig {
   std::string checkpoint_spec() const { return is_hf() ? checkpoint : checkpoint_path.string(); }
 };
 
-// Field names and defaults are sae::TrainOptions' (lib/sae/train.hpp), so the pipeline maps them 1:1.
-struct SaeConfig {
-  std::string architecture = "relu";  // "relu" (SAELens "standard", L1 penalty) | "topk"
-  int64_t expansion = 8;              // d_sae = expansion * d_in
-  int64_t k = 32;                     // topk only: active latents per token
-  double lr = 1e-4;
-  double l1 = 1e-4;                   // relu only: L1 coefficient (SAELens convention)
-  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
-  int64_t lr_warmup_steps = 1000;     // linear warm-up (the trainer clamps it to 10% of all steps)
-  int64_t l1_warmup_steps = 1000;
-  int64_t epochs = 10;                // maximum; training stops early once converged
-  int64_t min_epochs = 2;
-  double convergence_tolerance = 0.01;  // converged: held-out loss changed by < this fraction over an epoch
-  int64_t batch_size = 4096;          // rows per optimizer step
-  double heldout_fraction = 0.1;      // rows kept out for metrics and convergence
-  std::string b_dec_init = "geometric_median";  // "geometric_median" | "mean" | "zeros"
-  int64_t b_dec_init_rows = 16384;
-  int64_t shuffle_buffer_rows = 65536;
-  int64_t dead_window_tokens = 1000000;  // a latent silent for this many tokens counts as dead
-  int64_t aux_k = 0;                     // topk: AuxK latents (0 = d_in / 2)
-  double aux_coefficient = 1.0 / 32;
-  int64_t resample_interval_steps = 2500;  // relu: resample dead latents this often in the first half (0 = never)
-  double dense_threshold = 0.1;            // a latent active on more than this fraction of tokens is dense
-  int64_t checkpoint_interval_steps = 1000;  // training checkpoints for exact resume
-};
-
 // Applied, in file order, to SAEs whose relative depth d satisfies min_depth <= d <= max_depth.
 struct SaeOverride {
   double min_depth = 0.0, max_depth = 1.0;
   nlohmann::json values;  // only the [sae] keys this override sets
 };
 
-// Field names and defaults are transfer::TransferOptions' (lib/transfer/transfer.hpp), plus `ceiling`
-// (train step) and `diverging_threshold` (the lowest band of figures and report).
-struct TransferConfig {
-  double fit_fraction = 0.75;         // share of aligned sequences used to fit maps; the rest evaluates
-  int64_t top_k = 100;                // latents for feature_variance_ratio, top_k_spearman, decoder_similarity
-  int64_t cka_permutations = 10000;
-  int64_t cka_max_tokens = 2048;      // tokens of the CKA permutation test / bootstrap
-  int64_t bootstrap = 1000;           // bootstrap resamples (over sequences) for confidence intervals
-  double ci_level = 0.95;
-  int64_t max_fit_tokens = 32768;
-  int64_t max_eval_tokens = 16384;
-  int64_t mmac_min_firings = 10;
-  double ridge_lambda = 1e-2;         // map_r2 baseline: lambda = ridge_lambda * mean eigenvalue
-  int64_t batch_size = 4096;          // rows per SAE encode
-  double high_threshold = 0.9;        // q_excess >= this: HIGH_UNIVERSALITY ("universal" band)
-  double moderate_threshold = 0.6;    // q_excess >= this: MODERATE_UNIVERSALITY ("partial" band), else LOW
+// [sae] and [[sae.overrides]]: the trainer's own options (sae::TrainOptions) and the depth overrides.
+struct SaeConfig {
+  sae::TrainOptions options;
+  std::vector<SaeOverride> overrides;
+  // The options of an SAE at relative depth `relative_depth` (= layer / n_layers).
+  sae::TrainOptions for_depth(double relative_depth) const;
+};
+
+// [transfer]: the transfer layer's own options plus two keys other steps read.
+struct TransferConfig : transfer::TransferOptions {
   double diverging_threshold = 0.4;   // figure/report band: [this, moderate) diverging, below model-specific
   bool ceiling = true;                // train a second-seed SAE for one cell per model (seed-to-seed ceiling)
-};
 
-// Field names and defaults are validation::GateThresholds' (validation/gates.hpp).
-struct GatesConfig {
-  double max_fvu = 0.5;               // Gate 2: every SAE's held-out FVU below this
-  bool stream_store_check = true;     // Gate 1: read every shard looking for NaN/Inf
-  int64_t pixel_tolerance = 1;        // Gate 4: |PNG pixels - inches * dpi|
-  double early_transfer = 0.8;        // should-pass: mean cross-model q_excess of early layers above this
-  double early_max_depth = 0.34;      // relative depth up to which a layer counts as early
-  double spread = 0.15;               // should-pass: cross-model spread per layer below this
-  double divergence_threshold = 0.6;  // divergence point: first depth where q_excess falls below this
-  double trend_alpha = 0.05;          // significance level of the monotonic-decline trend test
-  int64_t min_dpi = 300;              // Gate 4 / publication-ready: figure resolution
-  double significance_alpha = 0.05;   // BH-adjusted p-values count as significant below this
-  double max_l0_fraction = 0.5;       // should-pass: every SAE's held-out L0 at most this fraction of d_in
-  double max_dead_fraction = 0.2;     // should-pass: every SAE's dead-latent fraction at most this
-};
-
-// report::FigureOptions (lib/report/figures.hpp).
-struct FiguresConfig {
-  int64_t dpi = 300;
-  double font_pt = 9;
-  int64_t max_annotated_cells = 20;   // heatmap values printed in cells up to this many rows/columns
+  static const auto& fields() {
+    using O = TransferConfig;
+    namespace o = options;
+    static const auto table = std::tuple_cat(
+        transfer::TransferOptions::fields(),
+        std::make_tuple(
+            o::field("diverging_threshold", &O::diverging_threshold,
+                     "figures and report: [this, moderate_threshold) is diverging, below it model-specific",
+                     o::rule([](const O& t, double v) { return v >= 0 && v <= t.moderate_threshold; },
+                             "must lie in [0, moderate_threshold]")),
+            o::field("ceiling", &O::ceiling, "train a second-seed SAE of one cell per model (seed-to-seed ceiling)")));
+    return table;
+  }
 };
 
 struct Experiment {
@@ -163,13 +188,35 @@ struct Experiment {
   CaptureConfig capture;
   std::vector<ModelConfig> models;
   SaeConfig sae;
-  std::vector<SaeOverride> sae_overrides;
   TransferConfig transfer;
-  FiguresConfig figures;
-  GatesConfig gates;
+  report::FigureOptions figures;
+  validation::GateThresholds gates;
 
-  // The [sae] settings for a cell at relative depth `relative_depth` (= layer / n_layers).
-  SaeConfig sae_for(double relative_depth) const;
+  // The sections, in file order: the resolved config's top-level keys, and what a step declares it reads.
+  static const auto& sections() {
+    using E = Experiment;
+    static const auto table = std::make_tuple(
+        std::pair{"experiment", &E::experiment}, std::pair{"dataset", &E::dataset}, std::pair{"capture", &E::capture},
+        std::pair{"models", &E::models}, std::pair{"sae", &E::sae}, std::pair{"transfer", &E::transfer},
+        std::pair{"figures", &E::figures}, std::pair{"gates", &E::gates});
+    return table;
+  }
+  // The name of the section `member` ("figures" for &Experiment::figures).
+  template <class T>
+  static std::string section_name(T Experiment::*member) {
+    std::string out;
+    std::apply(
+        [&](const auto&... section) {
+          auto match = [&](const auto& s) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(s.second)>, T Experiment::*>)
+              if (s.second == member) out = s.first;
+          };
+          (match(section), ...);
+        },
+        sections());
+    return out;
+  }
+
   const ModelConfig& model(const std::string& name) const;
 
   // The resolved config: every section, every default filled in. Keys are sorted (nlohmann::json).

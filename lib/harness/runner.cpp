@@ -16,7 +16,7 @@ namespace strata::harness {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::vector<std::string> parse_step_list(const std::string& csv) {
+std::vector<std::string> parse_step_list(const std::string& csv, const StepRegistry& registry) {
   std::vector<std::string> out;
   std::stringstream in(csv);
   std::string name;
@@ -24,7 +24,7 @@ std::vector<std::string> parse_step_list(const std::string& csv) {
     name.erase(0, name.find_first_not_of(" \t"));
     name.erase(name.find_last_not_of(" \t") + 1);
     if (name.empty()) continue;
-    if (std::find(kStepOrder.begin(), kStepOrder.end(), name) == kStepOrder.end()) default_step(name);  // throws, listing steps
+    if (!registry.find(name)) fail("unknown step '{}' (steps: {})", name, fmt::join(registry.declared(), ", "));
     if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(name);
   }
   if (out.empty()) fail("--steps names no step");
@@ -141,7 +141,9 @@ RunSummary run_experiment(const RunOptions& options, const StepRegistry& registr
   runtime::apply_determinism();
   torch::Device device = runtime::parse_device(exp.experiment.device);
 
-  std::vector<std::string> selected = options.steps.empty() ? kStepOrder : options.steps;
+  for (const auto& name : options.steps)
+    if (!registry.find(name)) fail("unknown step '{}' (steps: {})", name, fmt::join(registry.declared(), ", "));
+  std::vector<std::string> selected = options.steps.empty() ? registry.declared() : options.steps;
   const std::string build = runtime::build_id();
   json git = git_state();
   {
@@ -166,10 +168,11 @@ RunSummary run_experiment(const RunOptions& options, const StepRegistry& registr
 
   RunSummary summary;
   summary.run_dir = run->root();
-  for (const auto& name : kStepOrder) {
+  for (const StepDefinition& row : registry.steps()) {
+    const std::string& name = row.name;
     if (std::find(selected.begin(), selected.end(), name) == selected.end()) continue;
-    const StepDefinition* step = registry.find(name);
-    if (!step) {
+    const StepDefinition* step = &row;
+    if (!step->run) {
       log::info("Step {}: not available yet in this build, skipped", name);
       summary.unavailable.push_back(name);
       continue;
@@ -201,7 +204,7 @@ RunSummary run_experiment(const RunOptions& options, const StepRegistry& registr
     auto start = std::chrono::steady_clock::now();
     std::string error;
     try {
-      StepContext context(exp, *run, name, device);
+      StepContext context(exp, *run, *step, device);
       step->run(context);
     } catch (const c10::Error& e) {
       error = std::string("LibTorch error: ") + e.what_without_backtrace();

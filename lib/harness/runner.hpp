@@ -13,7 +13,7 @@ namespace strata::harness {
 
 struct RunOptions {
   std::filesystem::path experiment_file;  // may be empty with resume_dir: the run's own config.toml
-  std::vector<std::string> steps;         // empty = every step; always run in kStepOrder
+  std::vector<std::string> steps;         // empty = every step; always run in the step table's order
   std::filesystem::path resume_dir;       // continue this run
   std::filesystem::path out_dir;          // new run here (default <output_root>/<name>-<UTC time>)
   std::optional<int> threads;             // overrides [experiment] threads (reproduce: the recorded count)
@@ -33,7 +33,7 @@ struct RunSummary {
 // for a bad config, a locked or invalid run directory, or an unknown step name.
 RunSummary run_experiment(const RunOptions& options, const StepRegistry& registry = global_steps());
 
-// "capture,train" -> {"capture", "train"}; unknown names are an error listing the valid ones.
-std::vector<std::string> parse_step_list(const std::string& csv);
+// "capture,train" -> {"capture", "train"}; a name the step table does not declare is an error listing them.
+std::vector<std::string> parse_step_list(const std::string& csv, const StepRegistry& registry = global_steps());
 
 }  // namespace strata::harness

@@ -1,5 +1,6 @@
 #include "harness/steps.hpp"
 
+#include <algorithm>
 #include <fstream>
 
 #include "core/error.hpp"
@@ -10,11 +11,20 @@ namespace strata::harness {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-StepContext::StepContext(const Experiment& experiment, RunDir& run_dir, std::string step_name, torch::Device dev)
-    : exp(experiment), run(run_dir), step(std::move(step_name)), device(dev) {}
+StepContext::StepContext(const Experiment& experiment, RunDir& run_dir, const StepDefinition& definition, torch::Device dev)
+    : run(run_dir), step(definition.name), device(dev), exp_(experiment), config_keys_(definition.config_keys) {}
+
+void StepContext::require_declared(const std::string& section, const std::string& key) const {
+  if (section.empty()) fail("internal: step '{}' reads a config member that is not a section of the experiment", step);
+  for (const auto& declared : config_keys_)
+    if (declared == section || (!key.empty() && declared == section + "." + key)) return;
+  fail("internal: step '{}' reads config '{}' but its row in the step table does not declare it (it declares: {}); "
+       "declare it, or --resume would call the step up to date after that part changed",
+       step, key.empty() ? section : section + "." + key, fmt::join(config_keys_, ", "));
+}
 
 uint64_t StepContext::seed_for(std::string_view model, int64_t layer) {
-  uint64_t seed = derive_seed(exp.experiment.seed, step, model, layer);
+  uint64_t seed = derive_seed(exp_.experiment.seed, step, model, layer);
   std::lock_guard lock(run.mutex());
   run.manifest().record_seed(seed_key(step, model, layer), seed);
   run.save_manifest();
@@ -22,7 +32,7 @@ uint64_t StepContext::seed_for(std::string_view model, int64_t layer) {
 }
 
 uint64_t StepContext::shared_seed(std::string_view purpose) {
-  uint64_t seed = derive_seed(exp.experiment.seed, purpose);
+  uint64_t seed = derive_seed(exp_.experiment.seed, purpose);
   std::lock_guard lock(run.mutex());
   run.manifest().record_seed(seed_key(purpose), seed);
   run.save_manifest();
@@ -91,34 +101,16 @@ std::vector<ArtifactRecord> StepContext::artifacts_of(const std::string& step_na
   return run.manifest().artifacts_of(step_name);
 }
 
-StepDefinition default_step(const std::string& name) {
-  // config_keys: what, if changed, makes the step's earlier output stale.
-  if (name == "capture") return {name, "residual-stream capture per (model, layer)", nullptr, {"dataset", "capture", "models"}, {}};
-  if (name == "train") return {name, "one SAE per (model, layer)", nullptr, {"sae", "transfer.ceiling"}, {"capture"}};
-  if (name == "transfer")
-    return {name, "layer x model transfer matrix", nullptr, {"transfer"}, {"capture", "train"}};
-  if (name == "figures") return {name, "publication figures", nullptr, {"transfer", "models"}, {"train", "transfer"}};
-  if (name == "report")
-    return {name, "markdown report with tables", nullptr, {"transfer", "gates", "models"}, {"capture", "train", "transfer", "figures"}};
-  if (name == "gates")
-    return {name, "go/no-go gates", nullptr, {"gates"}, {"capture", "train", "transfer", "figures", "report"}};
-  std::string known;
-  for (const auto& s : kStepOrder) known += (known.empty() ? "" : ", ") + s;
-  fail("unknown step '{}' (steps: {})", name, known);
-}
-
 void StepRegistry::add(StepDefinition step) {
-  StepDefinition defaults = default_step(step.name);
-  if (step.config_keys.empty()) step.config_keys = defaults.config_keys;
-  if (step.inputs_from.empty()) step.inputs_from = defaults.inputs_from;
-  if (step.description.empty()) step.description = defaults.description;
-  if (!step.run) fail("internal: step '{}' registered without a function", step.name);
-  std::erase_if(steps_, [&](const StepDefinition& s) { return s.name == step.name; });
-  steps_.push_back(std::move(step));
-}
-
-void StepRegistry::add(const std::string& name, StepFunction run, std::string description) {
-  add(StepDefinition{name, std::move(description), std::move(run), {}, {}});
+  if (step.name.empty()) fail("internal: a step table row without a name");
+  auto existing = std::find_if(steps_.begin(), steps_.end(), [&](const StepDefinition& s) { return s.name == step.name; });
+  for (const auto& input : step.inputs_from) {
+    auto producer = std::find_if(steps_.begin(), existing, [&](const StepDefinition& s) { return s.name == input; });
+    if (producer == existing)
+      fail("internal: step '{}' reads the artifacts of '{}', which is not an earlier step of the table", step.name, input);
+  }
+  if (existing != steps_.end()) *existing = std::move(step);
+  else steps_.push_back(std::move(step));
 }
 
 const StepDefinition* StepRegistry::find(const std::string& name) const {
@@ -127,10 +119,16 @@ const StepDefinition* StepRegistry::find(const std::string& name) const {
   return nullptr;
 }
 
+std::vector<std::string> StepRegistry::declared() const {
+  std::vector<std::string> out;
+  for (const auto& s : steps_) out.push_back(s.name);
+  return out;
+}
+
 std::vector<std::string> StepRegistry::names() const {
   std::vector<std::string> out;
-  for (const auto& name : kStepOrder)
-    if (find(name)) out.push_back(name);
+  for (const auto& s : steps_)
+    if (s.run) out.push_back(s.name);
   return out;
 }
 

@@ -16,17 +16,42 @@
 
 namespace strata::harness {
 
-// Canonical order; `strata run --steps` selects a subset and it still runs in this order.
-inline const std::vector<std::string> kStepOrder = {"capture", "train", "transfer", "figures", "report", "gates"};
+struct StepDefinition;
 
 class StepContext {
  public:
-  StepContext(const Experiment& experiment, RunDir& run, std::string step, torch::Device device);
+  StepContext(const Experiment& experiment, RunDir& run, const StepDefinition& definition, torch::Device device);
 
-  const Experiment& exp;
   RunDir& run;
   const std::string step;
   const torch::Device device;
+
+  // A config section the step reads, e.g. ctx.config(&Experiment::figures). Reading a section the step
+  // does not declare in the step table is an error (naming both), so that every config part a step's
+  // output depends on is in its config hash and --resume re-runs it when that part changes.
+  template <class T>
+  const T& config(T Experiment::*section) const {
+    require_declared(Experiment::section_name(section), "");
+    return exp_.*section;
+  }
+  // One key of a section, for a step that reads only that key (declared "transfer.ceiling").
+  template <class S, class T, class Owner>
+  const T& config(S Experiment::*section, T Owner::*key) const {
+    std::string name;
+    options::for_each_field(exp_.*section, [&](const auto& f, const auto&) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(f.member)>, T Owner::*>)
+        if (f.member == key) name = std::string(f.key);
+    });
+    require_declared(Experiment::section_name(section), name);
+    return (exp_.*section).*key;
+  }
+
+  // One section of the resolved config (Experiment::section: every default filled in), for a layer that
+  // takes its settings as JSON (the gates, report::analysis_options). Declared like config().
+  nlohmann::json config_json(const std::string& section) const {
+    require_declared(section, "");
+    return exp_.section(section);
+  }
 
   // The seed of (this step, model, layer), derived from the master seed (seeds.hpp) and recorded in
   // the manifest. Use model "" / layer -1 for step-wide randomness.
@@ -60,32 +85,51 @@ class StepContext {
 
   // Artifacts recorded so far by a step (sorted by path).
   std::vector<ArtifactRecord> artifacts_of(const std::string& step_name) const;
+
+ private:
+  void require_declared(const std::string& section, const std::string& key) const;
+  const Experiment& exp_;
+  std::vector<std::string> config_keys_;
 };
 
 using StepFunction = std::function<void(StepContext&)>;
 
+// How a scheduler may split a step into units of work that run apart and write disjoint artifacts.
+enum class StepUnits {
+  whole_run,     // one unit (figures, report, gates: the reduce)
+  per_model,     // one unit per [[models]] entry (capture)
+  per_cell,      // one unit per (model, layer) SAE, ceiling SAEs included (train)
+  source_cells,  // blocks of source cells, every target each (transfer)
+};
+
+// One row of the pipeline's step table (lib/pipeline/pipeline.cpp step_table(), the single source of
+// truth): what runs, in which order, what it reads and what it writes. The runner, resume, reproduce
+// and schedulers read it from here.
 struct StepDefinition {
-  std::string name;         // one of kStepOrder
+  std::string name;
   std::string description;
-  StepFunction run;
-  // Parts of the resolved config the step depends on, as top-level sections ("sae") or dotted keys
-  // ("transfer.ceiling"); the master seed always counts. Empty = the step's default (default_step()).
+  StepFunction run;  // empty: declared but not available in this build (reported, skipped)
+  // The config it reads, as top-level sections ("sae") or dotted keys ("transfer.ceiling"); the master
+  // seed always counts. StepContext::config() refuses anything else, so this is exactly what it reads.
   std::vector<std::string> config_keys;
   // Earlier steps whose artifacts are this step's inputs (their hashes decide whether it is up to date).
   std::vector<std::string> inputs_from;
+  // Run-relative artifacts it writes; {model} and {cell} (<model>_layer<L>) stand for each model / cell.
+  std::vector<std::string> outputs;
+  StepUnits units = StepUnits::whole_run;
 };
 
-// The default config keys and inputs of each canonical step.
-StepDefinition default_step(const std::string& name);
-
+// The step table as registered: rows in pipeline order.
 class StepRegistry {
  public:
-  // Registers (or replaces) a step; unset config_keys / inputs_from take default_step()'s.
+  // Appends a row, or replaces the row of that name in place. Every name in inputs_from must be an
+  // earlier row.
   void add(StepDefinition step);
-  // Convenience: a canonical step with its default config keys and inputs.
-  void add(const std::string& name, StepFunction run, std::string description = "");
   const StepDefinition* find(const std::string& name) const;
-  std::vector<std::string> names() const;  // registered, in canonical order
+  // Every row, in order (available or not).
+  const std::vector<StepDefinition>& steps() const { return steps_; }
+  std::vector<std::string> declared() const;  // every row's name, in order
+  std::vector<std::string> names() const;     // the rows with a function, in order
 
  private:
   std::vector<StepDefinition> steps_;

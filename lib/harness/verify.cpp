@@ -84,7 +84,7 @@ ReproduceResult reproduce_run(const fs::path& original_run, const fs::path& out,
   options.command_line = command_line;
   const json& environment = original.section("environment");
   if (environment.is_object() && environment.contains("threads")) options.threads = environment["threads"].get<int>();
-  for (const auto& name : kStepOrder)
+  for (const auto& name : registry.declared())
     if (const StepRecord* step = original.step(name); step && step->status == "complete") options.steps.push_back(name);
   if (options.steps.empty()) fail("{} has no completed step to reproduce", original_dir.string());
   log::info("Reproducing {} ({} threads; steps {})", original_dir.string(), options.threads.value_or(0),

@@ -19,6 +19,7 @@
 
 namespace strata::pipeline {
 namespace fs = std::filesystem;
+using harness::Experiment;
 using harness::StepContext;
 using nlohmann::json;
 
@@ -56,8 +57,8 @@ std::vector<std::string> store_inputs(StepContext& ctx, const std::string& model
 // ---------------------------------------------------------------- capture
 
 void capture_step(StepContext& ctx) {
-  const auto& exp = ctx.exp;
-  const auto& dataset = exp.dataset;
+  const auto& dataset = ctx.config(&Experiment::dataset);
+  const auto& capture_config = ctx.config(&Experiment::capture);
   const auto documents = [&] {
     return text::DocumentReader(dataset.resolved_spec, dataset.num_documents, dataset.jsonl_template);
   };
@@ -67,9 +68,10 @@ void capture_step(StepContext& ctx) {
   int64_t tokens = 0;
   // Every checkpoint is resolved before the first capture: a typo in the last model's path must not be
   // found only after the other models were captured.
+  const auto& models = ctx.config(&Experiment::models);
   std::map<std::string, fs::path> checkpoints;
-  for (const auto& model : exp.models) checkpoints[model.name] = io::resolve_checkpoint(model.checkpoint_spec());
-  for (const auto& model : exp.models) {
+  for (const auto& model : models) checkpoints[model.name] = io::resolve_checkpoint(model.checkpoint_spec());
+  for (const auto& model : models) {
     const fs::path& checkpoint = checkpoints.at(model.name);
     capture::CaptureOptions options;
     options.layers.assign(model.layers.begin(), model.layers.end());
@@ -78,10 +80,10 @@ void capture_step(StepContext& ctx) {
     options.num_batches = dataset.num_batches;
     options.max_tokens = dataset.tokens;
     options.seq_len = dataset.seq_len;
-    options.store_dtype = io::parse_store_dtype(exp.capture.store_dtype);
-    options.keep_special = exp.capture.keep_special;
-    options.norm_outlier_factor = exp.capture.norm_outlier_factor;
-    options.shard_size_bytes = static_cast<int64_t>(exp.capture.shard_size_mb * 1024.0 * 1024.0);
+    options.store_dtype = io::parse_store_dtype(capture_config.store_dtype);
+    options.keep_special = capture_config.keep_special;
+    options.norm_outlier_factor = capture_config.norm_outlier_factor;
+    options.shard_size_bytes = static_cast<int64_t>(capture_config.shard_size_mb * 1024.0 * 1024.0);
     options.device = ctx.device;
     options.compute_dtype = models::parse_compute_dtype(model.dtype, fmt::format("model '{}' dtype", model.name));
     options.packing = text::parse_packing_policy(dataset.packing);
@@ -118,38 +120,6 @@ void capture_step(StepContext& ctx) {
 
 // ---------------------------------------------------------------- train
 
-sae::TrainOptions train_options(const harness::SaeConfig& s, const std::string& name) {
-  sae::TrainOptions o;
-  o.architecture = s.architecture;  // train_sae maps the alias "relu" to "standard"
-  o.k = s.k;
-  o.expansion = s.expansion;
-  o.lr = s.lr;
-  o.l1 = s.l1;
-  o.adam_beta1 = s.adam_beta1;
-  o.adam_beta2 = s.adam_beta2;
-  o.adam_eps = s.adam_eps;
-  o.lr_warmup_steps = s.lr_warmup_steps;
-  o.l1_warmup_steps = s.l1_warmup_steps;
-  o.epochs = s.epochs;
-  o.min_epochs = s.min_epochs;
-  o.convergence_tolerance = s.convergence_tolerance;
-  o.batch_size = s.batch_size;
-  o.heldout_fraction = s.heldout_fraction;
-  o.b_dec_init = s.b_dec_init;
-  o.b_dec_init_rows = s.b_dec_init_rows;
-  o.shuffle_buffer_rows = s.shuffle_buffer_rows;
-  o.dead_window_tokens = s.dead_window_tokens;
-  o.aux_k = s.aux_k;
-  o.aux_coefficient = s.aux_coefficient;
-  o.resample_interval_steps = s.resample_interval_steps;
-  o.dense_threshold = s.dense_threshold;
-  o.checkpoint_interval_steps = s.checkpoint_interval_steps;
-  o.resume = true;  // an interrupted step resumes each SAE from its training checkpoint
-  o.keep_checkpoint = false;
-  o.name = name;
-  return o;
-}
-
 // Trains one SAE into `relative_dir` and records its files; a diverged SAE is recorded as a failure of
 // this cell while the others go on.
 void train_one(StepContext& ctx, const json& cell, const std::string& relative_dir, uint64_t seed) {
@@ -157,7 +127,10 @@ void train_one(StepContext& ctx, const json& cell, const std::string& relative_d
   const std::string model = cell.at("model");
   const int64_t layer = cell.at("layer");
   const double depth = cell.at("relative_depth");
-  harness::SaeConfig config = ctx.exp.sae_for(depth);
+  sae::TrainOptions options = ctx.config(&Experiment::sae).for_depth(depth);  // passed through as declared
+  options.resume = true;  // an interrupted step resumes each SAE from its training checkpoint
+  options.keep_checkpoint = false;
+  options.name = name;
   std::vector<std::string> inputs = store_inputs(ctx, model, layer);
   io::ActivationStore store = io::ActivationStore::open(ctx.path("activations"), model, static_cast<int>(layer));
   json provenance = {{"model", model},
@@ -166,8 +139,7 @@ void train_one(StepContext& ctx, const json& cell, const std::string& relative_d
                      {"relative_depth", depth},
                      {"hook_name", sae::hook_name(layer)},
                      {"seed", seed}};
-  log::info("Training SAE for {} ({}, l1 {}, seed {})", relative_dir, config.architecture, config.l1, seed);
-  sae::TrainOptions options = train_options(config, name);
+  log::info("Training SAE for {} ({}, l1 {}, seed {})", relative_dir, options.architecture, options.l1, seed);
   options.device = ctx.device;
   sae::TrainResult result = sae::train_sae(store, options, seed, ctx.path(relative_dir), provenance);
   if (!result.ok) {
@@ -221,7 +193,7 @@ json import_published(StepContext& ctx, const json& cell, const std::string& spe
   if (loaded.sae.d_in() != store.dim())
     fail("cell {}: the {} SAE {} has d_in {} but the captured activations have width {}", name, loaded.format, spec,
          loaded.sae.d_in(), store.dim());
-  harness::SaeConfig config = ctx.exp.sae_for(depth);
+  const sae::TrainOptions config = ctx.config(&Experiment::sae).for_depth(depth);
   sae::Sae converted = loaded.sae;
   json scaling = nullptr;
   if (converted.normalize_activations == "expected_average_only_in") {
@@ -265,7 +237,7 @@ void train_step(StepContext& ctx) {
   json cells = recorded_cells(ctx.run);
   // Published SAEs by cell name; each must name a captured layer.
   std::map<std::string, std::string> published;
-  for (const auto& model : ctx.exp.models)
+  for (const auto& model : ctx.config(&Experiment::models))
     for (const auto& [layer, spec] : model.saes) {
       bool captured = false;
       std::vector<int64_t> layers;
@@ -298,10 +270,10 @@ void train_step(StepContext& ctx) {
     ctx.run.save_manifest();
   }
   size_t ceilings = 0;
-  if (ctx.exp.transfer.ceiling) {
+  if (ctx.config(&Experiment::transfer, &harness::TransferConfig::ceiling)) {
     // The seed-to-seed ceiling: a second SAE, another seed, for the middle cell of each model. Kept out of
     // saes/ (which holds exactly one SAE per cell). A published middle cell has no seed-to-seed ceiling.
-    for (const auto& model : ctx.exp.models) {
+    for (const auto& model : ctx.config(&Experiment::models)) {
       std::vector<json> own;
       for (const auto& cell : cells)
         if (cell.at("model") == model.name) own.push_back(cell);
@@ -324,7 +296,6 @@ void train_step(StepContext& ctx) {
 // ---------------------------------------------------------------- transfer
 
 void transfer_step(StepContext& ctx) {
-  const auto& t = ctx.exp.transfer;
   json cells = recorded_cells(ctx.run);
   std::vector<transfer::Cell> transfer_cells;
   std::vector<std::string> inputs;
@@ -350,20 +321,7 @@ void transfer_step(StepContext& ctx) {
   for (const auto& input : artifacts_of(ctx, {"train"})) inputs.push_back(input);
   if (transfer_cells.size() < 2) fail("only {} cell(s) have a trained SAE; the transfer matrix needs at least 2", transfer_cells.size());
 
-  transfer::TransferOptions o;
-  o.fit_fraction = t.fit_fraction;
-  o.top_k = t.top_k;
-  o.cka_permutations = t.cka_permutations;
-  o.cka_max_tokens = t.cka_max_tokens;
-  o.bootstrap = t.bootstrap;
-  o.ci_level = t.ci_level;
-  o.max_fit_tokens = t.max_fit_tokens;
-  o.max_eval_tokens = t.max_eval_tokens;
-  o.mmac_min_firings = t.mmac_min_firings;
-  o.ridge_lambda = t.ridge_lambda;
-  o.batch_size = t.batch_size;
-  o.high_threshold = t.high_threshold;
-  o.moderate_threshold = t.moderate_threshold;
+  transfer::TransferOptions o = ctx.config(&Experiment::transfer);  // the [transfer] section is these options
   o.aligned_rows = false;  // rows pair through (document, byte offset), whatever the tokenizers
   transfer::TransferResult result = transfer::run_transfer(transfer_cells, o, ctx.seed_for(), ctx.path("transfer"));
   for (const auto& file : result.files) ctx.record_artifact(ctx.run.relative(file), inputs);
@@ -373,17 +331,23 @@ void transfer_step(StepContext& ctx) {
 
 // ---------------------------------------------------------------- figures, report, gates
 
-// The figures and the report take their analysis settings from the run's config.resolved.json
-// (report::analysis_options_for_run, the one derivation); its bootstrap seed is this shared seed, which
-// is recorded in the manifest here.
-void record_analysis_seed(StepContext& ctx) { ctx.shared_seed("analysis"); }
+// The analysis settings of the figures and the report: report::analysis_options, the one derivation
+// (also behind `strata figures` and `strata report` on a run directory), applied to the sections it reads
+// ([transfer] bands, bootstrap and ci_level; [gates] thresholds; [[models]] control_of), taken through
+// the context so that a step calling this must declare all three. The bootstrap seed is the shared
+// "analysis" seed, the same value analysis_options derives from the master seed, recorded in the manifest.
+report::AnalysisOptions analysis_options(StepContext& ctx) {
+  const json declared = {{"transfer", ctx.config_json("transfer")},
+                         {"gates", ctx.config_json("gates")},
+                         {"models", ctx.config_json("models")}};
+  report::AnalysisOptions a = report::analysis_options(declared);
+  a.bootstrap_seed = ctx.shared_seed("analysis");
+  return a;
+}
 
 void figures_step(StepContext& ctx) {
-  report::FigureOptions o;
-  o.dpi = static_cast<int>(ctx.exp.figures.dpi);
-  o.font_pt = ctx.exp.figures.font_pt;
-  o.max_annotated_cells = static_cast<int>(ctx.exp.figures.max_annotated_cells);
-  record_analysis_seed(ctx);
+  report::FigureOptions o = ctx.config(&Experiment::figures);
+  o.analysis = analysis_options(ctx);
   auto figures = report::render_figures(ctx.run.root(), o);
   ctx.record_directory("figures", artifacts_of(ctx, {"transfer"}));
   ctx.set_summary("figures", figures.size());
@@ -396,34 +360,87 @@ json expected_cells(harness::RunDir& run) {
   return out;
 }
 
+// The report reads only what precedes it (never gates.json), so its bytes do not depend on history; it
+// writes report/analysis.json, which the gates step then judges: one analysis per run.
+void report_step(StepContext& ctx) {
+  report::ReportOptions o;
+  o.analysis = analysis_options(ctx);
+  o.experiment_name = ctx.config(&Experiment::experiment, &harness::ExperimentInfo::name);
+  report::ReportResult result = report::write_report(ctx.run.root(), o);
+  ctx.record_directory("report", artifacts_of(ctx, {"train", "transfer", "figures"}));
+  log::info("Report: {}", result.markdown.string());
+}
+
+void gates_step(StepContext& ctx, const GateHooks& gates) {
+  json result = gates.evaluate(ctx.run.root(), ctx.config_json("gates"), expected_cells(ctx.run));
+  gates.write(ctx.run.root(), result);
+  ctx.record_artifact("gates/gates.json", artifacts_of(ctx, {"capture", "train", "transfer", "figures", "report"}));
+  if (gates.format_table) {
+    std::string table = gates.format_table(result);
+    std::string line;
+    for (std::istringstream in(table); std::getline(in, line);) log::info("{}", line);
+  }
+  ctx.set_summary("verdict", result.value("verdict", "unknown"));
+}
+
 }  // namespace
 
+std::vector<harness::StepDefinition> step_table(const GateHooks& gates) {
+  using harness::StepUnits;
+  harness::StepFunction gates_function;
+  if (gates.evaluate && gates.write) gates_function = [gates](StepContext& ctx) { gates_step(ctx, gates); };
+  // config_keys: exactly the config each function reads through ctx.config() (it refuses any other part).
+  return {
+      {.name = "capture",
+       .description = "residual-stream capture per (model, layer)",
+       .run = capture_step,
+       .config_keys = {"dataset", "capture", "models"},
+       .inputs_from = {},
+       .outputs = {"activations/{cell}_activations.meta.json", "activations/{cell}_activations*.safetensors"},
+       .units = StepUnits::per_model},
+      {.name = "train",
+       .description = "one SAE per (model, layer)",
+       .run = train_step,
+       .config_keys = {"sae", "transfer.ceiling", "models"},
+       .inputs_from = {"capture"},
+       .outputs = {"saes/{cell}/", "saes_ceiling/{cell}/"},
+       .units = StepUnits::per_cell},
+      {.name = "transfer",
+       .description = "layer x model transfer matrix",
+       .run = transfer_step,
+       .config_keys = {"transfer"},
+       .inputs_from = {"capture", "train"},
+       .outputs = {"transfer/transfer_matrix.json", "transfer/per_model_transfer_analysis.json",
+                   "transfer/transfer_metrics.csv", "transfer/transfer_matrices.safetensors"},
+       .units = StepUnits::source_cells},
+      {.name = "figures",
+       .description = "publication figures",
+       .run = figures_step,
+       .config_keys = {"figures", "transfer", "gates", "models"},
+       .inputs_from = {"train", "transfer"},
+       .outputs = {"figures/"},
+       .units = StepUnits::whole_run},
+      {.name = "report",
+       .description = "markdown report with tables",
+       .run = report_step,
+       .config_keys = {"transfer", "gates", "models", "experiment.name"},
+       .inputs_from = {"capture", "train", "transfer", "figures"},
+       .outputs = {"report/"},
+       .units = StepUnits::whole_run},
+      {.name = "gates",
+       .description = "go/no-go gates",
+       .run = gates_function,
+       // models: gate 3 and the should-pass checks leave the positive controls (control_of) out of the main
+       // matrix; gate 3 reads them from the run's config.resolved.json, written from this same config.
+       .config_keys = {"gates", "models"},
+       .inputs_from = {"capture", "train", "transfer", "figures", "report"},
+       .outputs = {"gates/gates.json"},
+       .units = StepUnits::whole_run},
+  };
+}
+
 void register_steps(harness::StepRegistry& registry, const GateHooks& gates) {
-  registry.add("capture", capture_step);
-  registry.add("train", train_step);
-  registry.add("transfer", transfer_step);
-  registry.add("figures", figures_step);
-  // The report reads only what precedes it (never gates.json), so its bytes do not depend on history;
-  // it writes report/analysis.json, which the gates step then judges: one analysis per run.
-  registry.add("report", [](StepContext& ctx) {
-    record_analysis_seed(ctx);
-    report::ReportResult result = report::write_report(ctx.run.root());
-    ctx.record_directory("report", artifacts_of(ctx, {"train", "transfer", "figures"}));
-    log::info("Report: {}", result.markdown.string());
-  });
-  if (gates.evaluate && gates.write) {
-    registry.add("gates", [gates](StepContext& ctx) {
-      json result = gates.evaluate(ctx.run.root(), ctx.exp.section("gates"), expected_cells(ctx.run));
-      gates.write(ctx.run.root(), result);
-      ctx.record_artifact("gates/gates.json", artifacts_of(ctx, {"capture", "train", "transfer", "figures", "report"}));
-      if (gates.format_table) {
-        std::string table = gates.format_table(result);
-        std::string line;
-        for (std::istringstream in(table); std::getline(in, line);) log::info("{}", line);
-      }
-      ctx.set_summary("verdict", result.value("verdict", "unknown"));
-    });
-  }
+  for (auto& step : step_table(gates)) registry.add(std::move(step));
 }
 
 }  // namespace strata::pipeline

@@ -2,7 +2,7 @@
 // driving capture / sae / transfer / report through their public APIs from the experiment config.
 //
 //   capture   text::load_dataset + capture::capture_model per model -> activations/, manifest "cells"
-//   train     sae::train_sae per cell, options = exp.sae_for(relative depth) -> saes/<cell>/; with
+//   train     sae::train_sae per cell, options = [sae] for the cell's relative depth -> saes/<cell>/; with
 //             [transfer] ceiling, a second-seed SAE of each model's middle cell -> saes_ceiling/<cell>/
 //   transfer  transfer::run_transfer over every cell with a trained SAE -> transfer/
 //   figures   report::render_figures -> figures/
@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "harness/steps.hpp"
 
@@ -30,8 +31,12 @@ struct GateHooks {
   std::function<std::string(const nlohmann::json&)> format_table;
 };
 
-// Registers every step this build implements into `registry` (harness::global_steps() for the CLI).
-// Without gate hooks, the gates step is not registered.
+// The pipeline's step table, the single source of truth for the runner, resume and schedulers: per step
+// its function, the config it reads, the steps whose artifacts it reads, the artifacts it writes and its
+// units of work. Without gate hooks the gates row has no function (reported as not available).
+std::vector<harness::StepDefinition> step_table(const GateHooks& gates = {});
+
+// Adds every row of step_table(gates) to `registry` (harness::global_steps() for the CLI).
 void register_steps(harness::StepRegistry& registry, const GateHooks& gates = {});
 
 // The cells the capture step recorded in the manifest ("cells": [{name, model, layer, n_layers,

@@ -335,6 +335,7 @@ Plot l0_dead_bars(const std::vector<SaeSummary>& saes) {
 
 std::vector<FigureRecord> render_figures(const fs::path& run_dir, const FigureOptions& given) {
   if (!fs::is_directory(run_dir)) fail("run directory {} does not exist", run_dir.string());
+  options::validate(given, "figures");  // the rules of the [figures] table (FigureOptions::fields())
   FigureOptions options = given;
   if (!options.analysis) options.analysis = analysis_options_for_run(run_dir);
   FigureWriter writer(run_dir, options);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/options.hpp"
 #include "report/analysis.hpp"
 
 namespace strata::report {
@@ -19,6 +20,18 @@ struct FigureOptions {
   int max_annotated_cells = 20;  // values are printed in heatmap cells up to this many rows/columns
   // Bands, controls and CI level; default: analysis_options_for_run(run_dir), the run's own config.
   std::optional<AnalysisOptions> analysis;
+
+  // The experiment's [figures] section.
+  static const auto& fields() {
+    using O = FigureOptions;
+    namespace o = options;
+    static const auto table = std::make_tuple(
+        o::field("dpi", &O::dpi, "PNG resolution", o::within(50, 2400)),
+        o::field("font_pt", &O::font_pt, "font size in points", o::within(4, 48)),
+        o::field("max_annotated_cells", &O::max_annotated_cells,
+                 "heatmap values printed in cells up to this many rows/columns", o::at_least(0)));
+    return table;
+  }
 };
 
 struct FigureRecord {

@@ -187,10 +187,11 @@ ReportResult write_report(const fs::path& run_dir, const ReportOptions& options)
   std::vector<Table> tables = {layer_table(a), model_pair_table(a), pair_table(results, ao), sae_table(saes)};
 
   std::ostringstream md;
-  // Named after the experiment, not the directory, so a reproduced run writes the same report.
   std::string run_name = run_dir.filename().string();
-  if (auto resolved = read_json_if_exists(run_dir / "config.resolved.json");
-      resolved && resolved->contains("experiment") && (*resolved)["experiment"].contains("name"))
+  if (options.experiment_name)
+    run_name = *options.experiment_name;
+  else if (auto resolved = read_json_if_exists(run_dir / "config.resolved.json");
+           resolved && resolved->contains("experiment") && (*resolved)["experiment"].contains("name"))
     run_name = (*resolved)["experiment"]["name"].get<std::string>();
   md << "# strata report: " << run_name << "\n\n";
   md << "The go/no-go verdict is the gates step's, which runs after this report and judges the same analysis "

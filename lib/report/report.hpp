@@ -16,6 +16,9 @@ namespace strata::report {
 struct ReportOptions {
   // Default: analysis_options_for_run(run_dir), the settings of the run's own config.
   std::optional<AnalysisOptions> analysis;
+  // The report's title. Default: [experiment] name of the run's config.resolved.json, else the directory
+  // name. Named after the experiment, not the directory, so that a reproduced run writes the same report.
+  std::optional<std::string> experiment_name;
 };
 
 // The report depends only on the artifacts of the steps before it (capture, train, transfer, figures)

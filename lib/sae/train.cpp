@@ -26,29 +26,14 @@ std::string hook_name(int64_t layer) {
 }
 
 nlohmann::json TrainOptions::to_json() const {
-  return {{"architecture", architecture == "relu" ? "standard" : architecture},
-          {"k", k},
-          {"expansion", expansion},
-          {"lr", lr},
-          {"l1_coefficient", l1},
-          {"adam_beta1", adam_beta1},
-          {"adam_beta2", adam_beta2},
-          {"adam_eps", adam_eps},
-          {"lr_warmup_steps", lr_warmup_steps},
-          {"l1_warmup_steps", l1_warmup_steps},
-          {"epochs", epochs},
-          {"min_epochs", min_epochs},
-          {"convergence_tolerance", convergence_tolerance},
-          {"batch_size", batch_size},
-          {"heldout_fraction", heldout_fraction},
-          {"b_dec_init", b_dec_init},
-          {"b_dec_init_rows", b_dec_init_rows},
-          {"shuffle_buffer_rows", shuffle_buffer_rows},
-          {"dead_window_tokens", dead_window_tokens},
-          {"aux_k", aux_k},
-          {"aux_coefficient", aux_coefficient},
-          {"resample_interval_steps", resample_interval_steps},
-          {"dense_threshold", dense_threshold}};
+  // cfg.json "training" keeps SAELens' names: architecture "standard", l1_coefficient; checkpointing is
+  // how the SAE was made, not what it is, and is left out.
+  nlohmann::json j = options::to_json(*this);
+  j["architecture"] = architecture == "relu" ? "standard" : architecture;
+  j["l1_coefficient"] = j.at("l1");
+  j.erase("l1");
+  j.erase("checkpoint_interval_steps");
+  return j;
 }
 
 nlohmann::json EvalResult::to_json() const {
@@ -327,6 +312,7 @@ std::string describe_nonfinite(const torch::Tensor& batch, const TrainingState& 
 TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& options_in, uint64_t seed,
                       const fs::path& out_dir, const nlohmann::json& provenance) {
   torch::NoGradGuard no_grad;
+  options::validate(options_in, "sae");  // every rule of the [sae] table (TrainOptions::fields())
   TrainOptions o = options_in;
   if (o.architecture == "relu") o.architecture = "standard";
   const torch::Device device = o.device;
@@ -334,10 +320,6 @@ TrainResult train_sae(const io::ActivationStore& store, const TrainOptions& opti
   auto arch = make_architecture(o, path);
   const std::string name = o.name.empty() ? out_dir.filename().string() : o.name;
   const int64_t d_in = store.dim(), d_sae = o.expansion * d_in;
-  if (o.expansion <= 0) fail("expansion must be positive (got {})", o.expansion);
-  if (o.epochs <= 0) fail("epochs must be positive (got {})", o.epochs);
-  if (o.b_dec_init != "geometric_median" && o.b_dec_init != "mean" && o.b_dec_init != "zeros")
-    fail("b_dec_init '{}' is not one of geometric_median, mean, zeros", o.b_dec_init);
 
   TrainResult result;
   result.out_dir = out_dir;

@@ -18,49 +18,10 @@
 #include <vector>
 
 #include "io/activation_store.hpp"
+#include "sae/options.hpp"
 #include "sae/sae.hpp"
 
 namespace strata::sae {
-
-struct TrainOptions {
-  std::string architecture = "standard";  // "standard" (ReLU + L1; "relu" accepted) or "topk"
-  int64_t k = 32;                         // topk: active latents per token
-  int64_t expansion = 8;                  // d_sae = expansion * d_in
-  double lr = 1e-4;
-  double l1 = 1e-4;  // standard: L1 coefficient (depth-dependent values are the caller's choice)
-  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
-  int64_t lr_warmup_steps = 1000;  // linear warm-up of the learning rate from 0 (clamped to 10% of all steps)
-  int64_t l1_warmup_steps = 1000;  // linear warm-up of the L1 coefficient from 0 (clamped to 10% of all steps)
-  int64_t epochs = 10;             // maximum; training stops early once converged
-  int64_t min_epochs = 2;
-  double convergence_tolerance = 0.01;  // converged: held-out loss changed by < this fraction over an epoch
-  int64_t batch_size = 4096;
-  double heldout_fraction = 0.1;        // the tail of every shard is held out
-  std::string b_dec_init = "geometric_median";  // or "mean" or "zeros"
-  int64_t b_dec_init_rows = 16384;             // rows sampled to initialise b_dec and the scaling factor
-  int64_t shuffle_buffer_rows = 65536;         // in-memory shuffle buffer (memory: one shard + this)
-  // Dead latents: not active on any of the last `dead_window_tokens` training tokens.
-  int64_t dead_window_tokens = 1'000'000;
-  // topk: AuxK (Gao et al. 2024): the top `aux_k` dead latents (0 = d_in / 2) reconstruct the residual.
-  int64_t aux_k = 0;
-  double aux_coefficient = 1.0 / 32.0;
-  // standard: resample dead latents (Anthropic 2023) every this many steps during the first half of
-  // training (0 = never).
-  int64_t resample_interval_steps = 2500;
-  double dense_threshold = 0.1;  // a latent active on more than this fraction of tokens counts as dense
-  int64_t checkpoint_interval_steps = 1000;  // also written at every epoch end
-  bool resume = true;                        // continue from <out_dir>/checkpoint.safetensors if present
-  bool keep_checkpoint = false;              // delete the checkpoint once the SAE is saved
-  int64_t stop_after_steps = 0;  // > 0: checkpoint and return (interrupted) after this many steps in all
-  std::string name;              // SAE name for log lines (default: out_dir's file name)
-  // Where the parameters, the optimiser state and each batch live. The kernel path follows it
-  // (runtime::kernel_path: native on the CPU, portable elsewhere, STRATA_KERNELS overrides); both are
-  // recorded in cfg.json ("device", training.kernels) rather than in to_json(), as they change only the
-  // summation order, not what is trained.
-  torch::Device device = torch::kCPU;
-
-  nlohmann::json to_json() const;  // every option, for cfg.json "training"
-};
 
 struct TrainResult {
   bool ok = false;

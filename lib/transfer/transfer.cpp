@@ -718,34 +718,23 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     }
 }
 
+// A partial result records its options so that merge can refuse partials made with different ones: the
+// fields() table plus the two fields that say how the stores are fed (not experiment options).
 nlohmann::json options_json(const TransferOptions& o) {
-  return {{"fit_fraction", o.fit_fraction},         {"top_k", o.top_k},
-          {"cka_permutations", o.cka_permutations}, {"cka_max_tokens", o.cka_max_tokens},
-          {"bootstrap", o.bootstrap},               {"ci_level", o.ci_level},
-          {"max_fit_tokens", o.max_fit_tokens},     {"max_eval_tokens", o.max_eval_tokens},
-          {"mmac_min_firings", o.mmac_min_firings}, {"ridge_lambda", o.ridge_lambda},
-          {"batch_size", o.batch_size},             {"high_threshold", o.high_threshold},
-          {"moderate_threshold", o.moderate_threshold}, {"aligned_rows", o.aligned_rows},
-          {"pseudo_sequence_rows", o.pseudo_sequence_rows}};
+  nlohmann::json out = options::to_json(o);
+  out["aligned_rows"] = o.aligned_rows;
+  out["pseudo_sequence_rows"] = o.pseudo_sequence_rows;
+  return out;
 }
 
-TransferOptions options_from_json(const nlohmann::json& j) {
+TransferOptions options_from_json(const nlohmann::json& j, const std::string& where) {
+  nlohmann::json table = j;
   TransferOptions o;
-  o.fit_fraction = j.at("fit_fraction").get<double>();
-  o.top_k = j.at("top_k").get<int64_t>();
-  o.cka_permutations = j.at("cka_permutations").get<int64_t>();
-  o.cka_max_tokens = j.at("cka_max_tokens").get<int64_t>();
-  o.bootstrap = j.at("bootstrap").get<int64_t>();
-  o.ci_level = j.at("ci_level").get<double>();
-  o.max_fit_tokens = j.at("max_fit_tokens").get<int64_t>();
-  o.max_eval_tokens = j.at("max_eval_tokens").get<int64_t>();
-  o.mmac_min_firings = j.at("mmac_min_firings").get<int64_t>();
-  o.ridge_lambda = j.at("ridge_lambda").get<double>();
-  o.batch_size = j.at("batch_size").get<int64_t>();
-  o.high_threshold = j.at("high_threshold").get<double>();
-  o.moderate_threshold = j.at("moderate_threshold").get<double>();
-  o.aligned_rows = j.at("aligned_rows").get<bool>();
-  o.pseudo_sequence_rows = j.at("pseudo_sequence_rows").get<int64_t>();
+  o.aligned_rows = table.at("aligned_rows").get<bool>();
+  o.pseudo_sequence_rows = table.at("pseudo_sequence_rows").get<int64_t>();
+  table.erase("aligned_rows");
+  table.erase("pseudo_sequence_rows");
+  options::apply_json(o, table, where, /*require_all=*/true);
   return o;
 }
 
@@ -810,7 +799,7 @@ Runner::Runner(const std::vector<std::pair<std::string, nlohmann::json>>& partia
     ceilings_.update(partial.at("seed_ceilings"));
   }
   seed_ = first.at("seed").get<uint64_t>();
-  options_ = options_from_json(first.at("options"));
+  options_ = options_from_json(first.at("options"), first_name + ": \"options\"");
   replicates_ = first.at("bootstrap_replicates").get<int64_t>();
   std::map<std::string, size_t> model_index;
   std::vector<std::string> missing;
@@ -1108,22 +1097,9 @@ TransferResult Runner::finish(const fs::path& out_dir) {
 
 std::string pair_key(const std::string& source, const std::string& target) { return source + "__to__" + target; }
 
-namespace {
-
-void validate(const TransferOptions& options) {
-  if (!(options.fit_fraction > 0 && options.fit_fraction < 1))
-    fail("transfer: fit_fraction must lie in (0, 1), got {}", options.fit_fraction);
-  if (options.top_k <= 0 || options.cka_max_tokens < 4 || options.batch_size <= 0 || options.max_eval_tokens < 4 ||
-      options.max_fit_tokens < 4 || options.cka_permutations < 0 || options.bootstrap < 0)
-    fail("transfer: top_k, batch_size > 0; cka_max_tokens, max_fit_tokens, max_eval_tokens >= 4; "
-         "cka_permutations, bootstrap >= 0");
-}
-
-}  // namespace
-
 TransferResult run_transfer(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed,
                             const fs::path& out_dir) {
-  validate(options);
+  options::validate(options, "transfer");  // the rules of the [transfer] section (transfer/options.hpp)
   torch::NoGradGuard no_grad;
   Runner runner(cells, options, seed);
   std::set<size_t> all;
@@ -1140,7 +1116,7 @@ TransferResult run_transfer(const std::vector<Cell>& cells, const TransferOption
 
 void compute_transfer_partial(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed,
                               const std::vector<std::string>& sources, const fs::path& partial_file) {
-  validate(options);
+  options::validate(options, "transfer");
   torch::NoGradGuard no_grad;
   Runner runner(cells, options, seed);
   std::set<size_t> chosen;

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "transfer/options.hpp"
+
 namespace strata::transfer {
 
 struct Cell {
@@ -28,23 +30,6 @@ struct Cell {
   std::filesystem::path store;    // activation store (meta.json, .safetensors or any 2-D tensor file)
   std::filesystem::path sae_dir;  // SAELens layout (sae/sae.hpp)
   std::optional<std::filesystem::path> ceiling_sae_dir;  // a second-seed SAE of this cell, if any
-};
-
-struct TransferOptions {
-  double fit_fraction = 0.75;         // of sequences, for fitting maps; the rest is the evaluation split
-  int64_t top_k = 100;                // latents by source variance (feature_variance_ratio, spearman, decoder)
-  int64_t cka_permutations = 10000;   // permutation test of CKA (Gram matrices, O(N^2) each)
-  int64_t cka_max_tokens = 2048;      // N of the permutation test / CKA bootstrap (subsample of eval tokens)
-  int64_t bootstrap = 1000;           // resamples of evaluation sequences for the CIs
-  double ci_level = 0.95;
-  int64_t max_fit_tokens = 32768;     // caps (whole sequences, chosen by the seed); recorded in config
-  int64_t max_eval_tokens = 16384;
-  int64_t mmac_min_firings = 10;      // a latent is alive with at least this many firings on eval tokens
-  double ridge_lambda = 1e-2;         // map_r2: lambda = ridge_lambda * mean eigenvalue of Z^T Z
-  int64_t batch_size = 4096;          // rows per SAE encode
-  double high_threshold = 0.9, moderate_threshold = 0.6;  // q_excess -> evaluation label
-  bool aligned_rows = false;          // all stores hold the same tokens in the same row order
-  int64_t pseudo_sequence_rows = 128; // stores without doc_id: consecutive blocks act as sequences
 };
 
 // What the step cost against what its plan line said (also printed at the end of the step). Terms: sae_own,

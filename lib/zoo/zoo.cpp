@@ -432,10 +432,7 @@ bool greedy_answer_is_correct(const models::Transformer& model, const text::Toke
 }
 
 json train_zoo(const fs::path& out_dir, const ZooOptions& o) {
-  if (o.steps <= 0 || o.batch_size <= 0 || o.train_problems < o.batch_size || o.heldout_problems <= 0)
-    fail("zoo: steps, batch size and held-out problems must be positive and train problems >= batch size");
-  if (o.warmup_steps < 0 || o.warmup_steps > o.steps) fail("zoo: warm-up steps must lie in [0, steps]");
-  if (o.threads <= 0) fail("zoo: threads must be positive (bit-identity holds for a fixed thread count)");
+  options::validate(o, "zoo");
   const std::vector<ModelPlan> all = model_plans();
   std::vector<std::string> names;
   for (const auto& plan : all) names.push_back(plan.name);
@@ -464,41 +461,11 @@ json train_zoo(const fs::path& out_dir, const ZooOptions& o) {
   return write_zoo_summary(out_dir, o, members, wall, load_before, 1);
 }
 
-json options_to_json(const ZooOptions& o) {
-  return {{"seed", o.seed},
-          {"threads", o.threads},
-          {"train_corpus_seed", o.train_corpus_seed},
-          {"train_problems", o.train_problems},
-          {"heldout_corpus_seed", o.heldout_corpus_seed},
-          {"heldout_problems", o.heldout_problems},
-          {"answer_problems", o.answer_problems},
-          {"steps", o.steps},
-          {"batch_size", o.batch_size},
-          {"learning_rate", o.learning_rate},
-          {"min_lr_ratio", o.min_lr_ratio},
-          {"warmup_steps", o.warmup_steps},
-          {"weight_decay", o.weight_decay},
-          {"grad_clip", o.grad_clip},
-          {"eval_every", o.eval_every},
-          {"only", o.only}};
-}
+json options_to_json(const ZooOptions& o) { return options::to_json(o); }
 
 ZooOptions options_from_json(const json& j) {
   ZooOptions o;
-  auto read = [&](const char* key, auto& field) {
-    if (!j.contains(key)) fail("zoo options: missing key {:?}", key);
-    try {
-      j.at(key).get_to(field);
-    } catch (const json::exception& e) {
-      fail("zoo options: key {:?}: {}", key, e.what());
-    }
-  };
-  read("seed", o.seed), read("threads", o.threads), read("train_corpus_seed", o.train_corpus_seed);
-  read("train_problems", o.train_problems), read("heldout_corpus_seed", o.heldout_corpus_seed);
-  read("heldout_problems", o.heldout_problems), read("answer_problems", o.answer_problems);
-  read("steps", o.steps), read("batch_size", o.batch_size), read("learning_rate", o.learning_rate);
-  read("min_lr_ratio", o.min_lr_ratio), read("warmup_steps", o.warmup_steps), read("weight_decay", o.weight_decay);
-  read("grad_clip", o.grad_clip), read("eval_every", o.eval_every), read("only", o.only);
+  options::apply_json(o, j, "zoo options", /*require_all=*/true);
   return o;
 }
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/options.hpp"
 #include "models/transformer.hpp"
 #include "text/dataset.hpp"
 #include "text/tokenizer.hpp"
@@ -51,6 +52,32 @@ struct ZooOptions {
   double grad_clip = 1.0;
   int64_t eval_every = 50;            // held-out loss is logged every N steps (and at the end)
   std::vector<std::string> only;      // train only these members (names); empty = all members
+
+  // Every option, recorded in zoo.json "options" and read back by `zoo verify` to retrain exactly.
+  static const auto& fields() {
+    using O = ZooOptions;
+    namespace o = options;
+    static const auto table = std::make_tuple(
+        o::field("seed", &O::seed, "model init and data order"),
+        o::field("threads", &O::threads, "compute threads (bit-identical results need the same count)", o::at_least(1)),
+        o::field("train_corpus_seed", &O::train_corpus_seed, "seed of the synthetic training problems"),
+        o::field("train_problems", &O::train_problems, "training problems",
+                 o::rule([](const O& z, int64_t v) { return v >= z.batch_size; }, "must be >= batch_size")),
+        o::field("heldout_corpus_seed", &O::heldout_corpus_seed, "seed of the synthetic held-out problems"),
+        o::field("heldout_problems", &O::heldout_problems, "held-out problems", o::at_least(1)),
+        o::field("answer_problems", &O::answer_problems, "held-out problems answered greedily", o::at_least(0)),
+        o::field("steps", &O::steps, "optimizer steps per model", o::at_least(1)),
+        o::field("batch_size", &O::batch_size, "documents per step", o::at_least(1)),
+        o::field("learning_rate", &O::learning_rate, "peak learning rate", o::above(0)),
+        o::field("min_lr_ratio", &O::min_lr_ratio, "cosine decay ends at this fraction of the peak", o::within(0, 1)),
+        o::field("warmup_steps", &O::warmup_steps, "linear warm-up steps",
+                 o::rule([](const O& z, int64_t v) { return v >= 0 && v <= z.steps; }, "must lie in [0, steps]")),
+        o::field("weight_decay", &O::weight_decay, "AdamW weight decay (matrices and embeddings)", o::at_least(0)),
+        o::field("grad_clip", &O::grad_clip, "gradient-norm clip", o::above(0)),
+        o::field("eval_every", &O::eval_every, "held-out loss logged every this many steps", o::at_least(1)),
+        o::field("only", &O::only, "train only these members (names); empty = all"));
+    return table;
+  }
 };
 
 // Every field of ZooOptions, as recorded in zoo.json "options" (so a retrain can use exactly them).

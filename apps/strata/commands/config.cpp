@@ -35,7 +35,7 @@ void setup(strata::cli::Commands& commands) {
       std::fprintf(stderr, "%s: FAILED (%d checkpoint%s missing)\n", file->c_str(), missing, missing == 1 ? "" : "s");
       return 1;
     }
-    std::fprintf(stderr, "%s: OK (%zu models, %zu SAE overrides)\n", file->c_str(), exp.models.size(), exp.sae_overrides.size());
+    std::fprintf(stderr, "%s: OK (%zu models, %zu SAE overrides)\n", file->c_str(), exp.models.size(), exp.sae.overrides.size());
     return 0;
   });
 }

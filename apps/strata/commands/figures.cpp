@@ -1,6 +1,7 @@
 // `strata figures RUN_DIR`: publication figures (300-DPI PNG + vector PDF + caption) into RUN_DIR/figures,
 // with the run's own analysis settings (bands, controls, CI level: report::analysis_options_for_run).
 #include "command.hpp"
+#include "option_flags.hpp"
 #include "report/figures.hpp"
 
 namespace {
@@ -10,9 +11,9 @@ void setup(strata::cli::Commands& commands) {
   auto run_dir = std::make_shared<std::string>();
   auto options = std::make_shared<strata::report::FigureOptions>();
   cmd->add_option("RUN_DIR", *run_dir, "run directory")->required()->check(CLI::ExistingDirectory);
-  cmd->add_option("--dpi", options->dpi, "PNG resolution (pixels = inches x dpi)")->capture_default_str();
-  cmd->add_option("--font-pt", options->font_pt, "font size as printed, in points")->capture_default_str();
+  strata::cli::add_option_flags(cmd, *options);  // every [figures] key: --dpi, --font-pt, --max-annotated-cells
   commands.bind(cmd, [run_dir, options]() {
+    strata::cli::check_option_flags(*options);
     const auto figures = strata::report::render_figures(*run_dir, *options);
     for (const auto& f : figures)
       fmt::print("{}  ({:.2f} x {:.2f} in, {} DPI)  {}\n", f.png.string(), f.width_in, f.height_in, f.dpi, f.caption);

@@ -1,6 +1,7 @@
 // `strata train-sae`: train one SAE from an activation store or any safetensors file holding a 2-D
 // float tensor, and write it in the SAELens layout (cfg.json + sae_weights.safetensors).
 #include "command.hpp"
+#include "option_flags.hpp"
 #include "core/error.hpp"
 #include "core/runtime.hpp"
 #include "io/activation_store.hpp"
@@ -8,8 +9,12 @@
 
 namespace {
 
+// Established short names of two [sae] keys; every other flag is --<key with dashes>.
+const strata::cli::FlagNames kFlagNames = {{"architecture", "--architecture,--arch"},
+                                           {"shuffle_buffer_rows", "--shuffle-buffer-rows,--shuffle-buffer"}};
+
 struct TrainSaeArgs {
-  std::string activations, tensor, arch = "relu", out, device = "cpu";
+  std::string activations, tensor, out, device = "cpu";
   strata::sae::TrainOptions options;
   uint64_t seed = 0;
 };
@@ -21,21 +26,7 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--activations", args->activations, "a store's meta.json / .safetensors, or any safetensors file")
       ->required();
   cmd->add_option("--tensor", args->tensor, "which 2-D tensor of a plain safetensors file holds the activations");
-  cmd->add_option("--arch", args->arch, "relu (SAELens 'standard', L1 penalty) or topk")
-      ->check(CLI::IsMember({"relu", "standard", "topk"}))
-      ->capture_default_str();
-  cmd->add_option("--k", o.k, "topk: active latents per token")->capture_default_str();
-  cmd->add_option("--expansion", o.expansion, "d_sae / d_in")->capture_default_str();
-  cmd->add_option("--l1", o.l1, "relu: L1 coefficient")->capture_default_str();
-  cmd->add_option("--lr", o.lr, "Adam learning rate")->capture_default_str();
-  cmd->add_option("--epochs", o.epochs, "maximum epochs (stops early once the held-out loss converges)")
-      ->capture_default_str();
-  cmd->add_option("--batch-size", o.batch_size, "tokens per step")->capture_default_str();
-  cmd->add_option("--heldout-fraction", o.heldout_fraction, "fraction of every shard held out for evaluation")
-      ->capture_default_str();
-  cmd->add_option("--b-dec-init", o.b_dec_init, "geometric_median, mean or zeros")->capture_default_str();
-  cmd->add_option("--shuffle-buffer", o.shuffle_buffer_rows, "rows in the in-memory shuffle buffer")
-      ->capture_default_str();
+  strata::cli::add_option_flags(cmd, o, kFlagNames);
   cmd->add_option("--seed", args->seed, "random seed")->capture_default_str();
   cmd->add_option("--stop-after-steps", o.stop_after_steps,
                   "checkpoint and stop after this many steps (rerun the same command to resume)");
@@ -45,11 +36,11 @@ void setup(strata::cli::Commands& commands) {
                   "overrides)")
       ->capture_default_str();
   commands.bind(cmd, [args]() {
+    strata::cli::check_option_flags(args->options, kFlagNames);
     strata::runtime::apply_determinism();
     auto store = strata::io::ActivationStore::open(args->activations, args->tensor);
     auto options = args->options;
     options.device = strata::runtime::parse_device(args->device);
-    options.architecture = args->arch;  // train_sae maps the alias "relu" to "standard"
     nlohmann::json provenance = nlohmann::json::object();
     const auto& meta = store.meta();
     for (const char* key : {"model", "layer", "n_layers", "relative_depth", "checkpoint_sha256", "dataset_sha256"})

@@ -2,6 +2,7 @@
 #include <regex>
 
 #include "command.hpp"
+#include "option_flags.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
@@ -115,18 +116,9 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--partial", args->partial, "split run: write the --sources pairs to this partial file (merge "
                                               "them with `strata transfer-merge`)");
   cmd->add_option("--seed", args->seed, "seed of the split, nulls, permutations and bootstrap")->capture_default_str();
-  auto& o = args->options;
-  cmd->add_option("--fit-fraction", o.fit_fraction, "fraction of sequences for fitting maps")->capture_default_str();
-  cmd->add_option("--top-k", o.top_k, "latents by source variance")->capture_default_str();
-  cmd->add_option("--cka-permutations", o.cka_permutations, "CKA permutation test size")->capture_default_str();
-  cmd->add_option("--cka-max-tokens", o.cka_max_tokens, "tokens in the CKA permutation test")->capture_default_str();
-  cmd->add_option("--bootstrap", o.bootstrap, "bootstrap resamples of sequences")->capture_default_str();
-  cmd->add_option("--max-fit-tokens", o.max_fit_tokens, "cap on fitting tokens per model pair")->capture_default_str();
-  cmd->add_option("--max-eval-tokens", o.max_eval_tokens, "cap on evaluation tokens per model pair")->capture_default_str();
-  cmd->add_option("--batch-size", o.batch_size, "rows per SAE encode")->capture_default_str();
-  cmd->add_option("--high-threshold", o.high_threshold, "q_excess for HIGH_UNIVERSALITY")->capture_default_str();
-  cmd->add_option("--moderate-threshold", o.moderate_threshold, "q_excess for MODERATE_UNIVERSALITY")->capture_default_str();
+  strata::cli::add_option_flags(cmd, args->options);  // every [transfer] key of transfer::TransferOptions
   commands.bind(cmd, [args]() {
+    strata::cli::check_option_flags(args->options);
     args->options.aligned_rows = args->aligned;
     if (args->sources.empty() != args->partial.empty())
       strata::fail("transfer: --sources and --partial go together (a unit of a split run)");

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "command.hpp"
+#include "option_flags.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "zoo/zoo.hpp"
@@ -128,12 +129,8 @@ void setup(strata::cli::Commands& commands) {
   auto train_args = std::make_shared<TrainArgs>();
   auto* train = zoo->add_subcommand("train", "Train the zoo models (gpt2, gpt_neox, phi, gemma wiring, and the zoo-gpt2 control)");
   train->add_option("--out", train_args->out, "Output directory (one sub-directory per model)")->capture_default_str();
-  train->add_option("--seed", train_args->options.seed, "Seed of model init and data order")->capture_default_str();
-  train->add_option("--train-threads", train_args->options.threads,
-                    "Compute threads (bit-identical results need the same count)")
-      ->capture_default_str();
-  train->add_option("--steps", train_args->options.steps, "Optimizer steps per model")->capture_default_str();
-  train->add_option("--only", train_args->options.only, "Train only these members (e.g. zoo-gpt2)");
+  // Every zoo option (ZooOptions::fields()); threads keeps --train-threads, apart from the global --threads.
+  strata::cli::add_option_flags(train, train_args->options, {{"threads", "--train-threads"}});
   train->add_option("--jobs", train_args->jobs,
                     "Members trained at once, each in its own process (the weights do not depend on it)")
       ->capture_default_str();
@@ -144,6 +141,7 @@ void setup(strata::cli::Commands& commands) {
                              ? train_args->options
                              : strata::zoo::options_from_json(
                                    nlohmann::json::parse(strata::read_text_file(train_args->options_json)));
+    strata::cli::check_option_flags(options, {{"threads", "--train-threads"}});
     print_summary(train_members(train_args->out, options, train_args->jobs));
     return 0;
   });
