@@ -11,6 +11,7 @@ PACKAGES=(
   libtomlplusplus-dev nlohmann-json3-dev libcli11-dev
   libspdlog-dev libfmt-dev libpcre2-dev libicu-dev libssl-dev zlib1g-dev
   libgnuplot-iostream-dev gnuplot-nox
+  slurmctld slurmd slurm-client munge  # a throw-away single-node Slurm for the executor tests (tests/slurm/)
 )
 
 missing=()

@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
 cd build
+# Slurm is installed by install-deps.sh: its executor suite must run here, not skip.
+export STRATA_REQUIRE_SLURM="${STRATA_REQUIRE_SLURM:-1}"
 ctest --output-on-failure --timeout 900 "$@"

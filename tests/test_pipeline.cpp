@@ -9,6 +9,7 @@
 #include "pipeline/pipeline.hpp"
 #include "test_capture_fixture.hpp"
 #include "test_helpers.hpp"
+#include "test_tiny_experiment.hpp"
 #include "text/dataset.hpp"
 #include "text/tokenizer.hpp"
 
@@ -16,68 +17,12 @@ namespace fs = std::filesystem;
 using namespace strata;
 using nlohmann::json;
 
-namespace {
-
-const char* kTinyExperiment = R"(
-[experiment]
-name = "tiny"
-seed = 3
-threads = 1
-
-[dataset]
-spec = "synthetic"
-num_documents = 48
-seq_len = 48
-batch_size = 8
-num_batches = 4
-
-[[models]]
-name = "gpt2"
-checkpoint = "ckpt-gpt2"
-layers = [1, 2, 4]
-
-[[models]]
-name = "neox"
-checkpoint = "ckpt-neox"
-depths = [0.25, 0.5, 1.0]
-
-[sae]
-expansion = 4
-lr = 1e-3
-epochs = 3
-min_epochs = 1
-batch_size = 128
-lr_warmup_steps = 5
-l1_warmup_steps = 5
-b_dec_init_rows = 512
-shuffle_buffer_rows = 512
-dead_window_tokens = 2000
-resample_interval_steps = 0
-checkpoint_interval_steps = 0
-
-[[sae.overrides]]
-max_depth = 0.34
-l1 = 1.5e-4
-
-[transfer]
-top_k = 16
-cka_permutations = 50
-cka_max_tokens = 256
-bootstrap = 20
-max_fit_tokens = 1024
-max_eval_tokens = 512
-batch_size = 256
-ceiling = true
-)";
-
-}  // namespace
-
 BOOST_AUTO_TEST_CASE(tiny_pipeline_runs_resumes_verifies_and_reproduces_bit_for_bit) {
   fs::path dir = testing::fresh_dir("pipeline_tiny");
   testing::tiny_checkpoint(dir / "ckpt-gpt2", "gpt2-tiny", 200);
   testing::tiny_checkpoint(dir / "ckpt-neox", "gpt-neox-tiny", 120);
   {
-    std::ofstream(dir / "tiny.toml") << kTinyExperiment;
+    std::ofstream(dir / "tiny.toml") << testing::kTinyExperiment;
   }
   harness::StepRegistry registry;
   pipeline::register_steps(registry);  // no gate hooks: the gates step is not registered here
@@ -128,13 +73,13 @@ BOOST_AUTO_TEST_CASE(tiny_pipeline_runs_resumes_verifies_and_reproduces_bit_for_
   // there re-runs it on resume: [figures] dpi re-renders the figures (and the report, whose inputs they
   // are); a [gates] threshold re-runs figures and report, which draw the analysis with it.
   {
-    std::ofstream(dir / "tiny.toml") << kTinyExperiment << "\n[figures]\ndpi = 150\n";
+    std::ofstream(dir / "tiny.toml") << testing::kTinyExperiment << "\n[figures]\ndpi = 150\n";
   }
   harness::RunSummary new_dpi = harness::run_experiment({.experiment_file = dir / "tiny.toml", .resume_dir = dir / "run"}, registry);
   BOOST_TEST((new_dpi.skipped == std::vector<std::string>{"capture", "train", "transfer"}));
   BOOST_TEST((new_dpi.completed == std::vector<std::string>{"figures", "report"}));
   {
-    std::ofstream(dir / "tiny.toml") << kTinyExperiment << "\n[figures]\ndpi = 150\n[gates]\nearly_transfer = 0.7\n";
+    std::ofstream(dir / "tiny.toml") << testing::kTinyExperiment << "\n[figures]\ndpi = 150\n[gates]\nearly_transfer = 0.7\n";
   }
   harness::RunSummary new_gates = harness::run_experiment({.experiment_file = dir / "tiny.toml", .resume_dir = dir / "run"}, registry);
   BOOST_TEST((new_gates.skipped == std::vector<std::string>{"capture", "train", "transfer"}));

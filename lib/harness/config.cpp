@@ -475,6 +475,14 @@ Experiment parse_experiment(const std::string& toml_text, const std::string& dis
   read_section(figures, exp.figures);
   TableReader gates(section_table(r, "gates", empty), "gates", display_name);
   read_section(gates, exp.gates);
+  // [executor]: how the run is executed, not what it computes, so it stays out of to_json() and sha256();
+  // harness/executor_slurm.hpp validates it (parse_executor_table).
+  if (const toml::node* executor = r.find("executor")) {
+    if (!executor->is_table()) r.fail_at(*executor, "executor", "must be a table ([executor]), got " + type_name(*executor));
+    std::ostringstream text;
+    text << toml::json_formatter{*executor->as_table()};
+    exp.executor = json::parse(text.str());
+  }
   r.reject_unknown();
   return exp;
 }

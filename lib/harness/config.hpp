@@ -11,6 +11,7 @@
 //   [transfer]    fit_fraction, top_k, cka_permutations, bootstrap, thresholds, ceiling, ...
 //   [figures]     dpi, font_pt, max_annotated_cells
 //   [gates]       max_fvu, early_transfer, spread, ...
+//   [executor]    kind, jobs, max_retries, [executor.slurm] (harness/executor_slurm.hpp; not in to_json)
 //
 // Loading is strict: an unknown key, a value of the wrong type or an impossible value is a strata::Error
 // naming FILE:LINE:COLUMN and the dotted key. Each section is the options struct of the layer that uses
@@ -191,6 +192,9 @@ struct Experiment {
   TransferConfig transfer;
   report::FigureOptions figures;
   validation::GateThresholds gates;
+  // The [executor] table as written (null when absent): how units run (harness/executor_slurm.hpp), not
+  // part of the resolved config or its hash, since it does not change what a run computes.
+  nlohmann::json executor;
 
   // The sections, in file order: the resolved config's top-level keys, and what a step declares it reads.
   static const auto& sections() {

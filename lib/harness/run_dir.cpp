@@ -95,6 +95,13 @@ std::unique_ptr<RunDir> RunDir::open(const fs::path& root) {
   return run;
 }
 
+std::unique_ptr<RunDir> RunDir::unit_view(const fs::path& root, Manifest manifest) {
+  auto run = std::unique_ptr<RunDir>(new RunDir(fs::absolute(root).lexically_normal(), nullptr));
+  run->manifest_ = std::move(manifest);
+  run->persistent_ = false;
+  return run;
+}
+
 std::string RunDir::relative(const fs::path& path) const {
   fs::path rel = fs::absolute(path).lexically_normal().lexically_relative(root_);
   if (rel.empty() || *rel.begin() == "..") fail("{} is not inside the run directory {}", path.string(), root_.string());
@@ -103,7 +110,7 @@ std::string RunDir::relative(const fs::path& path) const {
 
 void RunDir::save_manifest() {
   std::lock_guard lock(mutex_);
-  manifest_.save(manifest_path());
+  if (persistent_) manifest_.save(manifest_path());
 }
 
 namespace {

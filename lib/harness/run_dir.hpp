@@ -33,6 +33,11 @@ class RunDir {
   static std::unique_ptr<RunDir> create(const std::filesystem::path& root);
   // An existing run (resume, or reading it for reproduce): locks it and loads the manifest.
   static std::unique_ptr<RunDir> open(const std::filesystem::path& root);
+  // One unit of work's view of a run (harness/executor.hpp): units run concurrently in separate processes,
+  // each writing only its own files, so the view takes no run lock (the caller holds the unit's own lock)
+  // and keeps `manifest` in memory only: save_manifest() writes nothing, and the unit's record, not
+  // manifest.json, carries what the unit recorded (the reduce merges the records).
+  static std::unique_ptr<RunDir> unit_view(const std::filesystem::path& root, Manifest manifest);
 
   const std::filesystem::path& root() const { return root_; }
   std::filesystem::path manifest_path() const { return root_ / "manifest.json"; }
@@ -46,7 +51,7 @@ class RunDir {
   // direct use of manifest(); the member functions below lock it themselves.
   Manifest& manifest() { return manifest_; }
   std::recursive_mutex& mutex() { return mutex_; }
-  void save_manifest();  // atomic
+  void save_manifest();  // atomic; nothing for a unit_view
 
   // Writes `relative` atomically through `write` (given the temporary path) and records it with its
   // size, SHA-256, step and inputs; the manifest is saved before returning. If `write` throws (or the
@@ -69,6 +74,7 @@ class RunDir {
   std::filesystem::path root_;
   std::unique_ptr<RunLock> lock_;
   Manifest manifest_;
+  bool persistent_ = true;  // false for a unit_view
   std::recursive_mutex mutex_;
   std::string cached_file_sha256(const std::filesystem::path& file);
   std::map<std::string, std::pair<std::string, std::string>> hash_cache_;  // file -> (size:mtime, sha256)

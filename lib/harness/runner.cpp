@@ -39,6 +39,9 @@ struct LogFileGuard {
   ~LogFileGuard() { log::detach_file(); }
 };
 
+}  // namespace
+
+// Declared in runner.hpp: the executors (harness/executor.hpp) name a run directory before preparing it.
 fs::path default_run_dir(const Experiment& exp) {
   std::time_t now = std::time(nullptr);
   std::tm utc{};
@@ -59,6 +62,8 @@ fs::path default_run_dir(const Experiment& exp) {
   for (int i = 2; fs::exists(dir); ++i) dir = base.string() + "-" + std::to_string(i);
   return dir;
 }
+
+namespace {
 
 // Every artifact of the step still on disk with its recorded size and hash.
 // The step's artifacts are on disk as recorded, and the inputs they were made from outside the run (a
@@ -165,11 +170,13 @@ RunSummary run_experiment(const RunOptions& options, const StepRegistry& registr
   json invocation = {{"started_at", now_iso8601()}, {"command", options.command_line}, {"steps", selected},
                      {"resumed", resuming}, {"git_commit", git.value("commit", "unknown")}, {"git_dirty", git["dirty"]},
                      {"threads", runtime::threads()}, {"device", device.str()}};
+  if (options.prepare_only) invocation["prepare_only"] = true;  // an executor runs the steps as units
 
   RunSummary summary;
   summary.run_dir = run->root();
   for (const StepDefinition& row : registry.steps()) {
     const std::string& name = row.name;
+    if (options.prepare_only) break;
     if (std::find(selected.begin(), selected.end(), name) == selected.end()) continue;
     const StepDefinition* step = &row;
     if (!step->run) {

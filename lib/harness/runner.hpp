@@ -20,6 +20,9 @@ struct RunOptions {
   std::string command_line;               // recorded in the manifest's invocations
   // Reproduce: load the experiment from this config file, resolving relative paths against base_dir.
   std::optional<std::filesystem::path> base_dir;
+  // Executors (executor.hpp): create or open the run, record config, environment and the invocation, and run
+  // no step; the units and the reduce run in other processes.
+  bool prepare_only = false;
 };
 
 struct RunSummary {
@@ -32,6 +35,9 @@ struct RunSummary {
 // Never throws for a failing step (it is recorded and reported in the summary); throws strata::Error
 // for a bad config, a locked or invalid run directory, or an unknown step name.
 RunSummary run_experiment(const RunOptions& options, const StepRegistry& registry = global_steps());
+
+// <output_root>/<name>-<UTC time> (with -2, -3... when taken): where a new run goes without --out.
+std::filesystem::path default_run_dir(const Experiment& exp);
 
 // "capture,train" -> {"capture", "train"}; a name the step table does not declare is an error listing them.
 std::vector<std::string> parse_step_list(const std::string& csv, const StepRegistry& registry = global_steps());

@@ -7,9 +7,11 @@
 
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+#include <utility>
 
 #include "harness/config.hpp"
 #include "harness/run_dir.hpp"
@@ -18,6 +20,19 @@ namespace strata::harness {
 
 struct StepDefinition;
 
+// The part of a step one unit of work does (harness/executor.hpp plans the units). A step without a
+// selector does all of its work; a step that splits into units skips what its context does not select.
+struct UnitSelector {
+  std::string model;        // only this model ("" = every model)
+  std::optional<int> slot;  // train: only the model's slot-th cell (0-based, in its layer order)
+  bool ceiling = false;     // train: only the model's ceiling SAE (and none of its cells)
+  // transfer: only the pairs whose source is one of these cells, as (model, slot) like `slot` above.
+  std::vector<std::pair<std::string, int>> sources;
+  // A run-relative file the unit writes for the reduce instead of the step's artifacts (transfer: its
+  // partial result, merged by the step's merge_units). Not an artifact of the run.
+  std::string scratch;
+};
+
 class StepContext {
  public:
   StepContext(const Experiment& experiment, RunDir& run, const StepDefinition& definition, torch::Device device);
@@ -25,6 +40,19 @@ class StepContext {
   RunDir& run;
   const std::string step;
   const torch::Device device;
+  std::optional<UnitSelector> unit;  // unset: the whole step
+
+  bool selects_model(std::string_view model) const { return !unit || unit->model.empty() || unit->model == model; }
+  bool selects_cell(std::string_view model, int slot) const {
+    return !unit || (!unit->ceiling && selects_model(model) && (!unit->slot || *unit->slot == slot));
+  }
+  bool selects_ceiling(std::string_view model) const { return !unit || (unit->ceiling && selects_model(model)); }
+  bool selects_source(std::string_view model, int slot) const {
+    if (!unit || unit->sources.empty()) return true;
+    for (const auto& [m, s] : unit->sources)
+      if (m == model && s == slot) return true;
+    return false;
+  }
 
   // A config section the step reads, e.g. ctx.config(&Experiment::figures). Reading a section the step
   // does not declare in the step table is an error (naming both), so that every config part a step's
@@ -117,6 +145,10 @@ struct StepDefinition {
   // Run-relative artifacts it writes; {model} and {cell} (<model>_layer<L>) stand for each model / cell.
   std::vector<std::string> outputs;
   StepUnits units = StepUnits::whole_run;
+  // For a step whose units write scratch files rather than artifacts (source_cells: partial transfer
+  // results): run by the reduce on the whole run, given every unit's scratch file (run-relative, in unit
+  // order), it writes and records the step's artifacts.
+  std::function<void(StepContext&, const std::vector<std::string>& scratch)> merge_units;
 };
 
 // The step table as registered: rows in pipeline order.

@@ -1,5 +1,6 @@
 #include "pipeline/pipeline.hpp"
 
+#include <map>
 #include <sstream>
 
 #include <fmt/ranges.h>
@@ -72,6 +73,7 @@ void capture_step(StepContext& ctx) {
   std::map<std::string, fs::path> checkpoints;
   for (const auto& model : models) checkpoints[model.name] = io::resolve_checkpoint(model.checkpoint_spec());
   for (const auto& model : models) {
+    if (!ctx.selects_model(model.name)) continue;  // another unit captures it
     const fs::path& checkpoint = checkpoints.at(model.name);
     capture::CaptureOptions options;
     options.layers.assign(model.layers.begin(), model.layers.end());
@@ -252,12 +254,18 @@ void train_step(StepContext& ctx) {
       published[cell_name(model.name, layer)] = spec;
     }
   json sources = json::object();
+  size_t trained = 0, imported = 0;
+  std::map<std::string, int> slots;  // cells of each model so far: a cell's slot is its position in its model
   for (const auto& cell : cells) {
     const std::string name = cell.at("name");
+    const std::string model = cell.at("model");
+    if (!ctx.selects_cell(model, slots[model]++)) continue;  // another unit trains it
+    ++trained;
     if (auto it = published.find(name); it != published.end()) {
       sources[name] = import_published(ctx, cell, it->second, "saes/" + name);
+      ++imported;
     } else {
-      train_one(ctx, cell, "saes/" + name, ctx.seed_for(cell.at("model").get<std::string>(), cell.at("layer")));
+      train_one(ctx, cell, "saes/" + name, ctx.seed_for(model, cell.at("layer")));
       sources[name] = {{"source", "trained"}, {"format", "strata"}};
     }
   }
@@ -274,6 +282,7 @@ void train_step(StepContext& ctx) {
     // The seed-to-seed ceiling: a second SAE, another seed, for the middle cell of each model. Kept out of
     // saes/ (which holds exactly one SAE per cell). A published middle cell has no seed-to-seed ceiling.
     for (const auto& model : ctx.config(&Experiment::models)) {
+      if (!ctx.selects_ceiling(model.name)) continue;
       std::vector<json> own;
       for (const auto& cell : cells)
         if (cell.at("model") == model.name) own.push_back(cell);
@@ -288,45 +297,86 @@ void train_step(StepContext& ctx) {
       ++ceilings;
     }
   }
-  ctx.set_summary("saes", cells.size());
-  ctx.set_summary("published_saes", published.size());
+  ctx.set_summary("saes", trained);  // summed over the units of an executor run
+  ctx.set_summary("published_saes", imported);
   ctx.set_summary("ceiling_saes", ceilings);
 }
 
 // ---------------------------------------------------------------- transfer
 
-void transfer_step(StepContext& ctx) {
-  json cells = recorded_cells(ctx.run);
-  std::vector<transfer::Cell> transfer_cells;
+// The cells with a trained SAE (each cell without one is recorded as a failure when `record_failures`),
+// and the provenance inputs of the transfer artifacts.
+struct TransferCells {
+  std::vector<transfer::Cell> cells;
+  std::vector<std::string> sources;  // the names of the cells this context selects as sources
   std::vector<std::string> inputs;
-  for (const auto& cell : cells) {
+};
+
+TransferCells transfer_cells(StepContext& ctx, bool record_failures) {
+  TransferCells out;
+  std::map<std::string, int> slots;  // a cell's slot is its position in its model, as in the train units
+  for (const auto& cell : recorded_cells(ctx.run)) {
     const std::string name = cell.at("name");
+    const std::string model = cell.at("model");
+    const int slot = slots[model]++;
     fs::path sae_dir = ctx.path("saes/" + name);
     if (!fs::exists(sae_dir / "sae_weights.safetensors")) {
-      log::warn("Cell {} has no trained SAE; it is left out of the transfer matrix", name);
-      ctx.record_failure(name, "no trained SAE (see the train step's failures); left out of the transfer matrix");
+      if (record_failures) {
+        log::warn("Cell {} has no trained SAE; it is left out of the transfer matrix", name);
+        ctx.record_failure(name, "no trained SAE (see the train step's failures); left out of the transfer matrix");
+      }
       continue;
     }
     transfer::Cell c;
     c.name = name;
-    c.model = cell.at("model").get<std::string>();
+    c.model = model;
     c.layer = cell.at("layer").get<int>();
     c.n_layers = cell.at("n_layers").get<int>();
     c.store = ctx.path("activations/" + io::store_base_name(c.model, c.layer) + ".meta.json");
     c.sae_dir = sae_dir;
     if (fs::exists(ctx.path("saes_ceiling/" + name + "/sae_weights.safetensors"))) c.ceiling_sae_dir = ctx.path("saes_ceiling/" + name);
-    for (const auto& input : store_inputs(ctx, c.model, c.layer)) inputs.push_back(input);
-    transfer_cells.push_back(std::move(c));
+    for (const auto& input : store_inputs(ctx, c.model, c.layer)) out.inputs.push_back(input);
+    if (ctx.selects_source(model, slot)) out.sources.push_back(name);
+    out.cells.push_back(std::move(c));
   }
-  for (const auto& input : artifacts_of(ctx, {"train"})) inputs.push_back(input);
-  if (transfer_cells.size() < 2) fail("only {} cell(s) have a trained SAE; the transfer matrix needs at least 2", transfer_cells.size());
+  for (const auto& input : artifacts_of(ctx, {"train"})) out.inputs.push_back(input);
+  if (out.cells.size() < 2) fail("only {} cell(s) have a trained SAE; the transfer matrix needs at least 2", out.cells.size());
+  return out;
+}
 
+transfer::TransferOptions transfer_options(const StepContext& ctx) {
   transfer::TransferOptions o = ctx.config(&Experiment::transfer);  // the [transfer] section is these options
   o.aligned_rows = false;  // rows pair through (document, byte offset), whatever the tokenizers
-  transfer::TransferResult result = transfer::run_transfer(transfer_cells, o, ctx.seed_for(), ctx.path("transfer"));
-  for (const auto& file : result.files) ctx.record_artifact(ctx.run.relative(file), inputs);
-  ctx.set_summary("cells", transfer_cells.size());
-  ctx.set_summary("pairs", transfer_cells.size() * transfer_cells.size());
+  return o;
+}
+
+void record_transfer(StepContext& ctx, const TransferCells& cells, const transfer::TransferResult& result) {
+  for (const auto& file : result.files) ctx.record_artifact(ctx.run.relative(file), cells.inputs);
+  ctx.set_summary("cells", cells.cells.size());
+  ctx.set_summary("pairs", cells.cells.size() * cells.cells.size());
+}
+
+void transfer_step(StepContext& ctx) {
+  const bool unit = ctx.unit && !ctx.unit->scratch.empty();
+  TransferCells cells = transfer_cells(ctx, /*record_failures=*/!unit);  // a unit leaves them to the merge
+  const uint64_t seed = ctx.seed_for();
+  if (unit) {
+    // One block of source cells: its pairs go to the unit's scratch file; the reduce merges the blocks.
+    fs::create_directories(ctx.path(ctx.unit->scratch).parent_path());
+    transfer::compute_transfer_partial(cells.cells, transfer_options(ctx), seed, cells.sources, ctx.path(ctx.unit->scratch));
+    ctx.set_summary("source_cells", cells.sources.size());
+    return;
+  }
+  record_transfer(ctx, cells, transfer::run_transfer(cells.cells, transfer_options(ctx), seed, ctx.path("transfer")));
+}
+
+// The reduce of the transfer units: the blocks' partial results merged into the four files run_transfer
+// writes (the same bytes; transfer::merge_transfer), recorded with the in-process step's inputs.
+void merge_transfer_units(StepContext& ctx, const std::vector<std::string>& scratch) {
+  TransferCells cells = transfer_cells(ctx, /*record_failures=*/true);
+  std::vector<fs::path> partials;
+  for (const auto& file : scratch) partials.push_back(ctx.path(file));
+  record_transfer(ctx, cells, transfer::merge_transfer(partials, ctx.path("transfer")));
 }
 
 // ---------------------------------------------------------------- figures, report, gates
@@ -412,7 +462,8 @@ std::vector<harness::StepDefinition> step_table(const GateHooks& gates) {
        .inputs_from = {"capture", "train"},
        .outputs = {"transfer/transfer_matrix.json", "transfer/per_model_transfer_analysis.json",
                    "transfer/transfer_metrics.csv", "transfer/transfer_matrices.safetensors"},
-       .units = StepUnits::source_cells},
+       .units = StepUnits::source_cells,
+       .merge_units = merge_transfer_units},
       {.name = "figures",
        .description = "publication figures",
        .run = figures_step,
