@@ -5,3 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/build.sh
 cd build
 ctest --output-on-failure --timeout 900 "$@"
+# Every libFuzzer target briefly over its committed seed corpus (clang, ASan + UBSan; build-fuzz/): any
+# crash, leak, timeout or sanitizer report fails the run. STRATA_FUZZ_SECONDS=0 skips it.
+cd .. && [ "${STRATA_FUZZ_SECONDS:-15}" = 0 ] || bash scripts/fuzz.sh "${STRATA_FUZZ_SECONDS:-15}"
