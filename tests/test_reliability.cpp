@@ -469,7 +469,7 @@ BOOST_AUTO_TEST_CASE(store_meta_fields_are_typed_and_bounded) {
     meta.update(patch);
     return meta.dump();
   };
-  const auto meta = io::parse_store_meta(meta_with({}), path);
+  const auto meta = io::parse_store_meta(meta_with(json::object()), path);
   BOOST_TEST(*meta.layer == 1);
   BOOST_TEST((*meta.shard_rows == std::vector<int64_t>{4, 2}));
   io::check_store_meta_counts(meta, path, {4, 2}, 6, 2);

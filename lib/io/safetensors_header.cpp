@@ -35,8 +35,11 @@ std::string shown(const nlohmann::json& value) {
   return text;
 }
 
-// A name from the file for an error message, in single quotes, cut to 200 bytes at a UTF-8 boundary.
+// A name from the file for an error message: in single quotes, cut to 200 bytes at a UTF-8 boundary;
+// as an escaped JSON string when it holds control characters (a newline would forge a second line).
 std::string named(const std::string& name) {
+  if (std::any_of(name.begin(), name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; }))
+    return shown(nlohmann::json(name));
   if (name.size() <= 200) return "'" + name + "'";
   size_t cut = 197;
   while (cut > 0 && (static_cast<unsigned char>(name[cut]) & 0xC0) == 0x80) --cut;
@@ -197,10 +200,12 @@ SafetensorsIndex parse_safetensors_index(std::string_view text, const std::strin
   std::set<std::string> files;
   for (auto it = map.begin(); it != map.end(); ++it) {
     if (!it->is_string()) fail("{}: weight_map[{}] = {} is not a file name", path, named(it.key()), shown(*it));
-    const std::string file = it->get<std::string>();
-    const bool control = std::any_of(file.begin(), file.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
-    if (file.empty() || file == "." || file.find('/') != std::string::npos || file.find("..") != std::string::npos ||
-        control || file.size() > 255)
+    const std::string& file = it->get_ref<const std::string&>();
+    // '/' or a control character anywhere, or "..": not a plain name (a loop: GCC 12 misjudges find() here).
+    const bool bad_char = std::any_of(file.begin(), file.end(), [](char c) {
+      return c == '/' || static_cast<unsigned char>(c) < 0x20;
+    });
+    if (file.empty() || file == "." || bad_char || file.find("..") != std::string::npos || file.size() > 255)
       fail("{}: weight_map[{}] = {} is not a plain file name in the checkpoint directory", path, named(it.key()),
            named(file));
     out.weight_map.emplace_back(it.key(), file);
