@@ -10,7 +10,8 @@ seconds=${1:-600}
 shift || true
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-all_targets=(fuzz_model_config fuzz_tokenizer_load fuzz_tokenizer_encode fuzz_experiment_toml)
+all_targets=(fuzz_model_config fuzz_tokenizer_load fuzz_tokenizer_encode fuzz_experiment_toml
+  fuzz_safetensors_header fuzz_safetensors_index fuzz_store_meta fuzz_sae_cfg)
 [ "$#" -gt 0 ] && targets=("$@") || targets=("${all_targets[@]}")
 
 if [ -z "${STRATA_FUZZ_NO_BUILD:-}" ]; then

@@ -5,6 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
+  clang libclang-rt-14-dev          # the libFuzzer targets (cmake --preset fuzz: clang++ 14, its libFuzzer; scripts/fuzz.sh)
   libtorch-dev                      # LibTorch 1.13 (CPU)
   libopenblas0-openmp               # fast BLAS honouring LibTorch's thread count (see README: numerics)
   libboost-test-dev libboost-math-dev libboost-iostreams-dev libboost-system-dev libboost-filesystem-dev

@@ -12,8 +12,11 @@
 #include "harness/verify.hpp"
 #include "io/activation_store.hpp"
 #include "io/safetensors.hpp"
+#include "io/safetensors_header.hpp"
+#include "io/store_meta.hpp"
 #include "models/spec.hpp"
 #include "models/transformer.hpp"
+#include "sae/cfg.hpp"
 #include "test_helpers.hpp"
 #include "text/dataset.hpp"
 #include "text/tokenizer.hpp"
@@ -401,4 +404,124 @@ BOOST_AUTO_TEST_CASE(fuzz_experiment_toml_a_path_longer_than_name_max_is_not_an_
                                           "layers = [1]\n", long_name),
                               "exp.toml", ".");
   }, {"exp.toml", "names a file that does not exist"});
+}
+
+// ------------------------------------------------------------------ torch-free parsers (fuzz/: fuzz_safetensors_header,
+// fuzz_safetensors_index, fuzz_store_meta, fuzz_sae_cfg). Probes of issue 17 item 1 found while splitting
+// the readers; each names the file, the field and the value.
+
+namespace {
+std::string safetensors_prefix(const std::string& header) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(uint64_t(header.size()) >> (8 * i));
+  return out + header;
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(safetensors_header_is_parsed_from_its_bytes_alone) {
+  // The header without the data: the file size says how much data follows.
+  const std::string prefix = safetensors_prefix(
+      R"({"__metadata__":{"format":"pt"},"b":{"dtype":"F16","shape":[2,3],"data_offsets":[4,16]},)"
+      R"("a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})");
+  const auto header = io::parse_safetensors_header(prefix, prefix.size() + 16, "h.safetensors");
+  BOOST_TEST_REQUIRE(header.tensors.size() == 2u);
+  BOOST_TEST(header.tensors[0].name == "a");
+  BOOST_TEST((header.tensors[1].info.shape == std::vector<int64_t>{2, 3}));
+  BOOST_TEST(header.data_bytes == 16u);
+  BOOST_TEST(header.metadata.at("format") == "pt");
+  expect_error([&] { io::parse_safetensors_header(prefix, prefix.size() + 15, "h.safetensors"); },
+               {"h.safetensors", "'b'", "data [4, 16)", "past the end"});
+  // A name given twice: JSON parsers keep the last silently, so two readers could see different tensors.
+  const std::string twice = safetensors_prefix(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                                               R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})");
+  expect_error([&] { io::parse_safetensors_header(twice, twice.size() + 8, "t.safetensors"); },
+               {"t.safetensors", "'a'", "appears twice"});
+  // Rank and size are bounded; the value is named.
+  const std::string deep = safetensors_prefix(R"({"x":{"dtype":"U8","shape":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],)"
+                                              R"("data_offsets":[0,1]}})");
+  expect_error([&] { io::parse_safetensors_header(deep, deep.size() + 1, "d.safetensors"); },
+               {"d.safetensors", "'x'", "17 dimensions", "limit is 16"});
+  const std::string huge = safetensors_prefix(R"({"x":{"dtype":"U8","shape":[18446744073709551615],"data_offsets":[0,1]}})");
+  expect_error([&] { io::parse_safetensors_header(huge, huge.size() + 1, "u.safetensors"); },
+               {"u.safetensors", "'x'", "18446744073709551615", "implausibly large"});
+  const std::string negative = safetensors_prefix(R"({"x":{"dtype":"U8","shape":[1],"data_offsets":[-1,0]}})");
+  expect_error([&] { io::parse_safetensors_header(negative, negative.size() + 1, "n.safetensors"); },
+               {"n.safetensors", "'x'", "[-1,0]", "non-negative"});
+}
+
+BOOST_AUTO_TEST_CASE(safetensors_index_names_plain_unique_shards) {
+  const auto index = io::parse_safetensors_index(
+      R"({"metadata":{"total_size":8},"weight_map":{"b":"model-2.safetensors","a":"model-1.safetensors","c":"model-1.safetensors"}})",
+      "i.json");
+  BOOST_TEST((index.files == std::vector<std::string>{"model-1.safetensors", "model-2.safetensors"}));
+  BOOST_TEST(index.weight_map.size() == 3u);
+  expect_error([] { io::parse_safetensors_index(R"({"weight_map":{"a":"x.safetensors","a":"y.safetensors"}})", "i.json"); },
+               {"i.json", "'a'", "appears twice"});
+  expect_error([] { io::parse_safetensors_index(R"({"weight_map":{"a":"x\nsafetensors"}})", "i.json"); },
+               {"i.json", "weight_map['a']", "not a plain file name"});
+  expect_error([] { io::parse_safetensors_index(R"({"weight_map":{"a":"."}})", "i.json"); }, {"not a plain file name"});
+  expect_error([] { io::parse_safetensors_index(R"({"weight_map":{}})", "i.json"); }, {"i.json", "empty"});
+  expect_error([] { io::parse_safetensors_index("{\"weight_map\":", "i.json"); }, {"i.json", "not valid JSON"});
+}
+
+BOOST_AUTO_TEST_CASE(store_meta_fields_are_typed_and_bounded) {
+  const std::string path = "m_layer1_activations.meta.json";
+  auto meta_with = [](json patch) {
+    json meta = {{"shards", {"a.safetensors", "b.safetensors"}}, {"rows", 6}, {"dim", 2}, {"shard_rows", {4, 2}},
+                 {"model", "m"}, {"layer", 1}, {"n_layers", 4}, {"store_dtype", "f32"}, {"mean", {0.0, 1.0}}};
+    meta.update(patch);
+    return meta.dump();
+  };
+  const auto meta = io::parse_store_meta(meta_with(json::object()), path);
+  BOOST_TEST(*meta.layer == 1);
+  BOOST_TEST((*meta.shard_rows == std::vector<int64_t>{4, 2}));
+  io::check_store_meta_counts(meta, path, {4, 2}, 6, 2);
+  // 2^64-1 once compared as -1 after get<int64_t>(); now no count that does not fit is read.
+  expect_error([&] { io::parse_store_meta(meta_with({{"shard_rows", {4, UINT64_MAX}}}), path); },
+               {path, "shard_rows[1] = 18446744073709551615", "64-bit integer"});
+  // `strata transfer` read "layer" with get<int>() and "model" with get<std::string>(): a JSON type error
+  // instead of a message. The types are checked here, once.
+  expect_error([&] { io::parse_store_meta(meta_with({{"layer", "one"}}), path); }, {path, "\"layer\" = \"one\""});
+  expect_error([&] { io::parse_store_meta(meta_with({{"layer", 1ll << 40}}), path); }, {path, "\"layer\"", "out of range"});
+  expect_error([&] { io::parse_store_meta(meta_with({{"model", 7}}), path); }, {path, "\"model\" = 7", "not a string"});
+  expect_error([&] { io::parse_store_meta(meta_with({{"n_layers", 2.5}}), path); }, {path, "\"n_layers\" = 2.5"});
+  expect_error([&] { io::parse_store_meta(meta_with({{"store_dtype", "f8"}}), path); }, {path, "\"store_dtype\"", "f8"});
+  expect_error([&] { io::parse_store_meta(meta_with({{"mean", {0.0}}}), path); }, {path, "\"mean\"", "dim = 2"});
+  expect_error([&] { io::parse_store_meta(meta_with({{"shard_rows", {6}}}), path); }, {path, "one row count per shard"});
+  expect_error([&] { io::parse_store_meta(meta_with({{"shards", {"a.safetensors", "x\ty"}}}), path); },
+               {path, "shards[1]", "not a plain file name"});
+}
+
+BOOST_AUTO_TEST_CASE(sae_cfg_parsers_bound_every_encoding_field) {
+  const auto strata_cfg = sae::parse_saelens_cfg(
+      R"({"architecture":"topk","d_in":8,"d_sae":32,"k":4,"hook_name":"blocks.1.hook_resid_post","metrics":{}})", "s/cfg.json");
+  BOOST_TEST(strata_cfg.architecture == "topk");
+  BOOST_TEST(*strata_cfg.k == 4);
+  BOOST_TEST(*strata_cfg.hook_name == "blocks.1.hook_resid_post");
+  const auto legacy = sae::parse_saelens_cfg(
+      R"({"activation_fn_str":"topk","activation_fn_kwargs":{"k":6},"normalize_activations":true,"hook_point":"h.2"})", "l/cfg.json");
+  BOOST_TEST(legacy.architecture == "topk");
+  BOOST_TEST(*legacy.k == 6);
+  BOOST_TEST(legacy.normalize_activations == "expected_average_only_in");
+  const auto sparsify = sae::parse_sparsify_cfg(R"({"d_in":12,"expansion_factor":2,"num_latents":0,"k":4})", "p/cfg.json");
+  BOOST_TEST(*sparsify.d_sae == 24);
+  expect_error([] { sae::parse_saelens_cfg(R"({"architecture":"topk","d_sae":32,"k":33})", "s/cfg.json"); },
+               {"s/cfg.json", "'k' = 33", "[1, 32]"});
+  expect_error([] { sae::parse_saelens_cfg(R"({"d_in":1e300})", "s/cfg.json"); }, {"s/cfg.json", "'d_in'", "out of range"});
+  expect_error([] { sae::parse_saelens_cfg(R"({"d_sae":18446744073709551615})", "s/cfg.json"); },
+               {"'d_sae' = 18446744073709551615", "out of range"});
+  expect_error([] { sae::parse_sparsify_cfg(R"({"d_in":131072,"expansion_factor":16777216,"k":1})", "p/cfg.json"); },
+               {"p/cfg.json", "d_sae = 2199023255552", "out of range"});
+  expect_error([] { sae::parse_sparsify_cfg(R"({"d_in":4096,"num_latents":2097152,"k":1})", "p/cfg.json"); },
+               {"p/cfg.json", "4096 x 2097152", "exceeds"});
+  expect_error([] { sae::parse_saelens_cfg("[1]", "s/cfg.json"); }, {"s/cfg.json", "not a JSON object"});
+  // A hook name's block number went through std::stoll: 20 digits threw std::out_of_range past
+  // check_hook_layer (which catches strata::Error). A long name is refused before std::regex recurses over it.
+  expect_error([] { sae::layer_of_hook("blocks.99999999999999999999.hook_resid_post"); },
+               {"blocks.99999999999999999999.hook_resid_post", "out of range"});
+  expect_error([] { sae::layer_of_hook("layers.123456789"); }, {"layers.123456789", "out of range"});
+  BOOST_TEST(*sae::layer_of_hook("blocks.999999.hook_resid_post") == 1000000);
+  expect_error([] { sae::layer_of_hook("layers." + std::string(100000, '1')); }, {"100007 bytes", "at most 256"});
+  expect_error([] { sae::parse_saelens_cfg(json({{"hook_name", std::string(300, 'h')}}).dump(), "s/cfg.json"); },
+               {"s/cfg.json", "'hook_name'", "300 bytes"});
 }

@@ -12,8 +12,10 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "core/read_bounded.hpp"
 #include "core/write_error.hpp"
 #include "io/safetensors.hpp"
+#include "io/store_meta.hpp"
 
 namespace strata::io {
 namespace fs = std::filesystem;
@@ -236,39 +238,6 @@ std::vector<fs::path> ActivationStoreWriter::finish(nlohmann::json meta) {
   return written;
 }
 
-namespace {
-
-// The counts a meta.json states (rows, dim, shard_rows) must agree with the shards themselves, whose sizes
-// the safetensors reader has already checked against the file sizes: a truncated or edited store is named
-// here instead of surfacing later as "11/12 present" or an out-of-range read.
-void check_meta_counts(const fs::path& meta_path, const nlohmann::json& meta, const std::vector<int64_t>& shard_rows,
-                       int64_t total_rows, int64_t dim) {
-  auto count = [&](const char* key) -> std::optional<int64_t> {
-    if (!meta.contains(key)) return std::nullopt;
-    const auto& v = meta[key];
-    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) ||
-        v.get<int64_t>() < 0)
-      fail("{}: \"{}\" = {} is not a non-negative 64-bit integer", meta_path.string(), key, v.dump());
-    return v.get<int64_t>();
-  };
-  if (auto rows = count("rows"); rows && *rows != total_rows)
-    fail("{}: \"rows\" = {} but its shards hold {} rows; the store is truncated or was edited", meta_path.string(),
-         *rows, total_rows);
-  if (auto width = count("dim"); width && *width != dim)
-    fail("{}: \"dim\" = {} but its shards are {} wide", meta_path.string(), *width, dim);
-  if (meta.contains("shard_rows")) {
-    const auto& listed = meta["shard_rows"];
-    if (!listed.is_array() || listed.size() != shard_rows.size())
-      fail("{}: \"shard_rows\" must list one row count per shard ({} shards)", meta_path.string(), shard_rows.size());
-    for (size_t i = 0; i < shard_rows.size(); ++i)
-      if (!listed[i].is_number_integer() || listed[i].get<int64_t>() != shard_rows[i])
-        fail("{}: shard_rows[{}] = {} but shard {} holds {} rows", meta_path.string(), i, listed[i].dump(), i,
-             shard_rows[i]);
-  }
-}
-
-}  // namespace
-
 ActivationStore ActivationStore::open(const fs::path& dir, const std::string& model, int layer) {
   fs::path meta = dir / (store_base_name(model, layer) + ".meta.json");
   if (!fs::exists(meta))
@@ -296,26 +265,16 @@ ActivationStore ActivationStore::open(const fs::path& path, const std::string& t
   } else if (fs::is_directory(path)) {
     fail("{} is a directory; name a store's .meta.json or .safetensors file", s);
   }
+  std::optional<StoreMeta> parsed;  // meta.json's checked fields (doc moved into meta_)
   if (!meta_path.empty()) {
     if (!fs::exists(meta_path)) fail("activation store metadata {} does not exist", meta_path.string());
-    store.meta_ = nlohmann::json::parse(read_text_file(meta_path), nullptr, false);
-    if (store.meta_.is_discarded() || !store.meta_.is_object() || !store.meta_.contains("shards") ||
-        !store.meta_["shards"].is_array())
-      fail("{} is not a valid activation store meta.json (no \"shards\" list)", meta_path.string());
-    const auto& shard_names = store.meta_["shards"];
-    if (shard_names.empty()) fail("{}: \"shards\" is empty; the store holds no rows", meta_path.string());
-    for (size_t i = 0; i < shard_names.size(); ++i) {
-      // A shard name is a plain file name beside the meta.json: never a path out of the store's directory.
-      const auto& name = shard_names[i];
-      const std::string file = name.is_string() ? name.get<std::string>() : std::string();
-      if (file.empty() || file == "." || file == ".." || file.find('/') != std::string::npos ||
-          file.find('\0') != std::string::npos)
-        fail("{}: shards[{}] = {} is not a plain file name beside the meta.json", meta_path.string(), i,
-             name.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    parsed = parse_store_meta(read_bounded_text_file(meta_path, kMaxStoreMetaBytes), meta_path.string());
+    for (const auto& file : parsed->shards) {
       fs::path shard = meta_path.parent_path() / file;
       if (!fs::exists(shard)) fail("activation store shard {} named in {} is missing", shard.string(), meta_path.string());
       store.shards_.push_back(std::make_shared<SafetensorsFile>(shard));
     }
+    store.meta_ = std::move(parsed->doc);
     store.has_index_ = true;
   } else {
     if (!fs::exists(path)) fail("activations file {} does not exist", s);
@@ -349,7 +308,8 @@ ActivationStore ActivationStore::open(const fs::path& path, const std::string& t
     store.shard_rows_.push_back(info.shape[0]);
     store.total_rows_ += info.shape[0];
   }
-  if (!meta_path.empty()) check_meta_counts(meta_path, store.meta_, store.shard_rows_, store.total_rows_, store.dim_);
+  if (parsed)
+    check_store_meta_counts(*parsed, meta_path.string(), store.shard_rows_, store.total_rows_, store.dim_);
   return store;
 }
 

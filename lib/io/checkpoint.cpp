@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/hash.hpp"
+#include "core/read_bounded.hpp"
 
 namespace strata::io {
 namespace fs = std::filesystem;
@@ -155,35 +156,22 @@ CheckpointWeights::CheckpointWeights(const fs::path& checkpoint_dir) : dir_(chec
   const fs::path index = dir_ / kIndexFile;
   const fs::path single = dir_ / kSingleFile;
   if (fs::is_regular_file(index)) {
-    nlohmann::json doc;
-    try {
-      doc = nlohmann::json::parse(read_text_file(index));
-    } catch (const nlohmann::json::exception& e) {
-      fail("{}: not valid JSON ({})", index.string(), e.what());
-    }
-    if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object())
-      fail("{}: lacks the 'weight_map' object {{tensor name: shard file}}", index.string());
+    const SafetensorsIndex parsed = parse_safetensors_index(read_bounded_text_file(index, kMaxIndexBytes), index.string());
     std::map<std::string, const SafetensorsFile*> by_file;
-    for (auto it = doc["weight_map"].begin(); it != doc["weight_map"].end(); ++it) {
-      if (!it->is_string()) fail("{}: weight_map['{}'] is not a file name", index.string(), it.key());
-      const std::string file = it->get<std::string>();
-      if (file.empty() || file.find('/') != std::string::npos || file.find("..") != std::string::npos)
-        fail("{}: weight_map['{}'] = '{}' is not a plain file name in the checkpoint directory", index.string(),
-             it.key(), file);
+    for (const auto& [tensor, file] : parsed.weight_map) {
       if (!by_file.count(file)) {
         const fs::path shard = dir_ / file;
         if (!fs::is_regular_file(shard))
           fail("{}: shard '{}' (named in {} for tensor '{}') is missing; the download is incomplete",
-               dir_.string(), file, kIndexFile, it.key());
+               dir_.string(), file, kIndexFile, tensor);
         shards_.push_back(std::make_unique<SafetensorsFile>(shard));
         by_file[file] = shards_.back().get();
       }
       const SafetensorsFile* shard = by_file[file];
-      if (!shard->contains(it.key()))
-        fail("{}: index names tensor '{}' in {} but that shard does not hold it", index.string(), it.key(), file);
-      owner_[it.key()] = shard;
+      if (!shard->contains(tensor))
+        fail("{}: index names tensor '{}' in {} but that shard does not hold it", index.string(), tensor, file);
+      owner_[tensor] = shard;
     }
-    if (shards_.empty()) fail("{}: weight_map is empty", index.string());
     std::sort(shards_.begin(), shards_.end(), [](const auto& a, const auto& b) { return a->path() < b->path(); });
     return;
   }

@@ -1,6 +1,7 @@
 // safetensors: an 8-byte little-endian header length, a JSON header
 // {name: {dtype, shape, data_offsets}, "__metadata__": {...}}, then raw little-endian data.
-// The reader memory-maps the file and validates the whole header before any tensor is touched.
+// The reader memory-maps the file and validates the whole header (io/safetensors_header.hpp, torch-free)
+// before any tensor is touched.
 #pragma once
 #include <torch/types.h>
 
@@ -10,18 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "io/safetensors_header.hpp"
+
 namespace strata::io {
 
-enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
-
-struct TensorInfo {
-  DType dtype;
-  std::vector<int64_t> shape;
-  size_t begin = 0, end = 0;  // byte offsets relative to the data section
-};
-
-size_t dtype_size(DType dtype);
-const char* dtype_name(DType dtype);
 torch::ScalarType to_scalar_type(DType dtype);
 DType from_scalar_type(torch::ScalarType type);
 

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "sae/cfg.hpp"
 #include "sae/sae.hpp"
 
 namespace strata::sae {
@@ -47,12 +48,7 @@ std::string sae_sha256(const LoadedSae& sae);
 // like checkpoints, io::resolve_hub_path). Throws naming what it looked for.
 std::filesystem::path resolve_sae_source(const std::string& spec);
 
-// strata's layer (the residual stream after block L; 0 = embeddings) of a published hook:
-//   blocks.{N}.hook_resid_post -> N+1, blocks.{N}.hook_resid_pre -> N (TransformerLens / SAELens);
-//   [...]layers.{N} or h.{N} (a sparsify hookpoint: the output of block N) -> N+1.
-// Returns nullopt for a name that is not one of these; throws for a hook that is clearly not the
-// residual stream (e.g. blocks.3.hook_mlp_out, layers.3.mlp).
-std::optional<int64_t> layer_of_hook(const std::string& hook);
+// layer_of_hook (a published hook name -> strata's layer) is declared in sae/cfg.hpp.
 
 // Checks that a published SAE's hook (when it has one) is strata layer `layer`; the error names both.
 void check_hook_layer(const LoadedSae& sae, int64_t layer, const std::string& cell);
