@@ -154,6 +154,12 @@ BOOST_AUTO_TEST_CASE(a_failed_unit_shows_in_status_stops_the_reduce_and_resume_r
   BOOST_TEST(!fs::exists(run / "units" / "reduce" / "0.json"));
   BOOST_TEST(!fs::exists(run / "report" / "report.md"));
   const json kept = read_json(run / "units" / "train" / "0.json");
+  // Where Slurm does not answer, a job without a record is unknown, not failed (a failed record still says so).
+  code = run_command(fmt::format("SLURM_CONF=/nonexistent/slurm.conf {} status {}", strata_cmd(), quoted(run)), &output);
+  BOOST_TEST(code == 4, output);
+  BOOST_TEST(unit_state(output, "transfer", 0) == "unknown", output);
+  BOOST_TEST(unit_state(output, "train", 1) == "failed", output);
+  BOOST_TEST(output.find("Slurm did not answer") != std::string::npos, output);
 
   code = run_command(fmt::format("{} run --resume {} --executor slurm", strata_cmd(), quoted(run)), &output);
   BOOST_TEST_MESSAGE(output);

@@ -296,6 +296,7 @@ std::vector<UnitState> run_status(const fs::path& run_dir_arg, const StepRegistr
         job_of[{stage.at("stage").get<std::string>(), index}] = stage.at("stage") == kReduceStage ? id : id + "_" + std::to_string(index);
     }
   std::map<std::string, std::pair<std::string, std::string>> slurm;  // "123_4" -> (state, reason)
+  std::map<std::string, std::string> unanswered;  // job id -> why neither squeue nor sacct answered
   for (const auto& id : jobs) {
     CommandResult q = run_shell("squeue -h -r --states=all -o '%i|%T|%r' -j " + id);
     bool found = false;
@@ -311,7 +312,12 @@ std::vector<UnitState> run_status(const fs::path& run_dir_arg, const StepRegistr
     if (found) continue;
     // Gone from squeue (MinJobAge): sacct knows it where accounting is on.
     CommandResult a = run_shell("sacct -n -P -X -o JobID,State -j " + id);
-    if (a.status != 0) continue;
+    if (a.status != 0) {
+      // Neither answered: Slurm is unreachable from here (no SLURM_CONF, controller down), which says
+      // nothing about the job. Only a squeue that answers without the job means it left the queue.
+      if (q.status != 0) unanswered[id] = q.error.substr(0, q.error.find('\n'));
+      continue;
+    }
     std::istringstream in(a.output);
     for (std::string line; std::getline(in, line);) {
       auto bar = line.find('|');
@@ -338,7 +344,12 @@ std::vector<UnitState> run_status(const fs::path& run_dir_arg, const StepRegistr
         if (record->contains("verdict")) u.detail = "verdict " + record->value("verdict", "");
       } else if (job != job_of.end()) {
         auto s = slurm.find(job->second);
-        if (s == slurm.end()) {
+        const std::string array_job = job->second.substr(0, job->second.find('_'));
+        if (s == slurm.end() && unanswered.count(array_job) && !(record && record->value("status", "") == "failed")) {
+          u.state = "unknown";
+          u.detail = "Slurm did not answer (squeue: " + unanswered[array_job] +
+                     "); run strata status where squeue works (SLURM_CONF)";
+        } else if (s == slurm.end()) {
           u.state = "failed";
           u.detail = record && record->value("status", "") == "failed" ? error
                                                                        : "the job left the queue without a complete record";

@@ -1,7 +1,8 @@
 // `strata status RUN_DIR`: per stage and unit of a run made by an executor, pending / running / done /
 // failed, from the units' records first, then squeue and sacct (harness/executor_slurm.hpp run_status).
 // Exit status: 0 = complete (every unit and the reduce done), 3 = in progress (units running, or queued in
-// Slurm), 1 = stopped: nothing moves any more and a unit failed or was never started (resume it).
+// Slurm), 1 = stopped: nothing moves any more and a unit failed or was never started (resume it), 4 = Slurm
+// did not answer (squeue and sacct both failed here), so the state of its jobs is unknown.
 #include <map>
 
 #include <fmt/format.h>
@@ -44,6 +45,12 @@ void setup(strata::cli::Commands& commands) {
       fmt::print("Run: in progress ({} unit(s) running or queued{})\n", unfinished,
                  failed > 0 ? fmt::format(", {} failed", failed) : "");
       return 3;
+    }
+    int unknown = 0;
+    for (const auto& u : units) unknown += u.state == "unknown";
+    if (unknown > 0) {
+      fmt::print("Run: unknown: Slurm did not answer for {} unit(s) (squeue and sacct failed here)\n", unknown);
+      return 4;
     }
     if (failed > 0 || unstarted > 0) {
       fmt::print("Run: stopped, {} unit(s) failed, {} not started; resume with: strata run --resume {} --executor ...\n",
