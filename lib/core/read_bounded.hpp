@@ -1,6 +1,9 @@
-// Reads a small text file from elsewhere (a JSON index, meta.json, cfg.json) after checking its size
-// against a cap, so that a corrupt or hostile file is an error naming it, not an allocation of its size.
+// Untrusted small text files (a JSON index, meta.json, cfg.json): read after checking the size against a
+// cap, so that a corrupt or hostile file is an error naming it, not an allocation of its size; and their
+// values quoted safely in error messages.
 #pragma once
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -18,6 +21,13 @@ inline std::string read_bounded_text_file(const std::filesystem::path& file, uin
     fail("{}: {} bytes; a file of this kind is at most {} bytes, so it is corrupt or not what it claims to be",
          file.string(), size, max_bytes);
   return read_text_file(file);  // names the file when it cannot be opened
+}
+
+// A JSON value from such a file, for an error message: short, and valid UTF-8 whatever the input held.
+inline std::string shown(const nlohmann::json& value) {
+  std::string text = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (text.size() > 80) text = text.substr(0, 77) + "...";
+  return text;
 }
 
 }  // namespace strata

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "core/read_bounded.hpp"
 
 namespace strata::io {
 namespace {
@@ -26,13 +27,6 @@ const DTypeRow& row(DType dtype) {
   for (const auto& r : kDTypes)
     if (r.dtype == dtype) return r;
   fail("internal: unknown dtype");
-}
-
-// A JSON value for an error message: short, and valid UTF-8 whatever the input held.
-std::string shown(const nlohmann::json& value) {
-  std::string text = value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  if (text.size() > 80) text = text.substr(0, 77) + "...";
-  return text;
 }
 
 // A name from the file for an error message: in single quotes, cut to 200 bytes at a UTF-8 boundary;

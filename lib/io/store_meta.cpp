@@ -6,17 +6,12 @@
 #include <cstdint>
 
 #include "core/error.hpp"
+#include "core/read_bounded.hpp"
 
 namespace strata::io {
 namespace {
 
 using nlohmann::json;
-
-std::string shown(const json& value) {
-  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (text.size() > 80) text = text.substr(0, 77) + "...";
-  return text;
-}
 
 bool is_int64(const json& v) {
   return v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX));

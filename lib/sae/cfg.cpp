@@ -6,17 +6,12 @@
 #include <regex>
 
 #include "core/error.hpp"
+#include "core/read_bounded.hpp"
 
 namespace strata::sae {
 namespace {
 
 using nlohmann::json;
-
-std::string shown(const json& value) {
-  std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
-  if (text.size() > 80) text = text.substr(0, 77) + "...";
-  return text;
-}
 
 json parse_object(std::string_view text, const std::string& path) {
   if (text.size() > kMaxCfgBytes) fail("{}: {} bytes; an SAE cfg.json is at most {} bytes", path, text.size(), kMaxCfgBytes);
