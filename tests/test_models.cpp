@@ -9,12 +9,15 @@
 #include "io/safetensors.hpp"
 #include "models/blocks.hpp"
 #include "models/transformer.hpp"
+#include "test_device.hpp"
 #include "test_helpers.hpp"
 
 using namespace strata;
 namespace fs = std::filesystem;
 
 namespace {
+using testing::KernelsEnv;
+using testing::test_device;
 
 const std::vector<std::string> kFixtures{"gpt2-tiny",   "gpt2-tiny-prefixed", "gpt-neox-tiny", "gpt-neox-tiny-fp16",
                                          "phi-tiny",    "phi-tiny-sharded",   "gemma-tiny",    "gemma-tiny-bf16"};
@@ -36,20 +39,6 @@ double tolerance_ratio(const torch::Tensor& got, const torch::Tensor& ref, const
   torch::Tensor ratio = (got.to(torch::kFloat64) - ref.to(torch::kFloat64)).abs() /
                         (5e-5 + 1e-5 * ref.to(torch::kFloat64).abs());
   return ratio.index({rows}).max().item<double>();
-}
-
-// Sets STRATA_KERNELS for one scope (unset afterwards).
-class KernelsEnv {
- public:
-  explicit KernelsEnv(const char* value) { setenv("STRATA_KERNELS", value, 1); }
-  ~KernelsEnv() { unsetenv("STRATA_KERNELS"); }
-};
-
-// Where the portable-path and low-precision fixture tests run: the CPU in CI; scripts/gpu-check.sh sets
-// STRATA_TEST_DEVICE=cuda:0 to hold the GPU's forward pass to the same table.
-torch::Device test_device() {
-  const char* spec = std::getenv("STRATA_TEST_DEVICE");
-  return spec && *spec ? runtime::parse_device(spec) : torch::Device(torch::kCPU);
 }
 
 // Low-precision compute against the f32 HF reference: per output tensor, the normwise relative error

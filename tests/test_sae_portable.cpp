@@ -14,6 +14,7 @@
 #include "io/activation_store.hpp"
 #include "sae/architecture.hpp"
 #include "sae/train.hpp"
+#include "test_device.hpp"
 #include "test_helpers.hpp"
 
 using namespace strata;
@@ -21,20 +22,8 @@ using runtime::KernelPath;
 namespace fs = std::filesystem;
 
 namespace {
-
-// Sets STRATA_KERNELS for the scope of one test (unset again afterwards).
-class KernelsEnv {
- public:
-  explicit KernelsEnv(const char* value) { setenv("STRATA_KERNELS", value, 1); }
-  ~KernelsEnv() { unsetenv("STRATA_KERNELS"); }
-};
-
-// Where the portable side runs: the CPU in CI; scripts/gpu-check.sh sets STRATA_TEST_DEVICE=cuda:0 so that
-// the same comparisons hold the GPU's results to the native CPU kernels.
-torch::Device test_device() {
-  const char* spec = std::getenv("STRATA_TEST_DEVICE");
-  return spec && *spec ? runtime::parse_device(spec) : torch::Device(torch::kCPU);
-}
+using testing::KernelsEnv;
+using testing::test_device;
 
 // max |a - b| / max |b|: one scale per tensor, so entries near zero do not dominate.
 double relative_difference(const torch::Tensor& a, const torch::Tensor& b) {

@@ -14,6 +14,7 @@
 #include "stats/cka.hpp"
 #include "stats/correlation.hpp"
 #include "stats/linalg.hpp"
+#include "test_device.hpp"
 
 using namespace strata::stats;
 
@@ -240,4 +241,35 @@ BOOST_AUTO_TEST_CASE(cka_permutation_forms_agree_and_cost) {
     BOOST_CHECK_CLOSE(loop.null_max, features.null_max, 1e-3);
     BOOST_CHECK_GT(loop.p, 1.0 / double(permutations + 1));  // not a trivial all-below case
   }
+}
+
+// The portable path (LibTorch gathers and GEMMs on STRATA_TEST_DEVICE: the CPU in CI, the GPU under
+// scripts/gpu-check.sh) gives the native host loop's null values for the same draws, in both forms: the same
+// p, and null mean and max within the native loop's fp32 rounding (the portable Gram form sums in fp64).
+BOOST_AUTO_TEST_CASE(cka_permutation_portable_path_matches_the_native_loop) {
+  using strata::runtime::KernelPath;
+  torch::manual_seed(19);
+  const torch::Device device = strata::testing::test_device();
+  for (auto [n, dx, dy] : {std::tuple<int64_t, int64_t, int64_t>{200, 6, 9}, {300, 40, 50}}) {
+    torch::Tensor x = torch::randn({n, dx});
+    const double c = std::sqrt(1.5 * std::sqrt(2.0 / double(dx * dy)) / double(n));  // a weak effect, as above
+    torch::Tensor y = c * torch::mm(x, torch::randn({dx, dy})) + torch::randn({n, dy});
+    GramCka native(x, y), portable(x.to(device), y.to(device));
+    BOOST_CHECK_CLOSE(native.value(), portable.value(), 1e-8);
+    const int64_t permutations = 300;
+    for (GramCka::Form form : {GramCka::Form::gram, GramCka::Form::features}) {
+      PermutationTest a = native.permutation_test(permutations, 21, form, KernelPath::native);
+      PermutationTest b = portable.permutation_test(permutations, 21, form, KernelPath::portable);
+      BOOST_TEST_MESSAGE("N " << n << " form " << int(form) << ": p " << a.p << " / " << b.p << ", null mean "
+                              << a.null_mean << " / " << b.null_mean);
+      BOOST_CHECK_EQUAL(a.p, b.p);
+      BOOST_CHECK_CLOSE(a.null_mean, b.null_mean, 1e-4);
+      BOOST_CHECK_CLOSE(a.null_max, b.null_max, 1e-4);
+      BOOST_CHECK_GT(a.p, 1.0 / double(permutations + 1));  // some permuted values exceed the observed one
+    }
+  }
+  if (device.is_cpu())  // the native loop reads host memory: on another device it refuses, naming it
+    return;
+  GramCka on_device(torch::randn({50, 3}).to(device), torch::randn({50, 4}).to(device));
+  BOOST_CHECK_THROW(on_device.permutation_test(10, 1, GramCka::Form::gram, KernelPath::native), strata::Error);
 }

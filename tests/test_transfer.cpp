@@ -11,6 +11,7 @@
 #include "sae/sae.hpp"
 #include "stats/cka.hpp"
 #include "stats/correlation.hpp"
+#include "test_device.hpp"
 #include "test_helpers.hpp"
 #include "transfer/planted.hpp"
 #include "transfer/result.hpp"
@@ -227,6 +228,62 @@ BOOST_AUTO_TEST_CASE(same_seed_same_matrix) {
   auto first = transfer::run_transfer(two, options, 7, testing::fresh_dir("transfer_repeat_a"));
   auto second = transfer::run_transfer(two, options, 7, testing::fresh_dir("transfer_repeat_b"));
   BOOST_CHECK(first.matrix["transfer_matrix"] == second.matrix["transfer_matrix"]);
+}
+
+// The portable path (issue 15): run_transfer on STRATA_TEST_DEVICE (the CPU in CI, the GPU under
+// scripts/gpu-check.sh) with STRATA_KERNELS=portable against the native CPU run. Tolerances, per metric:
+// every value within 1e-6 + 1e-5 |native| (fp32 SAE passes and GEMMs reassociated on another device; on the
+// CPU only the CKA permutation sums differ); cka_p within one exceedance (1 / (B + 1)) and p_adjusted within
+// the same times the number of pairs (BH scales a p by at most m / rank); CIs likewise per endpoint.
+BOOST_AUTO_TEST_CASE(portable_path_on_the_test_device_matches_the_native_run) {
+  const PlantedRun& run = planted_run();
+  transfer::TransferOptions options;
+  options.top_k = 16;
+  options.cka_permutations = 400;
+  options.cka_max_tokens = 256;  // dx dy >= 64 x 96 > kFeatureFormRatio N: the Gram form, whose paths differ
+  options.bootstrap = 50;
+  std::vector<transfer::Cell> cells = {run.data.cells[0], run.data.cells[1], run.data.cells[3], run.data.cells[4]};
+  const auto root = testing::fresh_dir("transfer_portable");
+  nlohmann::json native, portable;
+  {
+    testing::KernelsEnv kernels("native");
+    native = transfer::run_transfer(cells, options, 3, root / "native").matrix["transfer_matrix"];
+  }
+  {
+    testing::KernelsEnv kernels("portable");
+    options.device = testing::test_device();
+    portable = transfer::run_transfer(cells, options, 3, root / "portable").matrix["transfer_matrix"];
+  }
+  BOOST_REQUIRE_EQUAL(native.size(), 16u);
+  BOOST_REQUIRE_EQUAL(portable.size(), native.size());
+  const double one_exceedance = 1.0 / double(options.cka_permutations + 1);
+  int compared = 0;
+  for (auto& [key, entry] : native.items()) {
+    const nlohmann::json& other = portable.at(key);
+    for (auto& [name, value] : entry.items()) {
+      const nlohmann::json& got = other.at(name);
+      if (value.is_string() || value.is_boolean()) {
+        BOOST_CHECK_MESSAGE(value == got, key << " " << name << ": " << value << " vs " << got);
+        continue;
+      }
+      std::vector<nlohmann::json> a = value.is_array() ? value.get<std::vector<nlohmann::json>>() : std::vector{value};
+      std::vector<nlohmann::json> b = got.is_array() ? got.get<std::vector<nlohmann::json>>() : std::vector{got};
+      BOOST_REQUIRE_EQUAL(a.size(), b.size());
+      for (size_t i = 0; i < a.size(); ++i) {
+        BOOST_CHECK_MESSAGE(a[i].is_null() == b[i].is_null(), key << " " << name << ": null on one path only");
+        if (a[i].is_null() || b[i].is_null()) continue;
+        const double x = a[i].get<double>(), y = b[i].get<double>();
+        double tolerance = 1e-6 + 1e-5 * std::abs(x);
+        if (name == "cka_p") tolerance = one_exceedance;
+        if (name == "p_adjusted") tolerance = one_exceedance * double(native.size());
+        if (name == "cka_ci" || name == "q_excess_ci") tolerance = 1e-4 + 1e-4 * std::abs(x);
+        BOOST_CHECK_MESSAGE(std::abs(x - y) <= tolerance,
+                            key << " " << name << ": native " << x << ", portable " << y << " (tolerance " << tolerance << ")");
+        ++compared;
+      }
+    }
+  }
+  BOOST_CHECK_GT(compared, 16 * 30);
 }
 
 // A split run (partials by blocks of source cells, merged) writes the same bytes as the one-shot run; a merge

@@ -49,7 +49,8 @@ void check_mmac(const MmacResult& got, const MmacResult& want, double tolerance)
 }  // namespace
 
 // Sparse and dense codes (a positive bias makes most latents fire on most tokens), one block and many blocks
-// (a 7-latent block budget): the blocked dense-GEMM MMAC equals the definition to fp32 accuracy (1e-4 %).
+// (a 7-latent block budget), cross moments as dense GEMMs, as sparse x dense products and chosen by density:
+// the blocked MMAC equals the definition to fp32 accuracy (1e-4 %).
 BOOST_AUTO_TEST_CASE(mmac_by_blocks_equals_the_definition_sparse_and_dense) {
   torch::manual_seed(3);
   const int64_t n = 300;
@@ -65,9 +66,13 @@ BOOST_AUTO_TEST_CASE(mmac_by_blocks_equals_the_definition_sparse_and_dense) {
     else BOOST_CHECK_LT(density, 0.2);
     BOOST_CHECK_GT(a.codes.n_alive(), 10);
     const MmacResult want = mmac_definition(pre_a, pre_b, 5);
-    check_mmac(mmac(a.codes, b.codes), want, 1e-4);
     const int64_t seven_latents = 2 * 4 * n * 7;
-    check_mmac(mmac(a.codes, b.codes, seven_latents), want, 1e-4);
+    for (double sparse_below : {0.0, 1.0, kMmacSparseBelow}) {  // always dense, always sparse, by density
+      BOOST_TEST_CONTEXT("sparse_below " << sparse_below) {
+        check_mmac(mmac(a.codes, b.codes, int64_t(256) << 20, sparse_below), want, 1e-4);
+        check_mmac(mmac(a.codes, b.codes, seven_latents, sparse_below), want, 1e-4);
+      }
+    }
   }
 }
 

@@ -347,6 +347,7 @@ TransferCells transfer_cells(StepContext& ctx, bool record_failures) {
 transfer::TransferOptions transfer_options(const StepContext& ctx) {
   transfer::TransferOptions o = ctx.config(&Experiment::transfer);  // the [transfer] section is these options
   o.aligned_rows = false;  // rows pair through (document, byte offset), whatever the tokenizers
+  o.device = ctx.device;
   return o;
 }
 

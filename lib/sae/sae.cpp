@@ -110,6 +110,13 @@ void Sae::fold_norm_scaling_factor(double scaling_factor) {
 
 Sae Sae::load(const fs::path& dir, const std::string& format) { return load_sae(dir, format).sae; }
 
+Sae Sae::to(const torch::Device& device) const {
+  Sae out = *this;
+  for (torch::Tensor* t : {&out.W_enc, &out.W_dec, &out.b_enc, &out.b_dec, &out.threshold})
+    if (t->defined()) *t = t->to(device);
+  return out;
+}
+
 void Sae::save(const fs::path& dir) const {
   fs::create_directories(dir);
   nlohmann::json out = cfg;

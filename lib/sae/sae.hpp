@@ -53,6 +53,8 @@ struct Sae {
   // present; "saelens" or "sparsify" forces one). Every encoding-relevant cfg field is honoured or
   // refused with an error naming the file and the field; shapes are checked against cfg and bounded.
   static Sae load(const std::filesystem::path& dir, const std::string& format = "auto");
+  // The same SAE with its tensors on `device` (the loader reads to the host).
+  Sae to(const torch::Device& device) const;
   // Writes cfg.json + sae_weights.safetensors (f32) atomically in the SAELens layout; cfg.json gets
   // architecture, d_in, d_sae, k, apply_b_dec_to_input, normalize_activations plus `cfg`'s other keys.
   void save(const std::filesystem::path& dir) const;

@@ -58,14 +58,14 @@ CentredGram::CentredGram(const torch::Tensor& x) {
   centred_ = centred64(x);
   k_ = torch::mm(centred_, centred_.t());
   self_ = k_.pow(2).sum().item<double>();
-  k32_ = k_.to(torch::kFloat32).contiguous();
+  if (k_.device().is_cpu()) k32_ = k_.to(torch::kFloat32).contiguous();  // only the native host loop reads it
 }
 
 const CentredGram::Weighted& CentredGram::weighted(const torch::Tensor& weights) const {
   if (weights.dim() != 2 || weights.size(1) != n_) fail("CKA bootstrap: weights must be [B, {}]", n_);
   if (weights_.defined() && weights_.is_same(weights)) return weighted_;
   Weighted w;
-  w.weights_t = weights.to(torch::kFloat64).t().contiguous();  // [N, B]
+  w.weights_t = weights.to(k_.device(), torch::kFloat64).t().contiguous();  // [N, B]
   w.total = w.weights_t.sum(0);                                // n_b
   w.mean = torch::mm(k_, w.weights_t) / w.total;               // K w / n_b
   // Weighted HSIC(K, K) with K centred under the weights (see GramCka::weighted).
@@ -92,6 +92,11 @@ PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed) c
 }
 
 PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, Form form) const {
+  return permutation_test(permutations, seed, form, runtime::kernel_path(k_->k().device()));
+}
+
+PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, Form form,
+                                          runtime::KernelPath path) const {
   PermutationTest out;
   out.observed = observed_;
   out.permutations = permutations;
@@ -109,26 +114,51 @@ PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, F
     for (int64_t i = n; i > 1; --i) std::swap(perm[i - 1], perm[strata::uniform_below(rng, uint64_t(i))]);
   };
   const double dx = double(k_->centred().size(1)), dy = double(l_->centred().size(1));
-  if (form == Form::automatic) form = dx * dy < kFeatureFormRatio * double(n) ? Form::features : Form::gram;
-  if (form == Form::features) {
+  if (form == Form::automatic) form = dx * dy < feature_form_ratio(path) * double(n) ? Form::features : Form::gram;
+  const torch::Device device = k_->k().device();
+  if (path == runtime::KernelPath::native && !device.is_cpu())
+    fail("CKA permutation test: the native loop runs on the CPU only, but the Gram matrices are on {}", device.str());
+  // Permutations [count, n] drawn on the host (same draws whatever the path or device), as int64 on `device`.
+  auto draw_batch = [&](int64_t first, int64_t count) {
+    torch::Tensor index = torch::empty({count, n}, torch::kInt32);
+    int32_t* ip = index.data_ptr<int32_t>();
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) draw(first + c, ip + c * n);
+    });
+    return index.to(device, torch::kInt64);
+  };
+  auto store = [&](int64_t first, const torch::Tensor& values) {  // values: fp64 [count], un-normalised
+    torch::Tensor host = values.to(torch::kCPU, torch::kFloat64).contiguous();
+    const double* v = host.data_ptr<double>();
+    for (int64_t c = 0; c < host.numel(); ++c) null[first + c] = v[c] / norm_product_;
+  };
+  if (form == Form::gram && path == runtime::KernelPath::portable) {
+    // <K, P L P^T> = sum_ij K_ij L_p(i)p(j): rows of L gathered by p, then columns, for a batch of
+    // permutations at once (fp64; about 3 x 8 N^2 bytes per permutation in flight, batches of <= 256 MiB).
+    const torch::Tensor& k = k_->k();
+    const torch::Tensor& l = l_->k();
+    const int64_t batch = std::clamp<int64_t>(int64_t((256 << 20) / (3 * 8 * n * n + 1)), 1, 256);
+    for (int64_t first = 0; first < permutations; first += batch) {
+      const int64_t count = std::min(batch, permutations - first);
+      torch::Tensor index = draw_batch(first, count);
+      torch::Tensor rows = l.index_select(0, index.view({-1})).view({count, n, n});  // L[p(i), :]
+      torch::Tensor both = rows.gather(2, index.unsqueeze(1).expand({count, n, n}));  // L[p(i), p(j)]
+      store(first, (both * k.unsqueeze(0)).sum({1, 2}));
+    }
+  } else if (form == Form::features) {
     // Batches of permutations: rows of Yc gathered per permutation, [b, N, dy], then Xc^T (P_b Yc) for all b in
     // one batched GEMM; the null value is the squared Frobenius norm of each [dx, dy] block.
     const torch::Tensor& xc = k_->centred();
     const torch::Tensor& yc = l_->centred();
     const int64_t batch = std::clamp<int64_t>(int64_t((64 << 20) / (8 * n * int64_t(dy) + 1)), 1, 256);
+    // Already LibTorch ops on any device: the native and portable paths are the same code.
     torch::Tensor xt = xc.t().contiguous();
     for (int64_t first = 0; first < permutations; first += batch) {
       const int64_t count = std::min(batch, permutations - first);
-      torch::Tensor index = torch::empty({count, n}, torch::kInt32);
-      int32_t* ip = index.data_ptr<int32_t>();
-      at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t c = begin; c < end; ++c) draw(first + c, ip + c * n);
-      });
-      torch::Tensor gathered = yc.index_select(0, index.view({-1}).to(torch::kInt64)).view({count, n, yc.size(1)});
+      torch::Tensor index = draw_batch(first, count);
+      torch::Tensor gathered = yc.index_select(0, index.view({-1})).view({count, n, yc.size(1)});
       torch::Tensor cross = torch::matmul(xt, gathered);  // [count, dx, dy]
-      torch::Tensor values = cross.pow(2).sum({1, 2}).contiguous();
-      const double* v = values.data_ptr<double>();
-      for (int64_t c = 0; c < count; ++c) null[first + c] = v[c] / norm_product_;
+      store(first, cross.pow(2).sum({1, 2}));
     }
   } else {
     const float* k = k_->k32().data_ptr<float>();
@@ -187,6 +217,7 @@ std::vector<double> GramCka::weighted(const torch::Tensor& weights) const {
   torch::Tensor kk = wk.self, ll = wl.self;
   torch::Tensor cka = kl / torch::sqrt(kk * ll);
   cka = torch::where(kk * ll > 0, cka, torch::zeros_like(cka)).contiguous();
+  cka = cka.to(torch::kCPU);
   return std::vector<double>(cka.data_ptr<double>(), cka.data_ptr<double>() + cka.numel());
 }
 

@@ -14,6 +14,8 @@
 #include <memory>
 #include <vector>
 
+#include "core/runtime.hpp"
+
 namespace strata::stats {
 
 // Feature-space form, O(N dx dy), fp64 accumulation. x [N, dx], y [N, dy].
@@ -77,12 +79,24 @@ class GramCka {
   //   feature form: ||Xc^T P Yc||_F^2, one fp64 GEMM per batch of permutations (2 N dx dy flops each),
   //                 cheaper while dx dy < kFeatureFormRatio N (narrow representations, e.g. the zoo).
   PermutationTest permutation_test(int64_t permutations, uint64_t seed) const;
+  // Each form has the native host loop (CPU) and a portable LibTorch path (any device: the permutations are
+  // drawn on the host as above, then gathered in batches on the Grams' device). The path defaults to
+  // runtime::kernel_path of the Grams' device (STRATA_KERNELS overrides); both give the same null values up to
+  // rounding (the portable Gram form accumulates in fp64, the native loop multiplies in fp32).
   enum class Form { automatic, gram, features };
   PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form) const;
+  PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form, runtime::KernelPath path) const;
   // Feature form when 2 N dx dy GEMM flops cost less than N^2/2 Gram-loop elements, i.e. dx dy < ratio N with
   // ratio = (seconds per loop element) / (4 x seconds per fp64 GEMM flop), measured on the 2-core machine
   // (test_stats cka_permutation_forms_agree_and_cost prints both).
   static constexpr double kFeatureFormRatio = 4.0;
+  // The portable Gram form moves about 48 N^2 bytes per permutation (two fp64 gathers of L and the product)
+  // where the native loop makes N^2/2 fp32 gathers: on the CPU it is ~10x slower per element, so the portable
+  // path keeps the feature form (batched GEMMs) up to a larger dx dy. On a GPU both forms are fast.
+  static constexpr double kPortableFeatureFormRatio = 48.0;
+  static double feature_form_ratio(runtime::KernelPath path) {
+    return path == runtime::KernelPath::native ? kFeatureFormRatio : kPortableFeatureFormRatio;
+  }
   // CKA with token multiplicities: weights [B, N] (e.g. bootstrap counts); one value per row.
   // Centring is weighted, so a row of integer counts gives exactly the CKA of the resampled matrix.
   std::vector<double> weighted(const torch::Tensor& weights) const;

@@ -20,12 +20,21 @@ torch::Tensor SequenceSums::fvu(const torch::Tensor& weights) const {
 }
 
 torch::Tensor LatentCodes::dense(int64_t begin, int64_t end) const {
-  torch::Tensor out = torch::zeros({tokens, end - begin}, torch::kFloat32);
+  torch::Tensor out = torch::zeros({tokens, end - begin}, values.options().dtype(torch::kFloat32));
   const int64_t first = offsets[begin].item<int64_t>(), last = offsets[end].item<int64_t>();
   if (last == first) return out;
-  torch::Tensor column = torch::searchsorted(offsets, torch::arange(first, last, torch::kInt64), false, true) - 1;
+  torch::Tensor column = torch::searchsorted(offsets, torch::arange(first, last, offsets.options()), false, true) - 1;
   out.index_put_({rows.index({Slice(first, last)}), column - begin}, values.index({Slice(first, last)}));
   return out;
+}
+
+torch::Tensor LatentCodes::sparse_t(int64_t begin, int64_t end) const {
+  const int64_t first = offsets[begin].item<int64_t>(), last = offsets[end].item<int64_t>();
+  torch::Tensor latent = torch::searchsorted(offsets, torch::arange(first, last, offsets.options()), false, true) - 1;
+  torch::Tensor indices = torch::stack({latent - begin, rows.index({Slice(first, last)})});
+  // Entries are sorted by (latent, token) and unique: already coalesced.
+  return torch::_sparse_coo_tensor_unsafe(indices, values.index({Slice(first, last)}), {end - begin, tokens})
+      ._coalesced_(true);
 }
 
 Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& encode, const sae::Sae* decoder,
@@ -35,7 +44,7 @@ Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& e
   const bool keep = keep_codes_min_firings >= 0;
   if (keep && !moments) throw std::invalid_argument("encode_rows: keeping codes needs the latent moments");
   Encoding out;
-  auto f64 = torch::dtype(torch::kFloat64);
+  auto f64 = torch::dtype(torch::kFloat64).device(x.device());  // everything stays on the rows' device
   out.sums.residual = torch::zeros({n_docs}, f64);
   out.sums.square = torch::zeros({n_docs}, f64);
   out.sums.count = torch::zeros({n_docs}, f64);
@@ -88,8 +97,9 @@ Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& e
     const int64_t d_sae = latent_sum.size(0);
     codes.tokens = n;
     codes.alive = (firings >= double(keep_codes_min_firings)).nonzero().squeeze(1);
-    torch::Tensor position = torch::full({d_sae}, -1, torch::kInt64);
-    position.index_put_({codes.alive}, torch::arange(codes.alive.numel(), torch::kInt64));
+    const auto i64 = torch::dtype(torch::kInt64).device(x.device());
+    torch::Tensor position = torch::full({d_sae}, -1, i64);
+    position.index_put_({codes.alive}, torch::arange(codes.alive.numel(), i64));
     torch::Tensor rows = torch::cat(entry_rows), cols = torch::cat(entry_cols), values = torch::cat(entry_values);
     torch::Tensor pos = position.index_select(0, cols);
     torch::Tensor kept = (pos >= 0).nonzero().squeeze(1);
@@ -101,7 +111,7 @@ Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& e
     codes.rows = rows.index_select(0, order);
     codes.values = values.index_select(0, order);
     torch::Tensor counts = torch::bincount(pos, {}, codes.alive.numel());
-    codes.offsets = torch::cat({torch::zeros({1}, torch::kInt64), counts.cumsum(0)});
+    codes.offsets = torch::cat({torch::zeros({1}, i64), counts.cumsum(0)});
     codes.mean = out.latent_mean.index_select(0, codes.alive);
     codes.sd = out.latent_var.index_select(0, codes.alive).sqrt();
     codes.mass = latent_sum.index_select(0, codes.alive);
@@ -109,24 +119,26 @@ Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& e
   return out;
 }
 
-MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes) {
+MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes, double sparse_below) {
   MmacResult out;
   const int64_t na = a.n_alive(), nb = b.n_alive();
   if (na == 0 || nb == 0) return out;
   const int64_t n = a.tokens;
   const int64_t block = std::max<int64_t>(1, block_bytes / (2 * 4 * std::max<int64_t>(n, 1)));
-  torch::Tensor best_a = torch::full({na}, -1.0, torch::kFloat64);
-  torch::Tensor best_b = torch::full({nb}, -1.0, torch::kFloat64);
+  torch::Tensor best_a = torch::full({na}, -1.0, a.mean.options());  // fp64, on the codes' device
+  torch::Tensor best_b = torch::full({nb}, -1.0, b.mean.options());
   // With everything in one block, B's dense codes are made once; otherwise once per A block.
   torch::Tensor b_whole = nb <= block ? b.dense(0, nb) : torch::Tensor();
   for (int64_t a0 = 0; a0 < na; a0 += block) {
     const int64_t a1 = std::min(na, a0 + block);
-    torch::Tensor fa = a.dense(a0, a1);
+    const double nnz = double(a.offsets[a1].item<int64_t>() - a.offsets[a0].item<int64_t>());
+    const bool sparse = nnz < sparse_below * double(a1 - a0) * double(n);
+    torch::Tensor fa = sparse ? a.sparse_t(a0, a1) : a.dense(a0, a1);  // [ba, N] sparse or [N, ba] dense
     torch::Tensor mean_a = a.mean.index({Slice(a0, a1)}), sd_a = a.sd.index({Slice(a0, a1)});
     for (int64_t b0 = 0; b0 < nb; b0 += block) {
       const int64_t b1 = std::min(nb, b0 + block);
       torch::Tensor fb = b_whole.defined() ? b_whole : b.dense(b0, b1);
-      torch::Tensor cross = torch::mm(fa.t(), fb).to(torch::kFloat64) / double(n);  // E[ab], [ba, bb]
+      torch::Tensor cross = (sparse ? torch::mm(fa, fb) : torch::mm(fa.t(), fb)).to(torch::kFloat64) / double(n);  // E[ab]
       torch::Tensor cov = cross - mean_a.unsqueeze(1) * b.mean.index({Slice(b0, b1)}).unsqueeze(0);
       torch::Tensor corr = cov / (sd_a.unsqueeze(1) * b.sd.index({Slice(b0, b1)}).unsqueeze(0));
       best_a.index_put_({Slice(a0, a1)}, torch::maximum(best_a.index({Slice(a0, a1)}), std::get<0>(corr.max(1))));

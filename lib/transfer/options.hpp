@@ -1,6 +1,8 @@
 // The options of the transfer matrix (lib/transfer), declared once: the fields() table drives the
 // experiment's [transfer] section, `strata transfer` flags and run_transfer's own validation.
 #pragma once
+#include <c10/core/Device.h>
+
 #include <cstdint>
 
 #include "core/options.hpp"
@@ -23,6 +25,11 @@ struct TransferOptions {
   // Not experiment options: how the CLI or a test feeds the stores.
   bool aligned_rows = false;          // all stores hold the same tokens in the same row order
   int64_t pseudo_sequence_rows = 128; // stores without doc_id: consecutive blocks act as sequences
+  // Where the arithmetic runs (the run's device, like TrainOptions::device): the rows are read on the host
+  // and moved there per cell; runtime::kernel_path(device) picks the CKA permutation loop (native on the
+  // CPU, portable LibTorch ops elsewhere; STRATA_KERNELS overrides). Not in fields(): it does not change
+  // what is computed, only where (the tolerances are in docs/harness.md).
+  c10::Device device = c10::kCPU;
 
   static const auto& fields() {
     using O = TransferOptions;

@@ -47,6 +47,7 @@ struct CellData {
   // widths forty of them would not fit in memory together.
   std::shared_ptr<const sae::Sae> sae, ceiling;
   int64_t d_sae = 0;
+  int64_t topk = 0;  // k of a TopK SAE (its codes' L0 is known before any pass), else 0
   std::string architecture;
   double scale = 1.0;  // scaled = raw * scale, E||scaled||^2 = d on the fitting split
 };
@@ -83,7 +84,7 @@ double relative_depth(const Cell& c) { return c.n_layers > 0 ? double(c.layer) /
 nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
 
 std::vector<double> to_vector(const torch::Tensor& t) {
-  torch::Tensor c = t.to(torch::kFloat64).contiguous();
+  torch::Tensor c = t.to(torch::kCPU, torch::kFloat64).contiguous();
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
@@ -120,7 +121,11 @@ class Runner {
   void build_global_docs();
   void draw_documents();
   Selection select(size_t a, size_t b) const;
-  torch::Tensor read(const CellData& cell, const torch::Tensor& rows) const { return cell.store.read_rows(rows); }
+  // Rows are read on the host (the store) and moved to the device in one transfer per cell and split.
+  torch::Tensor read(const CellData& cell, const torch::Tensor& rows) const {
+    return cell.store.read_rows(rows).to(options_.device);
+  }
+  torch::Tensor on_device(const torch::Tensor& t) const { return t.to(options_.device); }
   void compute_scales();
   void process_model_pair(size_t a, size_t b, log::Progress& progress);
   Plan plan_estimate() const;
@@ -179,6 +184,7 @@ void Runner::load(const std::vector<Cell>& cells) {
              cell.sae_dir.string(), sae.d_in(), cell.store.string(), data.store.dim());
       data.d_sae = sae.d_sae();
       data.architecture = sae.architecture;
+      data.topk = sae.architecture == "topk" ? sae.k : 0;
     }
     if (cell.ceiling_sae_dir) {
       sae::Sae ceiling = sae::Sae::load(*cell.ceiling_sae_dir);
@@ -338,9 +344,12 @@ Plan Runner::plan_estimate() const {
   // loop's seconds per Gram element. `efficiency` folds in what a term does besides its GEMMs (ReLU/top-k,
   // fp64 accumulation, index_add, SVD); calibrated on the default run and `strata bench transfer`.
   Plan plan;
-  plan.gemm_gflops = bench::gemm_gflops(512, 512, 512, 3);
+  // On a GPU a 512^3 GEMM is launch-bound: the ceiling there is measured at 4096^3. The efficiencies below are
+  // calibrated on the CPU, so a device plan is a rough guide until calibrated there too.
+  const int64_t gemm_size = options_.device.is_cpu() ? 512 : 4096;
+  plan.gemm_gflops = bench::gemm_gflops(gemm_size, gemm_size, gemm_size, 3, options_.device);
   {
-    torch::Tensor x = torch::randn({512, 8}), y = torch::randn({512, 8});
+    torch::Tensor x = on_device(torch::randn({512, 8})), y = on_device(torch::randn({512, 8}));
     stats::GramCka gram(x, y);
     const int64_t reps = 64;
     double seconds = bench::median_seconds([&] { gram.permutation_test(reps, 1, stats::GramCka::Form::gram); }, 3);
@@ -352,7 +361,7 @@ Plan Runner::plan_estimate() const {
   };
   // Efficiencies (achieved fraction of the fp32 GEMM ceiling): fp64 GEMMs run at about half the fp32 rate;
   // SAE passes add ReLU/top-k, fp64 accumulation and index_add to their GEMMs.
-  constexpr double kSae = 0.3, kRandom = 0.15, kF64 = 0.35, kSvd = 0.05, kSmall = 0.1;
+  constexpr double kSae = 0.3, kRandom = 0.15, kF64 = 0.35, kSvd = 0.05, kSmall = 0.1, kSparseMmac = 0.025;
   const double perms = double(options_.cka_permutations), boots = double(replicates_);
   const double k = double(options_.top_k);
   for (const auto& [pair, s] : selections_) {
@@ -377,13 +386,21 @@ Plan Runner::plan_estimate() const {
         if (!sources_.count(i) && !sources_.count(j)) continue;
         const double di = double(cells_[i].dim), dj = double(cells_[j].dim);
         const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
-        add("mmac", 2 * 2 * n_eval * mi * mj, kSae);  // own and random codes, dense GEMMs over all latents (bound)
+        // Own and random codes. TopK codes have a known density k / d_sae: below kMmacSparseBelow their cross
+        // moments are sparse x dense products (nnz x d_sae_j), whose rate (with the block densification and the
+        // d_sae_i x d_sae_j correlation they bring) kSparseMmac was calibrated on `strata bench transfer`.
+        // Other codes are costed as dense GEMMs over all latents (a bound: dead latents drop out).
+        const double ki = double(cells_[i].topk);
+        if (ki > 0 && ki < kMmacSparseBelow * mi)
+          add("mmac", 2 * 2 * n_eval * ki * mj, kSparseMmac);
+        else
+          add("mmac", 2 * 2 * n_eval * mi * mj, kSae);
         add("maps", (i == j ? 2.0 : 4.0) * n_fit * di * dj + (a != b ? 2.0 : 1.0) * 20 * di * dj * std::min(di, dj),
             i == j ? kF64 : kSvd + kF64);
         if (i != j) {
           add("cka_linear", 2 * n_eval * di * dj, kF64);
           if (boots > 0) add("cka_bootstrap", 2 * n_cka * n_cka * boots, kF64);
-          if (di * dj < stats::GramCka::kFeatureFormRatio * n_cka)
+          if (di * dj < stats::GramCka::feature_form_ratio(runtime::kernel_path(options_.device)) * n_cka)
             add("cka_permutations", perms * 2 * n_cka * di * dj, kF64);
           else
             plan.gathers += perms * n_cka * n_cka / 2;
@@ -441,9 +458,10 @@ void Runner::make_resident(size_t a, size_t b) {
       cell.ceiling.reset();
       continue;
     }
-    if (!cell.sae) cell.sae = std::make_shared<const sae::Sae>(sae::Sae::load(cell.cell.sae_dir));
+    if (!cell.sae) cell.sae = std::make_shared<const sae::Sae>(sae::Sae::load(cell.cell.sae_dir).to(options_.device));
     if (a == b && cell.cell.ceiling_sae_dir && !cell.ceiling)
-      cell.ceiling = std::make_shared<const sae::Sae>(sae::Sae::load(*cell.cell.ceiling_sae_dir));
+      cell.ceiling =
+          std::make_shared<const sae::Sae>(sae::Sae::load(*cell.cell.ceiling_sae_dir).to(options_.device));
     if (a != b) cell.ceiling.reset();
   }
 }
@@ -473,7 +491,10 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
                                .index({Slice(0, std::min(n_eval, options_.cka_max_tokens))})
                                .sort());
   }
-  torch::Tensor cka_weights = boot_weights_.index_select(1, s.eval_doc.index_select(0, cka_rows));
+  torch::Tensor cka_weights = on_device(boot_weights_.index_select(1, s.eval_doc.index_select(0, cka_rows)));
+  // Index tensors are made on the host (selection, generators); the arithmetic reads device copies.
+  const torch::Tensor eval_doc = on_device(s.eval_doc), cka_rows_device = on_device(cka_rows);
+  const torch::Tensor boot_weights = on_device(boot_weights_);
 
   // Per cell, once for this model pair's rows: the scaled fitting rows and their Gram, the raw evaluation rows,
   // the SAE's own and a random dictionary's encodings (with the alive latents' codes for MMAC), and the CKA
@@ -493,12 +514,12 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     side.eval = read(cell, eval_rows);
     const sae::Sae& sae = *cell.sae;
     side.own = timed("sae_own", [&] {
-      return encode_rows([&](const torch::Tensor& x) { return sae.encode(x); }, &sae, side.eval, s.eval_doc, n_docs,
+      return encode_rows([&](const torch::Tensor& x) { return sae.encode(x); }, &sae, side.eval, eval_doc, n_docs,
                          batch, options_.mmac_min_firings);
     });
     // Random unit dictionary of the same size, top-k at the SAE's L0 on these tokens (mmac_random).
     auto generator = generator_for(derive(seed_, "transfer/random_dictionary", cell.cell.name));
-    torch::Tensor dictionary = torch::randn({sae.d_sae(), cell.store.dim()}, generator, torch::kFloat32);
+    torch::Tensor dictionary = on_device(torch::randn({sae.d_sae(), cell.store.dim()}, generator, torch::kFloat32));
     dictionary = dictionary / dictionary.norm(2, 1, true);
     int64_t k = std::max<int64_t>(1, std::llround(side.own.l0));
     torch::Tensor centre = side.eval.mean(0, true);
@@ -509,11 +530,11 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
             auto [values, indices] = pre.topk(std::min<int64_t>(k, pre.size(1)), 1);
             return torch::zeros_like(pre).scatter_(1, indices, values);
           },
-          nullptr, side.eval, s.eval_doc, n_docs, batch, options_.mmac_min_firings);
+          nullptr, side.eval, eval_doc, n_docs, batch, options_.mmac_min_firings);
     });
     side.cka = timed("cka_linear", [&] { return stats::cka_side(side.eval); });
     side.gram = timed("cka_gram", [&] {
-      return std::make_shared<const stats::CentredGram>(side.eval.index_select(0, cka_rows));
+      return std::make_shared<const stats::CentredGram>(side.eval.index_select(0, cka_rows_device));
     });
     sides[c] = std::move(side);
   };
@@ -567,7 +588,8 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
         // pi^-1 on lo's rows when lo is the target, which is the transposed cross product).
         const size_t lo = std::min(i, j), hi = std::max(i, j);
         auto generator = generator_for(derive(seed_, "transfer/null", cells_[lo].cell.name, cells_[hi].cell.name));
-        torch::Tensor shuffle = torch::randperm(sides.at(hi).fit.centred.size(0), generator, torch::kInt64);
+        torch::Tensor shuffle =
+            on_device(torch::randperm(sides.at(hi).fit.centred.size(0), generator, torch::kInt64));
         torch::Tensor null_cross =
             torch::mm(sides.at(hi).fit.centred.index_select(0, shuffle).t(), sides.at(lo).fit.centred);  // [d_hi, d_lo]
         torch::Tensor q_hi_to_lo = stats::procrustes_from_cross(null_cross);
@@ -595,10 +617,10 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     // The diagonal goes through the same map and SAE pass as every other pair: its q is computed, and Gate 3
     // checks that it lands within kDiagonalQTolerance of 1.
     Encoding mapped = timed("sae_mapped", [&] {
-      return encode_rows(encode, &sae, map.apply(st.eval), s.eval_doc, n_docs, batch);
+      return encode_rows(encode, &sae, map.apply(st.eval), eval_doc, n_docs, batch);
     });
     Encoding null = timed("sae_null", [&] {
-      return encode_rows(encode, &sae, null_map.apply(st.eval), s.eval_doc, n_docs, batch, -1, /*moments=*/false);
+      return encode_rows(encode, &sae, null_map.apply(st.eval), eval_doc, n_docs, batch, -1, /*moments=*/false);
     });
     const double fvu_source = ss.own.sums.fvu(), fvu_target = mapped.sums.fvu(), fvu_null = null.sums.fvu();
     const double ev_source = 1 - fvu_source;
@@ -607,9 +629,9 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     const double q_excess = (q - q_null) / (1 - q_null);
     std::vector<double> q_excess_boot;
     if (replicates_ > 0) timed("q_bootstrap", [&] {
-      torch::Tensor ev_s = 1 - ss.own.sums.fvu(boot_weights_);
-      torch::Tensor qb = (1 - mapped.sums.fvu(boot_weights_)) / ev_s;
-      torch::Tensor qnb = (1 - null.sums.fvu(boot_weights_)) / ev_s;
+      torch::Tensor ev_s = 1 - ss.own.sums.fvu(boot_weights);
+      torch::Tensor qb = (1 - mapped.sums.fvu(boot_weights)) / ev_s;
+      torch::Tensor qnb = (1 - null.sums.fvu(boot_weights)) / ev_s;
       q_excess_boot = to_vector((qb - qnb) / (1 - qnb));
     });
     // Latent variances over the top-k latents by source variance.
@@ -697,7 +719,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
         const Side& side = sides.at(c);
         const sae::Sae& second = *cell.ceiling;
         Encoding other = encode_rows([&](const torch::Tensor& x) { return second.encode(x); }, &second, side.eval,
-                                     s.eval_doc, n_docs, batch, options_.mmac_min_firings);
+                                     eval_doc, n_docs, batch, options_.mmac_min_firings);
         const nlohmann::json& diagonal = pairs_.at(pair_key(cell.cell.name, cell.cell.name));
         double q_null = diagonal["q_null"].is_number() ? diagonal["q_null"].get<double>() : kNaN;
         double q = (1 - other.sums.fvu()) / (1 - side.own.sums.fvu());

@@ -26,7 +26,7 @@ struct BenchTransferArgs {
   int64_t fit_tokens = 32768, eval_tokens = 16384, tokens_per_sequence = 128;
   int64_t permutations = 10000, cka_tokens = 2048, bootstrap = 1000;
   bool ceilings = true;
-  std::string dir, json;
+  std::string dir, json, device = "cpu";
   uint64_t seed = 1;
 };
 
@@ -98,6 +98,8 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_flag("!--no-ceilings", args->ceilings, "skip the second-seed ceiling SAEs");
   cmd->add_option("--dir", args->dir, "scratch directory (default: a temporary one, removed at the end)");
   cmd->add_option("--json", args->json, "also write the figures to this JSON file");
+  cmd->add_option("--device", args->device, "cpu or cuda[:N] (the kernel path follows it; STRATA_KERNELS overrides)")
+      ->capture_default_str();
   commands.bind(cmd, [args]() {
     const BenchTransferArgs& a = *args;
     if (a.widths.size() != 2) strata::fail("bench transfer: --widths takes two widths");
@@ -113,6 +115,7 @@ void setup(strata::cli::Commands& commands) {
     options.cka_permutations = a.permutations;
     options.cka_max_tokens = a.cka_tokens;
     options.bootstrap = a.bootstrap;
+    options.device = strata::runtime::parse_device(a.device);
     auto result = strata::transfer::run_transfer(cells, options, a.seed, dir / "transfer");
     const auto& t = result.timing;
     const double rss = peak_rss_gb();
@@ -125,9 +128,10 @@ void setup(strata::cli::Commands& commands) {
     const double hours = (4 * within / 2 + 6 * across) / 3600.0;
     const double gflops = t.flops / t.measured_seconds / 1e9, fraction = gflops / t.gemm_gflops;
     fmt::print("transfer bench: widths {}/{}, d_sae {}/{}, L0 {}, {} fit + {} eval tokens, {} permutations at N={}, "
-               "{} bootstrap, {} threads\n",
+               "{} bootstrap, {} threads, device {} ({} kernels)\n",
                a.widths[0], a.widths[1], a.widths[0] * a.expansion, a.widths[1] * a.expansion, a.l0, a.fit_tokens,
-               a.eval_tokens, a.permutations, a.cka_tokens, a.bootstrap, strata::runtime::threads());
+               a.eval_tokens, a.permutations, a.cka_tokens, a.bootstrap, strata::runtime::threads(),
+               options.device.str(), strata::runtime::to_string(strata::runtime::kernel_path(options.device)));
     fmt::print("  {:<18} {:>10} {:>10}\n", "term", "measured s", "planned s");
     for (const auto& [term, seconds] : t.seconds_by_term)
       fmt::print("  {:<18} {:>10.2f} {:>10}\n", term, seconds,

@@ -2,6 +2,7 @@
 #include <regex>
 
 #include "command.hpp"
+#include "core/runtime.hpp"
 #include "option_flags.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -21,6 +22,7 @@ struct TransferArgs {
   std::vector<std::string> sources;  // a split run's unit: only these source cells, into a partial file
   std::string partial;
   uint64_t seed = 0;
+  std::string device = "cpu";
   strata::transfer::TransferOptions options;
 };
 
@@ -116,10 +118,13 @@ void setup(strata::cli::Commands& commands) {
   cmd->add_option("--partial", args->partial, "split run: write the --sources pairs to this partial file (merge "
                                               "them with `strata transfer-merge`)");
   cmd->add_option("--seed", args->seed, "seed of the split, nulls, permutations and bootstrap")->capture_default_str();
+  cmd->add_option("--device", args->device, "cpu or cuda[:N] (the kernel path follows it; STRATA_KERNELS overrides)")
+      ->capture_default_str();
   strata::cli::add_option_flags(cmd, args->options);  // every [transfer] key of transfer::TransferOptions
   commands.bind(cmd, [args]() {
     strata::cli::check_option_flags(args->options);
     args->options.aligned_rows = args->aligned;
+    args->options.device = strata::runtime::parse_device(args->device);
     if (args->sources.empty() != args->partial.empty())
       strata::fail("transfer: --sources and --partial go together (a unit of a split run)");
     if (args->partial.empty() == args->out.empty())
