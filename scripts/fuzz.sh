@@ -4,6 +4,7 @@
 # New inputs go to build-fuzz/corpora/<target> (the committed corpus is only read); findings (crash-*,
 # leak-*, timeout-*, oom-*) to build-fuzz/findings/. Prints one line per target: executions and findings.
 # Exit status 1 when any target found something. Runs at nice 19: the machine may be shared.
+# STRATA_FUZZ_RUNS=N also stops each target after N executions (e.g. 1000000 with a long SECONDS cap).
 # Needs clang and libFuzzer: apt-get install clang libclang-rt-14-dev (clang 14 ships libFuzzer in it).
 set -uo pipefail
 seconds=${1:-600}
@@ -32,14 +33,17 @@ for target in "${targets[@]}"; do
   mkdir -p "$work"
   log=build-fuzz/logs/$target.log
   scratch=$(mktemp -d)
-  TMPDIR=$scratch nice -n 19 "build-fuzz/fuzz/$target" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=4096 \
+  runs=()
+  [ -n "${STRATA_FUZZ_RUNS:-}" ] && runs=(-runs="$STRATA_FUZZ_RUNS")
+  TMPDIR=$scratch nice -n 19 "build-fuzz/fuzz/$target" -max_total_time="$seconds" "${runs[@]}" -timeout=20 -rss_limit_mb=4096 \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="build-fuzz/findings/$target-" \
     "$work" "fuzz/corpora/$target" > "$log" 2>&1
   rc=$?
   rm -rf "$scratch"
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   findings=$(ls build-fuzz/findings/ 2>/dev/null | grep -c "^$target-" || true)
-  printf '%-24s %12s executions in %ss, %s findings, exit %s\n' "$target" "${execs:-?}" "$seconds" "$findings" "$rc"
+  elapsed=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o 'in [0-9]*' | grep -o '[0-9]*' | tail -1)
+  printf '%-24s %12s executions in %ss, %s findings, exit %s\n' "$target" "${execs:-?}" "${elapsed:-$seconds}" "$findings" "$rc"
   [ "$rc" -ne 0 ] || [ "$findings" -ne 0 ] && found=1
 done
 exit $found

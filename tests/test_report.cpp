@@ -233,7 +233,7 @@ BOOST_AUTO_TEST_CASE(reported_means_lie_inside_their_confidence_intervals) {
           pair.source_model = model, pair.source_layer = layer;
           pair.target_model = other, pair.target_layer = other_layer;
           pair.same_model = model == other;
-          pair.entry = {{"q_excess", 0.1 + 0.01 * other_layer}};
+          pair.q_excess = 0.1 + 0.01 * other_layer;
           results.pairs.push_back(pair);
         }
     }

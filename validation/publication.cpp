@@ -1,6 +1,7 @@
 // Publication-ready checks: what a reviewer asks for (resolution, labels, p-values, seeds). Non-blocking.
 #include "report/image_files.hpp"
 #include "report/run_data.hpp"
+#include "transfer/transfer.hpp"
 #include "validation/gates.hpp"
 
 namespace strata::validation {
@@ -47,7 +48,7 @@ std::vector<json> publication_checks(const fs::path& run_dir, const GateThreshol
       if (pair.source == pair.target) continue;  // a cell with itself has no test
       // metric() is nullopt for null: a p-value the transfer step did not compute is missing, not 1.
       if (pair.metric("p_adjusted") && pair.metric("cka_p")) ++with_p;
-      else missing.push_back(pair.key);
+      else missing.push_back(transfer::pair_key(pair.source, pair.target));
     }
     std::vector<std::string> reasons;
     if (!missing.empty() && with_p == 0)

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "transfer/transfer.hpp"
 #include "core/random.hpp"
 
 namespace strata::report {
@@ -177,7 +178,7 @@ TransferResults without_models(const TransferResults& all, const std::map<std::s
     if (kept(all.model_of(cell))) main.cells.push_back(cell);
   std::map<std::string, const PairResult*> by_key;
   for (const auto& pair : all.pairs) {
-    by_key[pair.key] = &pair;
+    by_key[transfer::pair_key(pair.source, pair.target)] = &pair;
     if (kept(pair.source_model) && kept(pair.target_model)) main.pairs.push_back(pair);
   }
   for (const auto& score : all.universality) {
@@ -248,11 +249,9 @@ int PositiveControl::separated_depths() const {
 
 namespace {
 
-std::optional<std::pair<double, double>> interval_of(const PairResult& pair, const char* key) {
-  auto it = pair.entry.find(key);
-  if (it == pair.entry.end() || !it->is_array() || it->size() != 2 || !(*it)[0].is_number() || !(*it)[1].is_number())
-    return std::nullopt;
-  return std::make_pair((*it)[0].get<double>(), (*it)[1].get<double>());
+std::optional<std::pair<double, double>> interval_of(const std::array<std::optional<double>, 2>& ci) {
+  if (!ci[0] || !ci[1]) return std::nullopt;
+  return std::make_pair(*ci[0], *ci[1]);
 }
 
 // The control's same-layer pairs with its twin, beside the cross-family pairs of the twin's depth group.
@@ -275,11 +274,11 @@ PositiveControl control_analysis(const TransferResults& all, const std::string& 
       if (auto v = p->metric("cka")) cka.push_back(*v);
       if (auto v = p->metric("mmac")) mmac.push_back(*v);
       if (auto v = p->metric("map_r2")) map_r2.push_back(*v);
-      if (auto ci = interval_of(*p, "q_excess_ci")) {
+      if (auto ci = interval_of(p->q_excess_ci)) {
         d.q_lo = std::min(d.q_lo.value_or(ci->first), ci->first);
         d.q_hi = std::max(d.q_hi.value_or(ci->second), ci->second);
       }
-      if (auto ci = interval_of(*p, "cka_ci")) {
+      if (auto ci = interval_of(p->cka_ci)) {
         d.cka_lo = std::min(d.cka_lo.value_or(ci->first), ci->first);
         d.cka_hi = std::max(d.cka_hi.value_or(ci->second), ci->second);
       }

@@ -82,14 +82,12 @@ Table pair_table(const TransferResults& r, const AnalysisOptions& ao) {
       const PairResult* p = r.find(source, target);
       if (!p) continue;
       std::string q_ci = "n/a";
-      if (auto it = p->entry.find("q_excess_ci"); it != p->entry.end() && it->is_array() && it->size() == 2 &&
-                                                  (*it)[0].is_number() && (*it)[1].is_number())
-        q_ci = ci((*it)[0].get<double>(), (*it)[1].get<double>());
+      if (p->q_excess_ci[0] && p->q_excess_ci[1]) q_ci = ci(*p->q_excess_ci[0], *p->q_excess_ci[1]);
       auto p_adj = p->metric("p_adjusted");
       t.rows.push_back({source, target, opt(p->metric("q")), opt(p->metric("q_null")), opt(p->metric("q_excess")), q_ci,
                         opt(p->metric("cka")), p_or_not_computed(p_adj), opt(p->metric("mmac")),
                         opt(p->metric("mmac_random")), opt(p->metric("transfer_recon_ratio")),
-                        p->entry.value("evaluation", "n/a")});
+                        p->evaluation.empty() ? std::string("n/a") : p->evaluation});
     }
   return t;
 }

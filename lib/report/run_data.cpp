@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "transfer/transfer.hpp"
 #include "core/fs.hpp"
 
 namespace strata::report {
@@ -44,7 +45,6 @@ std::optional<json> read_json_if_exists(const fs::path& file) {
   return read_json(file, "the run");
 }
 
-std::optional<double> PairResult::metric(const std::string& name) const { return number_at(entry, name); }
 std::optional<double> SaeSummary::metric(const std::string& name) const { return number_at(metrics, name); }
 
 const PairResult* TransferResults::find(const std::string& source, const std::string& target) const {
@@ -85,20 +85,13 @@ TransferResults load_transfer(const fs::path& run_dir) {
       }
     }
   }
-  for (const auto& [key, entry] : matrix.items()) {
-    PairResult pair;
-    pair.key = key;
-    const auto sep = key.find("__to__");
-    pair.source = entry.value("source", sep == std::string::npos ? key : key.substr(0, sep));
-    pair.target = entry.value("target", sep == std::string::npos ? key : key.substr(sep + 6));
-    auto [smodel, slayer] = split_cell(pair.source);
-    auto [tmodel, tlayer] = split_cell(pair.target);
-    pair.source_model = entry.value("source_model", smodel);
-    pair.source_layer = entry.value("source_layer", slayer);
-    pair.target_model = entry.value("target_model", tmodel);
-    pair.target_layer = entry.value("target_layer", tlayer);
-    pair.same_model = entry.value("same_model", pair.source_model == pair.target_model);
-    pair.entry = entry;
+  // Typed pairs from the one reader of the format; kept in the file's key order (what every aggregate below
+  // iterated before, so sums keep their order and the report its bytes).
+  transfer::TransferMatrix typed = transfer::transfer_matrix_from_json(results.document, file.string());
+  std::stable_sort(typed.pairs.begin(), typed.pairs.end(), [](const PairResult& a, const PairResult& b) {
+    return transfer::pair_key(a.source, a.target) < transfer::pair_key(b.source, b.target);
+  });
+  for (PairResult& pair : typed.pairs) {
     note_cell(pair.source_model, pair.source_layer);
     note_cell(pair.target_model, pair.target_layer);
     results.pairs.push_back(std::move(pair));

@@ -8,20 +8,15 @@
 #include <string>
 #include <vector>
 
+#include "transfer/result.hpp"
+
 namespace strata::report {
 
 // "<model>_layer<L>", the cell naming of docs/run_layout.md.
 std::string cell_name(const std::string& model, int layer);
 
-struct PairResult {
-  std::string key, source, target, source_model, target_model;
-  int source_layer = 0, target_layer = 0;
-  bool same_model = false;
-  nlohmann::json entry;  // every documented key, as written by the transfer step
-
-  // A numeric metric; nullopt when absent or null (nlohmann writes NaN as null).
-  std::optional<double> metric(const std::string& name) const;
-};
+// One ordered pair, typed (lib/transfer/result.hpp): the report never parses "<src>__to__<tgt>" keys.
+using transfer::PairResult;
 
 struct CellScore {  // one entry of layer_universality_scores
   std::string model;
