@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "core/read_bounded.hpp"
 #include "harness/manifest.hpp"
 #include "harness/run_dir.hpp"
 #include "harness/runner.hpp"
@@ -404,6 +405,26 @@ BOOST_AUTO_TEST_CASE(fuzz_experiment_toml_a_path_longer_than_name_max_is_not_an_
                                           "layers = [1]\n", long_name),
                               "exp.toml", ".");
   }, {"exp.toml", "names a file that does not exist"});
+}
+
+BOOST_AUTO_TEST_CASE(fuzz_tokenizer_load_invalid_utf8_in_a_message_is_an_error_not_an_abort) {
+  // fuzz_tokenizer_load found: a merge naming a token with invalid UTF-8 reached fmt's "{:?}" escaper, which
+  // asserts on invalid UTF-8 and aborts the process. Untrusted strings are now quoted by strata::shown_text().
+  const fs::path dir = testing::fresh_dir("reliability_merge_utf8");
+  {
+    std::ofstream(dir / "vocab.json") << R"({"a": 0, "b": 1, "ab": 2})";
+    std::ofstream(dir / "merges.txt") << "#version: 0.2\na b\n\xe2\x82 b\n";
+  }
+  expect_error([&] { text::Tokenizer::load(dir); }, {"merges.txt", "merge #2", "absent from the vocabulary", "\"\ufffd"});
+  {
+    std::ofstream(dir / "merges.txt") << "#version: 0.2\na\xff\n";
+  }
+  expect_error([&] { text::Tokenizer::load(dir); }, {"merges.txt:2", "expected two tokens"});
+  // Every other place that quotes an untrusted name goes through the same helper.
+  const std::string shown_bad = shown_text(std::string("ok\xe2\x82"));
+  BOOST_TEST(shown_bad.rfind("\"ok\ufffd", 0) == 0, shown_bad);  // quoted, the bad bytes replaced by U+FFFD
+  BOOST_TEST(shown_bad.back() == '"');
+  expect_error([&] { text::parse_packing_policy("pa\xff" "ck"); }, {"packing policy", "is not understood"});
 }
 
 // ------------------------------------------------------------------ torch-free parsers (fuzz/: fuzz_safetensors_header,

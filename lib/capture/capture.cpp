@@ -7,6 +7,7 @@
 #include <deque>
 
 #include "core/error.hpp"
+#include "core/read_bounded.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
 #include "core/runtime.hpp"
@@ -176,7 +177,7 @@ CaptureResult capture_model(const std::string& model_name, const fs::path& check
                             text::DocumentReader documents, const std::string& dataset_spec,
                             const CaptureOptions& options, const fs::path& out_dir) {
   if (model_name.empty() || model_name.find('/') != std::string::npos)
-    fail("capture: model name {:?} must be non-empty and contain no '/' (it names the store files)", model_name);
+    fail("capture: model name {} must be non-empty and contain no '/' (it names the store files)", shown_text(model_name));
   if (options.batch_size <= 0) fail("capture {}: batch size must be positive, got {}", model_name, options.batch_size);
   if (options.seq_len <= 0) fail("capture {}: seq_len must be positive, got {}", model_name, options.seq_len);
   if (options.max_tokens <= 0 && options.num_batches <= 0)

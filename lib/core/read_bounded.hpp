@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 #include "core/error.hpp"
@@ -29,5 +30,10 @@ inline std::string shown(const nlohmann::json& value) {
   if (text.size() > 80) text = text.substr(0, 77) + "...";
   return text;
 }
+
+// Any untrusted string (a token from merges.txt, a dataset spec, a field name) for an error message: quoted
+// and escaped as JSON, invalid UTF-8 replaced, at most 80 characters. fmt 9's "{:?}" is not a substitute:
+// it aborts the process on invalid UTF-8 (an assertion in its escaper; found by fuzz_tokenizer_load).
+inline std::string shown_text(std::string_view text) { return shown(nlohmann::json(std::string(text))); }
 
 }  // namespace strata

@@ -37,7 +37,7 @@ torch::ScalarType parse_store_dtype(const std::string& name) {
   if (name == "f32") return torch::kFloat32;
   if (name == "f16") return torch::kFloat16;
   if (name == "bf16") return torch::kBFloat16;
-  fail("store dtype {:?} is not understood: use f32, f16 or bf16", name);
+  fail("store dtype {} is not understood: use f32, f16 or bf16", shown_text(name));
 }
 
 namespace {

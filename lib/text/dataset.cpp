@@ -10,6 +10,7 @@
 #include "core/fs.hpp"
 #include "core/hash.hpp"
 #include "core/random.hpp"
+#include "core/read_bounded.hpp"
 
 namespace strata::text {
 namespace {
@@ -133,7 +134,7 @@ Problem make_problem(Rng& rng) {
 
 std::string field_text(const nlohmann::json& record, const std::string& field, const fs::path& file, int64_t line) {
   if (!record.is_object() || !record.contains(field))
-    fail("{}:{}: the record has no field {:?} (choose one with jsonl:PATH:FIELD)", file.string(), line, field);
+    fail("{}:{}: the record has no field {} (choose one with jsonl:PATH:FIELD)", file.string(), line, shown_text(field));
   const auto& v = record[field];
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
@@ -143,7 +144,7 @@ std::string apply_template(const std::string& tmpl, const nlohmann::json& record
   for (size_t i = 0; i < tmpl.size(); ++i) {
     if (tmpl[i] == '{') {
       size_t close = tmpl.find('}', i);
-      if (close == std::string::npos) fail("jsonl template {:?}: unclosed '{{'", tmpl);
+      if (close == std::string::npos) fail("jsonl template {}: unclosed '{{'", shown_text(tmpl));
       out += field_text(record, tmpl.substr(i + 1, close - i - 1), file, line);
       i = close;
     } else {
@@ -278,13 +279,13 @@ std::unique_ptr<DocumentSource> open_source(const std::string& spec, const std::
       } catch (...) {
         used = 0;
       }
-      if (used != s.size() || s.empty()) fail("dataset {:?}: the seed must be a non-negative integer", spec);
+      if (used != s.size() || s.empty()) fail("dataset {}: the seed must be a non-negative integer", shown_text(spec));
     }
     return std::make_unique<SyntheticSource>(seed);
   }
   if (spec.rfind("jsonl:", 0) == 0) return std::make_unique<JsonlSource>(spec.substr(6), jsonl_template);
   if (spec.rfind("text:", 0) == 0) return std::make_unique<TextSource>(spec.substr(5));
-  fail("dataset {:?} is not understood: use synthetic[:SEED], jsonl:PATH[:FIELD] or text:PATH", spec);
+  fail("dataset {} is not understood: use synthetic[:SEED], jsonl:PATH[:FIELD] or text:PATH", shown_text(spec));
 }
 
 }  // namespace
@@ -308,7 +309,7 @@ std::string problem_prompt(const Problem& p) {
 
 DocumentReader::DocumentReader(const std::string& spec, int64_t max_docs, const std::string& jsonl_template)
     : source_(open_source(spec, jsonl_template)) {
-  if (max_docs < 0) fail("dataset {:?}: max_docs must be >= 0", spec);
+  if (max_docs < 0) fail("dataset {}: max_docs must be >= 0", shown_text(spec));
   limit_ = max_docs > 0 ? max_docs : (spec.rfind("synthetic", 0) == 0 ? kDefaultSyntheticCount : 0);
 }
 
@@ -346,7 +347,7 @@ std::string dataset_sha256(const std::vector<Document>& docs) {
 PackingPolicy parse_packing_policy(const std::string& name) {
   if (name == "truncate") return PackingPolicy::Truncate;
   if (name == "pack") return PackingPolicy::Pack;
-  fail("packing policy {:?} is not understood: use truncate or pack", name);
+  fail("packing policy {} is not understood: use truncate or pack", shown_text(name));
 }
 
 std::string to_string(PackingPolicy policy) { return policy == PackingPolicy::Truncate ? "truncate" : "pack"; }

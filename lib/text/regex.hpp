@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "core/error.hpp"
+#include "core/read_bounded.hpp"
 #include "text/unicode.hpp"
 
 namespace strata::text {
@@ -64,7 +65,7 @@ class Regex {
     if (!code) {
       std::array<PCRE2_UCHAR, 256> message;
       pcre2_get_error_message(error, message.data(), message.size());
-      fail("{}: cannot compile pre-tokenizer regex {:?} at offset {}: {}", file.string(), pattern, offset,
+      fail("{}: cannot compile pre-tokenizer regex {} at offset {}: {}", file.string(), shown_text(pattern), offset,
            reinterpret_cast<const char*>(message.data()));
     }
     jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;

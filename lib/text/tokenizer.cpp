@@ -21,6 +21,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/hash.hpp"
+#include "core/read_bounded.hpp"
 #include "text/regex.hpp"
 #include "text/unicode.hpp"
 
@@ -418,7 +419,7 @@ struct Tokenizer::Impl {
 
   int32_t id_of(const std::string& token, const fs::path& file, const char* what) const {
     auto it = vocab.find(token);
-    if (it == vocab.end()) fail("{}: {} {:?} is not in the vocabulary", file.string(), what, token);
+    if (it == vocab.end()) fail("{}: {} {} is not in the vocabulary", file.string(), what, shown_text(token));
     return it->second;
   }
 
@@ -772,8 +773,8 @@ void Tokenizer::Impl::finish_model(const std::vector<std::pair<std::string, std:
     joined = a + b;
     auto im = vocab.find(joined);
     if (ia == vocab.end() || ib == vocab.end() || im == vocab.end())
-      fail("{}: merge #{} \"{} {}\" names a token absent from the vocabulary ({:?} missing)", file.string(), r + 1, a, b,
-           ia == vocab.end() ? a : ib == vocab.end() ? b : joined);
+      fail("{}: merge #{} {} names a token absent from the vocabulary ({} missing)", file.string(), r + 1,
+           shown_text(a + " " + b), shown_text(ia == vocab.end() ? a : ib == vocab.end() ? b : joined));
     triples.push_back({ia->second, ib->second, im->second});
   }
   merges.build(triples);
@@ -834,8 +835,8 @@ void parse_normalizer(const json& j, std::vector<NormalizerStep>& out, const fs:
   } else if (type == "Prepend") {
     out.push_back({NormalizerStep::Kind::Prepend, nullptr, "", j.at("prepend").get<std::string>()});
   } else {
-    fail("{}: normalizer type {:?} is not supported (strata reads NFC/NFD/NFKC/NFKD, Replace, Prepend, Sequence)",
-         file.string(), type);
+    fail("{}: normalizer type {} is not supported (strata reads NFC/NFD/NFKC/NFKD, Replace, Prepend, Sequence)",
+         file.string(), shown_text(type));
   }
 }
 
@@ -859,11 +860,11 @@ void parse_pre_tokenizer(const json& j, Tokenizer::Impl& m, const fs::path& file
                                                   : escape_literal(pattern.at("String").get<std::string>());
     std::string behavior = j.value("behavior", "Isolated");
     if (j.value("invert", false) || (behavior != "Isolated" && behavior != "Removed"))
-      fail("{}: Split pre-tokenizer with behavior {:?}{} is not supported (Isolated or Removed, not inverted)",
-           file.string(), behavior, j.value("invert", false) ? " inverted" : "");
+      fail("{}: Split pre-tokenizer with behavior {}{} is not supported (Isolated or Removed, not inverted)",
+           file.string(), shown_text(behavior), j.value("invert", false) ? " inverted" : "");
     m.pre_tokenizers.push_back({PreTokenizerStep::Kind::Split, std::make_shared<Regex>(regex, file), behavior == "Isolated"});
   } else {
-    fail("{}: pre-tokenizer type {:?} is not supported (strata reads ByteLevel, Split, Sequence)", file.string(), type);
+    fail("{}: pre-tokenizer type {} is not supported (strata reads ByteLevel, Split, Sequence)", file.string(), shown_text(type));
   }
 }
 
@@ -886,8 +887,8 @@ void parse_decoder(const json& j, Tokenizer::Impl& m, const fs::path& file) {
     m.decoders.push_back({DecoderStep::Kind::Strip, "", j.at("content").get<std::string>(), j.value("start", 0),
                           j.value("stop", 0)});
   } else {
-    fail("{}: decoder type {:?} is not supported (strata reads ByteLevel, Replace, ByteFallback, Fuse, Strip, Sequence)",
-         file.string(), type);
+    fail("{}: decoder type {} is not supported (strata reads ByteLevel, Replace, ByteFallback, Fuse, Strip, Sequence)",
+         file.string(), shown_text(type));
   }
 }
 
@@ -974,12 +975,12 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       if (line.empty() || (line_no == 1 && line.rfind("#version", 0) == 0)) continue;
       size_t space = line.find(' ');
       if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos)
-        fail("{}:{}: expected two tokens separated by one space, got {:?}", merges_file.string(), line_no, line);
+        fail("{}:{}: expected two tokens separated by one space, got {}", merges_file.string(), line_no, shown_text(line));
       merges.emplace_back(line.substr(0, space), line.substr(space + 1));
     }
     m->tokens.resize(m->vocab.size());
     for (auto& [t, id] : m->vocab) {
-      if (id < 0) fail("{}: negative id for {:?}", file.string(), t);
+      if (id < 0) fail("{}: negative id for {}", file.string(), shown_text(t));
       if (size_t(id) >= m->tokens.size()) m->tokens.resize(id + 1);
       m->tokens[id] = t;
     }
@@ -1008,8 +1009,8 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       std::string type = model.value("type", "");
       if (type.empty() && model.contains("merges")) type = "BPE";  // old files omit the type of a BPE model
       if (type != "BPE")
-        fail("{}: model type {:?} is not supported (strata reads BPE tokenizers: GPT-2, GPT-NeoX, CodeGen, Gemma)",
-             file.string(), type);
+        fail("{}: model type {} is not supported (strata reads BPE tokenizers: GPT-2, GPT-NeoX, CodeGen, Gemma)",
+             file.string(), shown_text(type));
       if (!model.contains("vocab") || !model["vocab"].is_object()) fail("{}: the BPE model has no \"vocab\" object", file.string());
       for (const char* affix : {"continuing_subword_prefix", "end_of_word_suffix"})
         if (model.contains(affix) && model[affix].is_string() && !model[affix].get<std::string>().empty())
@@ -1020,7 +1021,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
       for (auto& [token, id] : model["vocab"].items()) m->vocab.emplace(token, token_id(id, file, "token " + json_quoted(token)));
       m->tokens.resize(m->vocab.size());
       for (auto& [t, id] : m->vocab) {
-        if (id < 0) fail("{}: negative id for {:?}", file.string(), t);
+        if (id < 0) fail("{}: negative id for {}", file.string(), shown_text(t));
         if (size_t(id) >= m->tokens.size()) m->tokens.resize(id + 1);
         m->tokens[id] = t;
       }
@@ -1034,7 +1035,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
             const std::string& s = entry.get_ref<const std::string&>();
             size_t space = s.find(' ', 1);  // HF splits on the first space after the first character
             if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
-              fail("{}: merge {:?} is not two tokens separated by one space", file.string(), s);
+              fail("{}: merge {} is not two tokens separated by one space", file.string(), shown_text(s));
             merges.emplace_back(s.substr(0, space), s.substr(space + 1));
           } else {
             fail("{}: a merge must be \"a b\" or [\"a\", \"b\"], got {}", file.string(), entry.dump());
@@ -1068,7 +1069,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
           return ids;
         }
         auto id = find_token(*m, name);
-        if (!id) fail("{}: post-processor special token {:?} is unknown", file.string(), name);
+        if (!id) fail("{}: post-processor special token {} is unknown", file.string(), shown_text(name));
         return {*id};
       };
       std::function<void(const json&)> parse_post = [&](const json& p) {
@@ -1091,7 +1092,7 @@ Tokenizer Tokenizer::load(const fs::path& dir_or_json) {
           m->prefix = {token_id(p.at("cls").at(1), file, "the post-processor's cls token")};
           m->suffix = {token_id(p.at("sep").at(1), file, "the post-processor's sep token")};
         } else if (type != "ByteLevel") {
-          fail("{}: post-processor type {:?} is not supported", file.string(), type);
+          fail("{}: post-processor type {} is not supported", file.string(), shown_text(type));
         }
       };
       parse_post(post);

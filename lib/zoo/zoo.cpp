@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "core/error.hpp"
+#include "core/read_bounded.hpp"
 #include "core/fs.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
@@ -438,7 +439,7 @@ json train_zoo(const fs::path& out_dir, const ZooOptions& o) {
   for (const auto& plan : all) names.push_back(plan.name);
   for (const auto& name : o.only)
     if (std::find(names.begin(), names.end(), name) == names.end())
-      fail("zoo: unknown member {:?}; the members are {}", name, fmt::join(names, ", "));
+      fail("zoo: unknown member {}; the members are {}", shown_text(name), fmt::join(names, ", "));
   auto selected = [&](const ModelPlan& plan) {
     return o.only.empty() || std::find(o.only.begin(), o.only.end(), plan.name) != o.only.end();
   };
