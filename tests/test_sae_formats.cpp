@@ -207,6 +207,7 @@ BOOST_AUTO_TEST_CASE(sparsify_topk_matches_the_reference_and_its_hookpoint_is_ch
   BOOST_TEST(rel_error(f, f_ref) < 1e-5);
   BOOST_TEST(((f > 0).sum(1) <= k).all().item<bool>());
   BOOST_TEST(rel_error(loaded.sae.decode(f), x_hat_ref) < 1e-5);
+  BOOST_TEST(rel_error(loaded.sae.decode(loaded.sae.encode_topk(x), x), x_hat_ref) < 1e-5);  // the sparse pair
   // Hookpoint layers.3 is the output of block index 3: strata layer 4.
   sae::check_hook_layer(loaded, 4, "m_layer4");
   testing::expect_error([&] { sae::check_hook_layer(loaded, 3, "m_layer3"); }, {"layers.3", "strata layer 4", "layer 3"});
@@ -320,4 +321,42 @@ BOOST_AUTO_TEST_CASE(hf_paths_resolve_from_the_offline_cache_with_a_sub_director
   testing::expect_error([] { sae::resolve_sae_source("hf://other/saes/layers.1"); }, {"hf://other/saes/layers.1", "offline"});
   testing::expect_error([] { sae::resolve_sae_source("hf://some-org/some-saes/../x"); }, {"'..'"});
   if (previous) setenv("HF_HUB_CACHE", saved.c_str(), 1); else unsetenv("HF_HUB_CACHE");
+}
+
+BOOST_AUTO_TEST_CASE(topk_codes_without_zeros_are_the_dense_codes_and_decode_the_same) {
+  Weights w = random_weights(11);
+  Tensor x = activations(12);
+  sae::Sae model;
+  model.architecture = "topk";
+  model.k = 5;
+  model.W_enc = w.W_enc;
+  model.W_dec = w.W_dec;
+  model.b_enc = w.b_enc;
+  model.b_dec = w.b_dec;
+  for (std::string mode : {"none", "layer_norm", "constant_norm_rescale"}) {
+    BOOST_TEST_CONTEXT("normalize_activations " << mode) {
+      model.normalize_activations = mode;
+      sae::TopKCodes codes = model.encode_topk(x);
+      BOOST_TEST(codes.values.size(0) == kRows);
+      BOOST_TEST(codes.values.size(1) == model.k);
+      BOOST_TEST(codes.d_sae == kDSae);
+      Tensor f = model.encode(x);
+      BOOST_TEST(torch::equal(codes.dense(), f));
+      BOOST_TEST(rel_error(model.decode(codes, x), f64(model.decode(f, x))) < 1e-6);
+    }
+  }
+  // Rows with fewer than k positive pre-activations keep zeros among their k values: the same reconstruction.
+  model.normalize_activations = "none";
+  model.b_enc = w.b_enc - 8.0;
+  sae::TopKCodes codes = model.encode_topk(x);
+  BOOST_TEST((codes.values == 0).any().item<bool>());
+  BOOST_TEST((codes.values > 0).any().item<bool>());
+  BOOST_TEST(torch::equal(codes.dense(), model.encode(x)));
+  BOOST_TEST(rel_error(model.decode(codes, x), f64(model.decode(model.encode(x)))) < 1e-6);
+  // Codes of another width and a non-TopK SAE are errors.
+  sae::TopKCodes other = codes;
+  other.d_sae = kDSae + 1;
+  testing::expect_error([&] { model.decode(other, x); }, {"41 latents", "40"});
+  model.architecture = "standard";
+  testing::expect_error([&] { model.encode_topk(x); }, {"encode_topk", "standard"});
 }

@@ -9,6 +9,11 @@
 //     CKA and CI, map_r2, scales, layer/per-model means):                         1e-6
 //   - MMAC family (max of Pearson correlations whose cross moments accumulate in fp32 GEMMs): 1e-5
 //   - p-values from counts (cka_p, p_adjusted) and integer counts: exact up to 1e-12.
+//   - pairs (and the seed ceiling) whose source is a TopK SAE decoded from its sparse codes (cell 2: k 6 of 128
+//     latents, below transfer::kTopkSparseBelow): 1e-5. Its reconstructions are a sum of k decoder rows, not
+//     the reference's dense GEMM, so x_hat differs by fp32 rounding; the residual ||x - x_hat||^2 and then
+//     q_excess = (q - q_null) / (1 - q_null) amplify it (4e-6 measured on a bootstrap CI endpoint). The pass
+//     itself is checked against the dense one in test_transfer_metrics.
 // Regenerate (only when a definition changes on purpose, and say so in the commit):
 //   STRATA_WRITE_TRANSFER_GOLDEN=1 build/tests/test_transfer_golden   (runs the reference implementation)
 #define BOOST_TEST_MODULE transfer_golden
@@ -25,6 +30,7 @@
 #include "io/activation_store.hpp"
 #include "sae/sae.hpp"
 #include "test_helpers.hpp"
+#include "transfer/metrics.hpp"
 #include "transfer/planted.hpp"
 #include "transfer/transfer.hpp"
 #include "transfer_reference.inc"  // the implementation before the rewrite: writes the golden file only
@@ -51,12 +57,14 @@ sae::Sae random_sae(int64_t d, int64_t d_sae, double bias, int64_t topk, uint64_
   return sae;
 }
 
+constexpr int64_t kWidths[] = {24, 32}, kTopk[] = {0, 0, 6, 20};  // per model; per cell (0 = ReLU)
+
 // Two models (widths 24 and 32) x 2 layers, 20 sequences of 20 tokens, 10 % of model 1's tokens dropped.
 // SAEs: 4x expansion; cell 0 sparse ReLU, cell 1 dense ReLU (positive bias: most latents fire), cells 2-3
 // TopK (k = 6 and 20); second-seed ceilings on cells 0 and 2.
 std::vector<transfer::Cell> golden_cells(const fs::path& dir) {
   transfer::PlantedSpec spec;
-  spec.widths = {24, 32};
+  spec.widths = {kWidths[0], kWidths[1]};
   spec.layers = 2;
   spec.shared_dim = 16;
   spec.features_per_cell = 12;
@@ -67,13 +75,12 @@ std::vector<transfer::Cell> golden_cells(const fs::path& dir) {
   spec.drop_fraction = 0.1;
   std::vector<transfer::Cell> cells = transfer::make_planted(spec, 1234, dir).cells;
   const double bias[] = {-0.4, 0.6, 0.0, 0.0};
-  const int64_t topk[] = {0, 0, 6, 20};
   for (size_t c = 0; c < cells.size(); ++c) {
     const int64_t d = spec.widths[c / 2];
-    random_sae(d, 4 * d, bias[c], topk[c], 100 + c).save(cells[c].sae_dir);
+    random_sae(d, 4 * d, bias[c], kTopk[c], 100 + c).save(cells[c].sae_dir);
     if (c % 2 == 0) {
       fs::path ceiling = dir / "saes" / (cells[c].name + "_ceiling");
-      random_sae(d, 4 * d, bias[c], topk[c], 200 + c).save(ceiling);
+      random_sae(d, 4 * d, bias[c], kTopk[c], 200 + c).save(ceiling);
       cells[c].ceiling_sae_dir = ceiling;
     }
   }
@@ -101,9 +108,24 @@ nlohmann::json run_golden_case(const std::string& name, Run&& run) {
   return {{"transfer_matrix", result.matrix}, {"per_model", per_model}};
 }
 
+// The golden case's cells whose TopK codes take the sparse form (see the tolerances above).
+const std::vector<std::string>& sparse_decoded_cells() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (int c = 0; c < 4; ++c)
+      if (kTopk[c] > 0 && double(kTopk[c]) < transfer::kTopkSparseBelow * double(4 * kWidths[c / 2]))
+        out.push_back(fmt::format("planted{}_layer{}", c / 2, c % 2 + 1));
+    return out;
+  }();
+  return names;
+}
+
 double tolerance_for(const std::string& path) {
-  if (path.find("mmac") != std::string::npos) return 1e-5;
   if (path.find("cka_p") != std::string::npos || path.find("p_adjusted") != std::string::npos) return 1e-12;
+  if (path.find("mmac") != std::string::npos) return 1e-5;
+  for (const std::string& cell : sparse_decoded_cells())
+    if (path.find("." + cell + "__to__") != std::string::npos || path.find("seed_ceilings." + cell + ".") != std::string::npos)
+      return 1e-5;
   return 1e-6;
 }
 
@@ -147,6 +169,9 @@ BOOST_AUTO_TEST_CASE(every_metric_matches_the_golden_file) {
   // The case is not trivial: 16 pairs, cross-model pairs, ceilings, computed permutation p-values.
   BOOST_REQUIRE_EQUAL(golden["transfer_matrix"]["transfer_matrix"].size(), 16u);
   BOOST_REQUIRE_EQUAL(golden["transfer_matrix"]["seed_ceilings"].size(), 2u);
+  // Both forms of TopK codes are in the case: k 6 sparse, k 20 dense.
+  BOOST_REQUIRE_EQUAL(sparse_decoded_cells().size(), 1u);
+  BOOST_REQUIRE(golden["transfer_matrix"]["transfer_matrix"].contains(sparse_decoded_cells()[0] + "__to__planted0_layer1"));
   std::vector<std::string> differences;
   compare(golden, actual, "", differences);
   for (size_t i = 0; i < differences.size() && i < 40; ++i) BOOST_ERROR(differences[i]);

@@ -16,7 +16,8 @@ namespace {
 // Codes of `pre` [N, m] after ReLU, through the same pass the runner uses (no decoder).
 Encoding codes_of(const torch::Tensor& pre, int64_t min_firings, int64_t batch = 50) {
   torch::Tensor doc = torch::zeros({pre.size(0)}, torch::kInt64);
-  return encode_rows([](const torch::Tensor& x) { return torch::relu(x); }, nullptr, pre, doc, 1, batch, min_firings);
+  return encode_rows([](const torch::Tensor& x) { return BatchCodes(torch::relu(x)); }, nullptr, pre, doc, 1, batch,
+                     min_firings);
 }
 
 // MMAC straight from its definition, in fp64 on dense codes: alive latents (>= min_firings firings), Pearson
@@ -85,6 +86,46 @@ BOOST_AUTO_TEST_CASE(latent_codes_densify_any_block) {
   torch::Tensor dense = torch::relu(pre).index_select(1, alive);
   BOOST_CHECK(torch::equal(e.codes.dense(0, alive.numel()), dense));
   BOOST_CHECK(torch::equal(e.codes.dense(3, 11), dense.index({torch::indexing::Slice(), torch::indexing::Slice(3, 11)})));
+}
+
+// A TopK SAE's pass with codes without their zeros (sae::TopKCodes, the fast form) against the dense codes (the
+// reference form), in several batches and with rows whose k values include zeros: the same FVU sums and
+// latent moments to fp64 reassociation, and the same kept codes entry for entry.
+BOOST_AUTO_TEST_CASE(topk_pass_with_sparse_codes_equals_the_dense_pass) {
+  torch::manual_seed(5);
+  const int64_t n = 240, d = 16, m = 96;
+  sae::Sae sae;
+  sae.architecture = "topk";
+  sae.k = 6;
+  sae.W_enc = torch::randn({d, m}) * 0.3;
+  sae.W_dec = torch::randn({m, d}) * 0.3;
+  sae.b_enc = torch::randn({m}) * 0.2 - 4.5;  // most rows have fewer than k positive pre-activations
+  sae.b_dec = torch::randn({d});
+  torch::Tensor x = torch::randn({n, d}) * 2;
+  torch::Tensor doc = torch::arange(n, torch::kInt64).floor_divide(30);
+  const int64_t batch = 70;
+  Encoding dense = encode_rows(encoder_of(sae, 0.0), &sae, x, doc, 8, batch, 3);
+  Encoding sparse = encode_rows(encoder_of(sae, 1.0), &sae, x, doc, 8, batch, 3);
+  BOOST_TEST((sae.encode_topk(x).values == 0).any().item<bool>());
+  auto close = [](const torch::Tensor& got, const torch::Tensor& want) {
+    return torch::allclose(got, want, /*rtol=*/1e-6, /*atol=*/1e-9);
+  };
+  BOOST_TEST(close(sparse.sums.residual, dense.sums.residual));
+  BOOST_TEST(torch::equal(sparse.sums.square, dense.sums.square));
+  BOOST_TEST(std::abs(sparse.sums.fvu() - dense.sums.fvu()) < 1e-7);
+  BOOST_TEST(close(sparse.latent_mean, dense.latent_mean));
+  BOOST_TEST(close(sparse.latent_var, dense.latent_var));
+  BOOST_TEST(torch::equal(sparse.firings, dense.firings));
+  BOOST_TEST(sparse.l0 == dense.l0);
+  BOOST_TEST(sparse.l0 < 6.0);
+  BOOST_TEST(dense.codes.n_alive() > 20);
+  BOOST_TEST(torch::equal(sparse.codes.alive, dense.codes.alive));
+  BOOST_TEST(torch::equal(sparse.codes.offsets, dense.codes.offsets));
+  BOOST_TEST(torch::equal(sparse.codes.rows, dense.codes.rows));
+  BOOST_TEST(torch::equal(sparse.codes.values, dense.codes.values));
+  // Without moments (the null's pass) the FVU sums are the same too.
+  Encoding sparse_fvu_only = encode_rows(encoder_of(sae, 1.0), &sae, x, doc, 8, batch, -1, /*moments=*/false);
+  BOOST_TEST(close(sparse_fvu_only.sums.residual, dense.sums.residual));
 }
 
 // Procrustes of the two directions of a cell pair from one cross product: Q(s -> t) = Q(t -> s)^T, because the

@@ -57,13 +57,39 @@ torch::Tensor Sae::pre_activation(const torch::Tensor& x) const {
   return torch::addmm(b_enc, in, W_enc);
 }
 
+torch::Tensor TopKCodes::dense() const {
+  auto shape = values.sizes().vec();
+  shape.back() = d_sae;
+  return torch::zeros(shape, values.options()).scatter_(-1, indices, values);
+}
+
+TopKCodes Sae::encode_topk(const torch::Tensor& x) const {
+  if (architecture != "topk") fail("{}: encode_topk needs a topk SAE (architecture is '{}')", name_of(*this), architecture);
+  auto [values, indices] = torch::relu(pre_activation(x)).topk(k, /*dim=*/-1);
+  return {values, indices, d_sae()};
+}
+
+torch::Tensor Sae::decode(const TopKCodes& f, const torch::Tensor& x) const {
+  if (f.d_sae != d_sae()) fail("{}: TopK codes over {} latents, but the SAE has {}", name_of(*this), f.d_sae, d_sae());
+  const int64_t n = f.values.size(0), k_used = f.values.size(1);
+  // A sum-mode embedding bag is the gather-and-weight of k decoder rows per token, on every device.
+  torch::Tensor offsets = torch::arange(0, n * k_used, k_used, f.indices.options());
+  torch::Tensor out = std::get<0>(torch::embedding_bag(W_dec, f.indices.reshape(-1), offsets, false, /*mode=sum*/ 0,
+                                                       false, f.values.reshape(-1)));
+  return denormalized(out + b_dec, x);
+}
+
+torch::Tensor Sae::denormalized(const torch::Tensor& out, const torch::Tensor& x) const {
+  if (!decode_needs_input()) return out;
+  TokenStats s = token_stats(*this, x);
+  return s.mean.defined() ? out / s.scale + s.mean : out / s.scale;
+}
+
 torch::Tensor Sae::encode(const torch::Tensor& x) const {
+  if (architecture == "topk") return encode_topk(x).dense();
   torch::Tensor pre = pre_activation(x);
   torch::Tensor f = torch::relu(pre);
-  if (architecture == "topk") {
-    auto [values, indices] = f.topk(k, /*dim=*/-1);
-    f = torch::zeros_like(f).scatter_(-1, indices, values);
-  } else if (architecture == "jumprelu") {
+  if (architecture == "jumprelu") {
     f = f * (pre > threshold).to(f.scalar_type());
   } else if (architecture != "standard") {
     fail("{}: architecture '{}' is not supported (standard, topk or jumprelu)", name_of(*this), architecture);
@@ -80,11 +106,7 @@ torch::Tensor Sae::decode(const torch::Tensor& f) const {
 }
 
 torch::Tensor Sae::decode(const torch::Tensor& f, const torch::Tensor& x) const {
-  torch::Tensor out = torch::addmm(b_dec, f, W_dec);
-  if (!decode_needs_input()) return out;
-  TokenStats s = token_stats(*this, x);
-  out = out / s.scale;
-  return s.mean.defined() ? out + s.mean : out;
+  return denormalized(torch::addmm(b_dec, f, W_dec), x);
 }
 
 double Sae::estimate_norm_scaling_factor(const torch::Tensor& x) {

@@ -22,6 +22,15 @@
 
 namespace strata::sae {
 
+// A TopK SAE's codes without their zeros: row t's nonzeros are values[t, j] at latents indices[t, j] (a value
+// may be 0 where fewer than k pre-activations were positive). dense() is what Sae::encode returns.
+struct TopKCodes {
+  torch::Tensor values;   // [n, k], the SAE's dtype
+  torch::Tensor indices;  // I64 [n, k]
+  int64_t d_sae = 0;
+  torch::Tensor dense() const;  // [n, d_sae]
+};
+
 struct Sae {
   std::string architecture = "standard";  // "standard" (ReLU), "topk" or "jumprelu"
   int64_t k = 0;                          // topk only
@@ -42,6 +51,11 @@ struct Sae {
   torch::Tensor decode(const torch::Tensor& f) const;          // x_hat; refuses the per-token modes
   torch::Tensor decode(const torch::Tensor& f, const torch::Tensor& x) const;  // x_hat for any mode
   torch::Tensor reconstruct(const torch::Tensor& x) const { return decode(encode(x), x); }
+  // TopK only: the same codes without materialising [n, d_sae] zeros, and their reconstruction as a weighted
+  // sum of k decoder rows per token (n k d_in work instead of the dense decode's n d_sae d_in). Equal to
+  // encode(x) and decode(encode(x), x) up to fp32 reassociation; the dense pair is the reference.
+  TopKCodes encode_topk(const torch::Tensor& x) const;
+  torch::Tensor decode(const TopKCodes& f, const torch::Tensor& x) const;
 
   // expected_average_only_in: s = sqrt(d_in) / mean_t ||x_t|| over the given rows (SAELens's
   // estimate_norm_scaling_factor), and folding it: W_enc *= s, W_dec /= s, b_dec /= s, mode "none",
@@ -58,6 +72,9 @@ struct Sae {
   // Writes cfg.json + sae_weights.safetensors (f32) atomically in the SAELens layout; cfg.json gets
   // architecture, d_in, d_sae, k, apply_b_dec_to_input, normalize_activations plus `cfg`'s other keys.
   void save(const std::filesystem::path& dir) const;
+
+ private:
+  torch::Tensor denormalized(const torch::Tensor& out, const torch::Tensor& x) const;  // undoes the per-token modes
 };
 
 }  // namespace strata::sae

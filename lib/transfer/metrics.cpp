@@ -37,7 +37,13 @@ torch::Tensor LatentCodes::sparse_t(int64_t begin, int64_t end) const {
       ._coalesced_(true);
 }
 
-Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& encode, const sae::Sae* decoder,
+std::function<BatchCodes(const torch::Tensor&)> encoder_of(const sae::Sae& sae, double sparse_below) {
+  if (sae.architecture == "topk" && double(sae.k) < sparse_below * double(sae.d_sae()))
+    return [&sae](const torch::Tensor& x) { return BatchCodes(sae.encode_topk(x)); };
+  return [&sae](const torch::Tensor& x) { return BatchCodes(sae.encode(x)); };
+}
+
+Encoding encode_rows(const std::function<BatchCodes(const torch::Tensor&)>& encode, const sae::Sae* decoder,
                      const torch::Tensor& x, const torch::Tensor& doc, int64_t n_docs, int64_t batch,
                      int64_t keep_codes_min_firings, bool moments) {
   const int64_t n = x.size(0), d = x.size(1);
@@ -55,33 +61,55 @@ Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& e
     int64_t end = std::min(n, begin + batch);
     torch::Tensor xb = x.index({Slice(begin, end)});
     torch::Tensor db = doc.index({Slice(begin, end)});
-    torch::Tensor f = encode(xb);
-    torch::Tensor fired;
-    if (moments) {
-      if (!latent_sum.defined()) {
-        latent_sum = torch::zeros({f.size(1)}, f64);
-        latent_sq = torch::zeros({f.size(1)}, f64);
-        firings = torch::zeros({f.size(1)}, f64);
+    const BatchCodes codes = encode(xb);
+    const auto* topk = std::get_if<sae::TopKCodes>(&codes);
+    if (moments && !latent_sum.defined()) {
+      const int64_t d_sae = topk ? topk->d_sae : std::get<torch::Tensor>(codes).size(1);
+      latent_sum = torch::zeros({d_sae}, f64);
+      latent_sq = torch::zeros({d_sae}, f64);
+      firings = torch::zeros({d_sae}, f64);
+    }
+    // The firing entries (row in batch r, latent c, value v) for the kept codes: dense codes scanned row-major,
+    // TopK codes row by row (the column-major sort below makes both orders the same).
+    torch::Tensor r, c, v;
+    if (topk) {
+      if (moments) {
+        // Flat positions and index_select: several times faster than 2-D advanced indexing on the CPU.
+        torch::Tensor flat = (topk->values.reshape(-1) > 0).nonzero().squeeze(1);
+        r = flat.div(topk->values.size(1), "floor");
+        c = topk->indices.reshape(-1).index_select(0, flat);
+        v = topk->values.reshape(-1).index_select(0, flat);
+        torch::Tensor vd = v.to(torch::kFloat64);
+        latent_sum.index_add_(0, c, vd);
+        latent_sq.index_add_(0, c, vd.square());
+        firings.index_add_(0, c, torch::ones_like(vd));
       }
+    } else if (moments) {
+      const torch::Tensor& f = std::get<torch::Tensor>(codes);
       torch::Tensor fd = f.to(torch::kFloat64);
       latent_sum += fd.sum(0);
       latent_sq += fd.square().sum(0);
-      fired = (f > 0);
+      torch::Tensor fired = (f > 0);
       firings += fired.sum(0, false, torch::kFloat64);
+      if (keep) {
+        torch::Tensor flat = fired.reshape(-1).nonzero().squeeze(1);  // row-major
+        r = flat.div(f.size(1), "floor");
+        c = flat.remainder(f.size(1));
+        v = f.reshape(-1).index_select(0, flat);
+      }
     }
     if (decoder) {
       torch::Tensor xd = xb.to(torch::kFloat64);
       // decode(f, x): per-token normalised (published) SAEs need the input to undo their normalisation.
-      torch::Tensor residual = (xd - decoder->decode(f, xb).to(torch::kFloat64)).pow(2).sum(1);
+      torch::Tensor x_hat = std::visit([&](const auto& f) { return decoder->decode(f, xb); }, codes);
+      torch::Tensor residual = (xd - x_hat.to(torch::kFloat64)).pow(2).sum(1);
       out.sums.residual.index_add_(0, db, residual);
       out.sums.square.index_add_(0, db, xd.pow(2).sum(1));
       out.sums.sum.index_add_(0, db, xd);
       out.sums.count.index_add_(0, db, torch::ones({end - begin}, f64));
     }
     if (keep) {
-      torch::Tensor nz = fired.nonzero();  // [nnz, 2], row-major
-      torch::Tensor r = nz.select(1, 0), c = nz.select(1, 1);
-      entry_values.push_back(f.index({r, c}).to(torch::kFloat32));
+      entry_values.push_back(v.to(torch::kFloat32));
       entry_rows.push_back(r + begin);
       entry_cols.push_back(c);
     }

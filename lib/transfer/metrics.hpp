@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <variant>
 
 #include "sae/sae.hpp"
 
@@ -52,11 +53,21 @@ struct Encoding {
   double l0 = 0;
 };
 
+// One batch's codes: dense f [n, d_sae], or TopK codes without their zeros. The sparse form makes an SAE pass
+// cost n d (d_sae + k) instead of 2 n d d_sae and keeps the per-latent sums at n k.
+using BatchCodes = std::variant<torch::Tensor, sae::TopKCodes>;
+// TopK codes take the sparse form below this k / d_sae (the dense decode GEMM wins above it on the CPU).
+inline constexpr double kTopkSparseBelow = 0.05;
+// `sae`'s encoder in the form above: sparse for a TopK SAE with k < sparse_below d_sae, dense otherwise.
+std::function<BatchCodes(const torch::Tensor&)> encoder_of(const sae::Sae& sae,
+                                                           double sparse_below = kTopkSparseBelow);
+
 // Applies `encode` and (if given) `decoder` in batches of `batch` rows to raw rows x [N, d]: per-sequence FVU
 // sums (doc [N] indexes D sequences), per-latent moments, and, when keep_codes_min_firings >= 0, the codes
 // of the latents with at least that many firings. Where only the FVU is needed (the null's pass), `moments`
 // = false skips the per-latent statistics (latent_mean/var, firings, mass and l0 stay undefined / 0).
-Encoding encode_rows(const std::function<torch::Tensor(const torch::Tensor&)>& encode, const sae::Sae* decoder,
+// Dense and sparse codes give the same results up to fp32/fp64 reassociation.
+Encoding encode_rows(const std::function<BatchCodes(const torch::Tensor&)>& encode, const sae::Sae* decoder,
                      const torch::Tensor& x, const torch::Tensor& doc, int64_t n_docs, int64_t batch,
                      int64_t keep_codes_min_firings = -1, bool moments = true);
 

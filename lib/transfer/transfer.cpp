@@ -97,6 +97,7 @@ const std::vector<std::string> kMatrixMetrics = {
 // The plan line's estimate: per term, FLOP and seconds.
 struct Plan {
   double gemm_gflops = 0, seconds_per_gather = 0, gathers = 0, total_flops = 0, total_seconds = 0;
+  double sae_gemm_gflops = 0;  // fp32 GEMM rate at the step's largest SAE shape (rows x d x d_sae)
   double peak_bytes = 0;  // largest model pair's resident data, latent codes excluded
   std::map<std::string, double> flops, seconds;
 };
@@ -348,20 +349,73 @@ Plan Runner::plan_estimate() const {
   // calibrated on the CPU, so a device plan is a rough guide until calibrated there too.
   const int64_t gemm_size = options_.device.is_cpu() ? 512 : 4096;
   plan.gemm_gflops = bench::gemm_gflops(gemm_size, gemm_size, gemm_size, 3, options_.device);
-  {
-    torch::Tensor x = on_device(torch::randn({512, 8})), y = on_device(torch::randn({512, 8}));
+  {  // the permutation loop at the step's N (its Gram matrices leave the caches at N in the thousands)
+    int64_t n = 64;
+    for (const auto& [pair, s] : selections_)
+      n = std::max<int64_t>(n, std::min<int64_t>(s.eval_a.numel(), options_.cka_max_tokens));
+    torch::Tensor x = on_device(torch::randn({n, 8})), y = on_device(torch::randn({n, 8}));
     stats::GramCka gram(x, y);
-    const int64_t reps = 64;
+    const int64_t reps = std::max<int64_t>(4, int64_t(64.0 * 512.0 * 512.0 / double(n * n)));
     double seconds = bench::median_seconds([&] { gram.permutation_test(reps, 1, stats::GramCka::Form::gram); }, 3);
-    plan.seconds_per_gather = seconds / (double(reps) * 512.0 * 512.0 / 2.0);
+    plan.seconds_per_gather = seconds / (double(reps) * double(n) * double(n) / 2.0);
   }
-  auto add = [&](const std::string& term, double flops, double efficiency) {
+  // The SAE passes' and dense MMAC's GEMMs are [rows x d] x [d x d_sae] and [d_sae x N] x [N x d_sae]: at real
+  // widths they run several times faster than a 512^3 GEMM, so they are costed against a second ceiling
+  // measured at the largest cell's SAE shape (one batch of rows), which tracks the width.
+  {
+    size_t widest = 0;
+    double n_rows = 0;
+    for (size_t c = 0; c < cells_.size(); ++c)
+      if (double(cells_[c].dim) * double(cells_[c].d_sae) > double(cells_[widest].dim) * double(cells_[widest].d_sae))
+        widest = c;
+    for (const auto& [pair, s] : selections_) n_rows = std::max(n_rows, double(s.eval_a.numel()));
+    const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(options_.batch_size, int64_t(n_rows)));
+    plan.sae_gemm_gflops = bench::gemm_gflops(rows, cells_[widest].dim, cells_[widest].d_sae, 3, options_.device);
+  }
+  auto add_at = [&](const std::string& term, double flops, double efficiency, double gflops) {
     plan.flops[term] += flops;
-    plan.seconds[term] += flops / (plan.gemm_gflops * 1e9 * efficiency);
+    plan.seconds[term] += flops / (gflops * 1e9 * efficiency);
   };
-  // Efficiencies (achieved fraction of the fp32 GEMM ceiling): fp64 GEMMs run at about half the fp32 rate;
-  // SAE passes add ReLU/top-k, fp64 accumulation and index_add to their GEMMs.
-  constexpr double kSae = 0.3, kRandom = 0.15, kF64 = 0.35, kSvd = 0.05, kSmall = 0.1, kSparseMmac = 0.025;
+  auto add = [&](const std::string& term, double flops, double efficiency) {
+    add_at(term, flops, efficiency, plan.gemm_gflops);
+  };
+  // Efficiencies (achieved fraction of the ceiling the term is costed against), calibrated on `strata bench
+  // transfer` at widths 256 and 512 (bench/RESULTS.md) and on the default run. Against the 512^3 ceiling: fp64
+  // GEMMs (kF64) and the maps' and ridge's fp64 work with its SVDs and solves (kFit). Against the SAE-shape
+  // ceiling: the encoder and dense decoder GEMMs (kSaeGemm), TopK decodes as k row gathers per token (kGather,
+  // memory-bound), dense MMAC as large GEMMs (kDenseMmac) and sparse MMAC as sparse x dense products.
+  constexpr double kF64 = 0.35, kFit = 0.25, kSvd = 0.05, kSmall = 0.1, kBootstrap = 0.08;
+  // kSaeGemm includes the ReLU / top-k scan of the pre-activations (a least-squares fit of 16 measured SAE-pass
+  // terms gave 0.52 and no separate per-pre-activation cost).
+  constexpr double kSaeGemm = 0.5, kGather = 0.1, kDenseMmac = 0.8, kSparseMmac = 0.012;
+  // An SAE pass's element-wise work, in FLOP-equivalents at the 512^3 ceiling (measured seconds per element
+  // times the ceiling, from the same fit): the selection and bookkeeping of each TopK code entry (sparse form);
+  // a dense code's per-latent sums and extraction (dense form, when moments are taken).
+  constexpr double kPerTopkEntry = 31000, kPerDenseCode = 3400;
+  auto add_sae = [&](const std::string& term, double flops, double efficiency) {
+    add_at(term, flops, efficiency, plan.sae_gemm_gflops);
+  };
+  // MMAC of `codings` code pairs of cells i and j over n tokens. TopK codes have a known density k / d_sae:
+  // below kMmacSparseBelow their cross moments are sparse x dense products (nnz x d_sae_j); other codes are
+  // costed as dense GEMMs over all latents (a bound: dead latents drop out).
+  auto mmac_cost = [&](const std::string& term, size_t i, size_t j, double n, double codings) {
+    const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae), ki = double(cells_[i].topk);
+    if (ki > 0 && ki < kMmacSparseBelow * mi)
+      add_sae(term, codings * 2 * n * ki * mj, kSparseMmac);
+    else
+      add_sae(term, codings * 2 * n * mi * mj, kDenseMmac);
+  };
+  // An SAE pass over n rows of cell c (encoder GEMM; the decoder as a GEMM or, for TopK codes in their sparse
+  // form (metrics.hpp kTopkSparseBelow), as k decoder-row gathers per token; the per-latent moments if asked).
+  // A random dictionary (no decoder) codes at the SAE's L0: TopK cells' k, other cells costed in dense form.
+  auto sae_pass = [&](const std::string& term, size_t c, double n, bool decode, bool moments) {
+    const double d = double(cells_[c].dim), m = double(cells_[c].d_sae), topk = double(cells_[c].topk);
+    const bool sparse = topk > 0 && topk < kTopkSparseBelow * m;
+    add_sae(term, 2 * n * d * m, kSaeGemm);
+    if (decode) add_sae(term, sparse ? 2 * n * topk * d : 2 * n * d * m, sparse ? kGather : kSaeGemm);
+    if (sparse) add(term, n * topk * kPerTopkEntry, 1.0);
+    else if (moments) add(term, n * m * kPerDenseCode, 1.0);
+  };
   const double perms = double(options_.cka_permutations), boots = double(replicates_);
   const double k = double(options_.top_k);
   for (const auto& [pair, s] : selections_) {
@@ -372,13 +426,13 @@ Plan Runner::plan_estimate() const {
     std::vector<size_t> involved = models_[a].cells;
     if (a != b) involved.insert(involved.end(), models_[b].cells.begin(), models_[b].cells.end());
     for (size_t c : involved) {  // per cell, once per model pair
-      const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
-      add("sae_own", 4 * n_eval * d * m, kSae);
-      add("sae_random", 2 * n_eval * d * m, kRandom);
-      add("maps", 2 * n_fit * d * d, kF64);
+      const double d = double(cells_[c].dim);
+      sae_pass("sae_own", c, n_eval, true, true);
+      sae_pass("sae_random", c, n_eval, false, true);
+      add("maps", 2 * n_fit * d * d, kFit);
       add("cka_linear", 2 * n_eval * d * d, kF64);
       add("cka_gram", 2 * n_cka * n_cka * d, kF64);
-      if (boots > 0) add("cka_bootstrap", 2 * 2 * n_cka * n_cka * boots, kF64);  // K w and (K o K) w
+      if (boots > 0) add("cka_bootstrap", 2 * 2 * n_cka * n_cka * boots, kBootstrap);  // K w and (K o K) w
     }
     for (size_t i : models_[a].cells)
       for (size_t j : models_[b].cells) {
@@ -386,20 +440,12 @@ Plan Runner::plan_estimate() const {
         if (!sources_.count(i) && !sources_.count(j)) continue;
         const double di = double(cells_[i].dim), dj = double(cells_[j].dim);
         const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
-        // Own and random codes. TopK codes have a known density k / d_sae: below kMmacSparseBelow their cross
-        // moments are sparse x dense products (nnz x d_sae_j), whose rate (with the block densification and the
-        // d_sae_i x d_sae_j correlation they bring) kSparseMmac was calibrated on `strata bench transfer`.
-        // Other codes are costed as dense GEMMs over all latents (a bound: dead latents drop out).
-        const double ki = double(cells_[i].topk);
-        if (ki > 0 && ki < kMmacSparseBelow * mi)
-          add("mmac", 2 * 2 * n_eval * ki * mj, kSparseMmac);
-        else
-          add("mmac", 2 * 2 * n_eval * mi * mj, kSae);
+        mmac_cost("mmac", i, j, n_eval, 2);  // own and random codes
         add("maps", (i == j ? 2.0 : 4.0) * n_fit * di * dj + (a != b ? 2.0 : 1.0) * 20 * di * dj * std::min(di, dj),
-            i == j ? kF64 : kSvd + kF64);
+            i == j ? kFit : kSvd + kFit);
         if (i != j) {
           add("cka_linear", 2 * n_eval * di * dj, kF64);
-          if (boots > 0) add("cka_bootstrap", 2 * n_cka * n_cka * boots, kF64);
+          if (boots > 0) add("cka_bootstrap", 2 * n_cka * n_cka * boots, kBootstrap);
           if (di * dj < stats::GramCka::feature_form_ratio(runtime::kernel_path(options_.device)) * n_cka)
             add("cka_permutations", perms * 2 * n_cka * di * dj, kF64);
           else
@@ -409,11 +455,13 @@ Plan Runner::plan_estimate() const {
           const size_t src = direction ? j : i, tgt = direction ? i : j;
           if (!sources_.count(src)) continue;
           const double ds = double(cells_[src].dim), dt = double(cells_[tgt].dim);
-          const double ms = double(cells_[src].d_sae), mt = double(cells_[tgt].d_sae);
-          add("sae_mapped", 4 * n_eval * ds * ms + 2 * n_eval * dt * ds, kSae);
-          add("sae_null", 4 * n_eval * ds * ms + 2 * n_eval * dt * ds, kSae);
-          add("maps", 2 * 2 * dt * dt * ds, kF64);
-          add("ridge", dt * dt * dt + 4 * n_eval * dt * ds, kF64);
+          const double mt = double(cells_[tgt].d_sae);
+          sae_pass("sae_mapped", src, n_eval, true, true);
+          sae_pass("sae_null", src, n_eval, true, false);
+          add("sae_mapped", 2 * n_eval * dt * ds, kF64);  // the map, applied in fp64
+          add("sae_null", 2 * n_eval * dt * ds, kF64);
+          add("maps", 2 * 2 * dt * dt * ds, kFit);
+          add("ridge", dt * dt * dt + 4 * n_eval * dt * ds, kFit);
           add("decoder", 2 * k * mt * ds + (a != b ? 2 * mt * dt * ds : 0.0), kF64);
           if (boots > 0) add("q_bootstrap", 3 * 2 * boots * n_docs * ds, kSmall);
         }
@@ -421,9 +469,8 @@ Plan Runner::plan_estimate() const {
     if (a == b)
       for (size_t c : models_[a].cells)
         if (cells_[c].cell.ceiling_sae_dir && sources_.count(c)) {
-          const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
-          add("ceilings", 4 * n_eval * d * m, kSae);
-          add("ceilings", 2 * n_eval * m * m, kSae);
+          sae_pass("ceilings", c, n_eval, true, true);
+          mmac_cost("ceilings", c, c, n_eval, 1);
         }
   }
   plan.seconds["cka_permutations"] += plan.gathers * plan.seconds_per_gather;
@@ -514,21 +561,22 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     side.eval = read(cell, eval_rows);
     const sae::Sae& sae = *cell.sae;
     side.own = timed("sae_own", [&] {
-      return encode_rows([&](const torch::Tensor& x) { return sae.encode(x); }, &sae, side.eval, eval_doc, n_docs,
-                         batch, options_.mmac_min_firings);
+      return encode_rows(encoder_of(sae), &sae, side.eval, eval_doc, n_docs, batch, options_.mmac_min_firings);
     });
     // Random unit dictionary of the same size, top-k at the SAE's L0 on these tokens (mmac_random).
     auto generator = generator_for(derive(seed_, "transfer/random_dictionary", cell.cell.name));
     torch::Tensor dictionary = on_device(torch::randn({sae.d_sae(), cell.store.dim()}, generator, torch::kFloat32));
     dictionary = dictionary / dictionary.norm(2, 1, true);
-    int64_t k = std::max<int64_t>(1, std::llround(side.own.l0));
+    const int64_t k = std::min<int64_t>(std::max<int64_t>(1, std::llround(side.own.l0)), sae.d_sae());
     torch::Tensor centre = side.eval.mean(0, true);
+    const bool sparse = double(k) < kTopkSparseBelow * double(sae.d_sae());
     side.random = timed("sae_random", [&] {
       return encode_rows(
           [&](const torch::Tensor& x) {
             torch::Tensor pre = torch::relu(torch::mm(x - centre, dictionary.t()));
-            auto [values, indices] = pre.topk(std::min<int64_t>(k, pre.size(1)), 1);
-            return torch::zeros_like(pre).scatter_(1, indices, values);
+            auto [values, indices] = pre.topk(k, 1);
+            sae::TopKCodes codes{values, indices, sae.d_sae()};
+            return sparse ? BatchCodes(codes) : BatchCodes(codes.dense());
           },
           nullptr, side.eval, eval_doc, n_docs, batch, options_.mmac_min_firings);
     });
@@ -613,7 +661,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     if (!same_model) map = timed("maps", [&] { return procrustes_map(oriented(sym.q), st.fit, ss.fit, ct.scale, cs.scale); });
     AffineMap null_map =
         timed("maps", [&] { return procrustes_map(oriented(sym.q_null), st.fit, ss.fit, ct.scale, cs.scale); });
-    auto encode = [&](const torch::Tensor& x) { return sae.encode(x); };
+    auto encode = encoder_of(sae);
     // The diagonal goes through the same map and SAE pass as every other pair: its q is computed, and Gate 3
     // checks that it lands within kDiagonalQTolerance of 1.
     Encoding mapped = timed("sae_mapped", [&] {
@@ -718,7 +766,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       timed("ceilings", [&] {
         const Side& side = sides.at(c);
         const sae::Sae& second = *cell.ceiling;
-        Encoding other = encode_rows([&](const torch::Tensor& x) { return second.encode(x); }, &second, side.eval,
+        Encoding other = encode_rows(encoder_of(second), &second, side.eval,
                                      eval_doc, n_docs, batch, options_.mmac_min_firings);
         const nlohmann::json& diagonal = pairs_.at(pair_key(cell.cell.name, cell.cell.name));
         double q_null = diagonal["q_null"].is_number() ? diagonal["q_null"].get<double>() : kNaN;
@@ -866,12 +914,13 @@ void Runner::compute(const std::set<size_t>& sources) {
     return out;
   };
   log::info("transfer plan: {} cells, {} pairs ({} model pairs), up to {} fitting + {} evaluation tokens per model "
-            "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.2f} TFLOP at {:.0f} "
-            "GFLOP/s GEMM ceiling; {:.2g} permutation-loop elements); peak memory ~{:.2f} GB + 24 B per latent code "
+            "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.2f} TFLOP at GEMM "
+            "ceilings {:.0f} GFLOP/s (512^3) and {:.0f} GFLOP/s (SAE shape); {:.2g} permutation-loop elements); peak "
+            "memory ~{:.2f} GB + 24 B per latent code "
             "(2 x N_eval x L0 per cell); by term (s): {}",
             n, n * n, models_.size() * (models_.size() + 1) / 2, options_.max_fit_tokens, options_.max_eval_tokens,
             options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, plan.total_seconds,
-            plan.total_flops / 1e12, plan.gemm_gflops, plan.gathers, plan.peak_bytes / 1e9, terms(plan.seconds));
+            plan.total_flops / 1e12, plan.gemm_gflops, plan.sae_gemm_gflops, plan.gathers, plan.peak_bytes / 1e9, terms(plan.seconds));
   const auto work_start = std::chrono::steady_clock::now();
   {
     log::Progress progress("transfer pairs", int64_t(sources_.size() * n));
@@ -894,7 +943,7 @@ void Runner::compute(const std::set<size_t>& sources) {
             plan.total_seconds, 100.0 * (work_seconds / plan.total_seconds - 1.0), terms(term_seconds_));
   timing_.estimated_seconds = plan.total_seconds;
   timing_.measured_seconds = work_seconds;
-  timing_.gemm_gflops = plan.gemm_gflops;
+  timing_.gemm_gflops = std::max(plan.gemm_gflops, plan.sae_gemm_gflops);  // the higher of the two ceilings
   timing_.flops = plan.total_flops;
   timing_.peak_bytes_estimate = plan.peak_bytes;
   timing_.estimated_by_term = plan.seconds;

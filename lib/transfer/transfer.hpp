@@ -38,7 +38,7 @@ struct Cell {
 // also: selection (alignment, split; before the work) and other (the rest of the work's wall time).
 struct TransferTiming {
   double estimated_seconds = 0, measured_seconds = 0;  // the plan's total and the work's wall time
-  double gemm_gflops = 0;                              // fp32 GEMM ceiling measured by the plan
+  double gemm_gflops = 0;  // fp32 GEMM ceiling measured by the plan: the higher of 512^3 and the SAE shape
   double flops = 0;                                    // counted by the plan (GEMM-equivalent work)
   double peak_bytes_estimate = 0;                      // the plan's peak memory (codes at the measured L0 excluded)
   std::map<std::string, double> estimated_by_term, seconds_by_term;
