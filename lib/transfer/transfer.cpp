@@ -384,14 +384,21 @@ Plan Runner::plan_estimate() const {
   // GEMMs (kF64) and the maps' and ridge's fp64 work with its SVDs and solves (kFit). Against the SAE-shape
   // ceiling: the encoder and dense decoder GEMMs (kSaeGemm), TopK decodes as k row gathers per token (kGather,
   // memory-bound), dense MMAC as large GEMMs (kDenseMmac) and sparse MMAC as sparse x dense products.
-  constexpr double kF64 = 0.35, kFit = 0.25, kSvd = 0.05, kSmall = 0.1, kBootstrap = 0.08;
+  // The permutation test's feature form (batched narrow GEMMs with a gather per permutation): 4.8 s measured for
+  // 0.95 s planned at kF64 on `bench transfer --widths 63 63 --cka-tokens 1024 --permutations 1000`.
+  constexpr double kF64 = 0.35, kFit = 0.25, kSvd = 0.05, kSmall = 0.1, kBootstrap = 0.08, kPermutationFeatures = 0.07;
   // kSaeGemm includes the ReLU / top-k scan of the pre-activations (a least-squares fit of 16 measured SAE-pass
   // terms gave 0.52 and no separate per-pre-activation cost).
-  constexpr double kSaeGemm = 0.5, kGather = 0.1, kDenseMmac = 0.8, kSparseMmac = 0.012;
+  constexpr double kSaeGemm = 0.5, kGather = 0.1, kDenseMmac = 0.8, kSparseMmac = 0.031;
+  // Sparse MMAC also builds the m_i x m_j correlation (fp64 centring, scaling, both maxima): FLOP-equivalents
+  // per latent pair at the 512^3 ceiling. With kSparseMmac, fitted on benches at (d_sae, L0) = (4096, 16) and
+  // (3072, 48); (8192, 32) is then planned at 43 s against 40.5 s measured.
+  constexpr double kPerCorrelation = 3600;
   // An SAE pass's element-wise work, in FLOP-equivalents at the 512^3 ceiling (measured seconds per element
   // times the ceiling, from the same fit): the selection and bookkeeping of each TopK code entry (sparse form);
-  // a dense code's per-latent sums and extraction (dense form, when moments are taken).
-  constexpr double kPerTopkEntry = 31000, kPerDenseCode = 3400;
+  // TopK codes in dense form (selection, scatter, per-latent sums) per element; ReLU / JumpReLU codes' per-latent
+  // sums per element (fitted on the default run's ReLU SAEs, which the benches do not exercise).
+  constexpr double kPerTopkEntry = 31000, kPerDenseTopkCode = 3400, kPerDenseCode = 400;
   auto add_sae = [&](const std::string& term, double flops, double efficiency) {
     add_at(term, flops, efficiency, plan.sae_gemm_gflops);
   };
@@ -400,9 +407,10 @@ Plan Runner::plan_estimate() const {
   // costed as dense GEMMs over all latents (a bound: dead latents drop out).
   auto mmac_cost = [&](const std::string& term, size_t i, size_t j, double n, double codings) {
     const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae), ki = double(cells_[i].topk);
-    if (ki > 0 && ki < kMmacSparseBelow * mi)
+    if (ki > 0 && ki < kMmacSparseBelow * mi) {
       add_sae(term, codings * 2 * n * ki * mj, kSparseMmac);
-    else
+      add(term, codings * mi * mj * kPerCorrelation, 1.0);
+    } else
       add_sae(term, codings * 2 * n * mi * mj, kDenseMmac);
   };
   // An SAE pass over n rows of cell c (encoder GEMM; the decoder as a GEMM or, for TopK codes in their sparse
@@ -414,6 +422,7 @@ Plan Runner::plan_estimate() const {
     add_sae(term, 2 * n * d * m, kSaeGemm);
     if (decode) add_sae(term, sparse ? 2 * n * topk * d : 2 * n * d * m, sparse ? kGather : kSaeGemm);
     if (sparse) add(term, n * topk * kPerTopkEntry, 1.0);
+    else if (topk > 0) add(term, n * m * kPerDenseTopkCode, 1.0);
     else if (moments) add(term, n * m * kPerDenseCode, 1.0);
   };
   const double perms = double(options_.cka_permutations), boots = double(replicates_);
@@ -447,7 +456,7 @@ Plan Runner::plan_estimate() const {
           add("cka_linear", 2 * n_eval * di * dj, kF64);
           if (boots > 0) add("cka_bootstrap", 2 * n_cka * n_cka * boots, kBootstrap);
           if (di * dj < stats::GramCka::feature_form_ratio(runtime::kernel_path(options_.device)) * n_cka)
-            add("cka_permutations", perms * 2 * n_cka * di * dj, kF64);
+            add("cka_permutations", perms * 2 * n_cka * di * dj, kPermutationFeatures);
           else
             plan.gathers += perms * n_cka * n_cka / 2;
         }
