@@ -19,21 +19,28 @@ torch::Tensor SequenceSums::fvu(const torch::Tensor& weights) const {
   return torch::mv(weights, residual) / denominator;
 }
 
+LatentCodes::Block LatentCodes::block(int64_t begin, int64_t end) const {
+  const int64_t first = offsets[begin].item<int64_t>(), last = offsets[end].item<int64_t>();
+  Block out;
+  // The alive position of each entry, relative to `begin`: entries are stored column by column.
+  out.latent = torch::searchsorted(offsets, torch::arange(first, last, offsets.options()), false, true) - 1 - begin;
+  out.rows = rows.index({Slice(first, last)});
+  out.values = values.index({Slice(first, last)});
+  return out;
+}
+
 torch::Tensor LatentCodes::dense(int64_t begin, int64_t end) const {
   torch::Tensor out = torch::zeros({tokens, end - begin}, values.options().dtype(torch::kFloat32));
-  const int64_t first = offsets[begin].item<int64_t>(), last = offsets[end].item<int64_t>();
-  if (last == first) return out;
-  torch::Tensor column = torch::searchsorted(offsets, torch::arange(first, last, offsets.options()), false, true) - 1;
-  out.index_put_({rows.index({Slice(first, last)}), column - begin}, values.index({Slice(first, last)}));
+  Block b = block(begin, end);
+  if (b.values.numel() == 0) return out;
+  out.index_put_({b.rows, b.latent}, b.values);
   return out;
 }
 
 torch::Tensor LatentCodes::sparse_t(int64_t begin, int64_t end) const {
-  const int64_t first = offsets[begin].item<int64_t>(), last = offsets[end].item<int64_t>();
-  torch::Tensor latent = torch::searchsorted(offsets, torch::arange(first, last, offsets.options()), false, true) - 1;
-  torch::Tensor indices = torch::stack({latent - begin, rows.index({Slice(first, last)})});
+  Block b = block(begin, end);
   // Entries are sorted by (latent, token) and unique: already coalesced.
-  return torch::_sparse_coo_tensor_unsafe(indices, values.index({Slice(first, last)}), {end - begin, tokens})
+  return torch::_sparse_coo_tensor_unsafe(torch::stack({b.latent, b.rows}), b.values, {end - begin, tokens})
       ._coalesced_(true);
 }
 

@@ -43,6 +43,12 @@ struct LatentCodes {
   int64_t n_alive() const { return alive.numel(); }
   torch::Tensor dense(int64_t begin, int64_t end) const;  // F32 [tokens, end - begin], alive positions
   torch::Tensor sparse_t(int64_t begin, int64_t end) const;  // the same block transposed, sparse COO [end - begin, tokens]
+
+ private:
+  struct Block {
+    torch::Tensor latent, rows, values;  // per entry: alive position - begin, token, value
+  };
+  Block block(int64_t begin, int64_t end) const;  // the entries of alive positions [begin, end)
 };
 
 struct Encoding {
