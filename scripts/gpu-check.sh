@@ -140,16 +140,17 @@ generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 step cmake -S "$here" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   "-DCMAKE_PREFIX_PATH=$torch_prefix;$deps/usr;$multiarch/cmake" "-DCMAKE_CXX_FLAGS=-isystem $deps/usr/include"
-step cmake --build "$build" -j "$(nproc)" --target strata test_sae_portable test_models test_stats test_transfer
+step cmake --build "$build" -j "$(nproc)" --target strata test_sae_portable test_models test_stats test_transfer test_transfer_metrics
 
 # ---------------------------------------------------------------- parity and fixtures on the GPU
 say "## parity: portable path on $device against the native CPU kernels (tests/test_sae_portable.cpp)"
 step "$build/tests/test_sae_portable" --log_level=message
 say "## forward fixtures on $device: f32 (portable attention) and the bf16/f16 rows (tests/test_models.cpp)"
 step "$build/tests/test_models" --log_level=message
-say "## transfer metrics (tests/test_transfer.cpp, tests/test_stats.cpp)"
+say "## transfer metrics (tests/test_transfer.cpp, tests/test_stats.cpp, tests/test_transfer_metrics.cpp)"
 step "$build/tests/test_transfer"
 step "$build/tests/test_stats"
+step "$build/tests/test_transfer_metrics"
 
 # ---------------------------------------------------------------- benchmarks at phase5_4 widths
 strata="$build/apps/strata/strata"

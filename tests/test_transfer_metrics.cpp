@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "stats/linalg.hpp"
+#include "test_device.hpp"
 #include "transfer/maps.hpp"
 #include "transfer/metrics.hpp"
 
@@ -89,8 +90,9 @@ BOOST_AUTO_TEST_CASE(latent_codes_densify_any_block) {
 }
 
 // A TopK SAE's pass with codes without their zeros (sae::TopKCodes, the fast form) against the dense codes (the
-// reference form), in several batches and with rows whose k values include zeros: the same FVU sums and
-// latent moments to fp64 reassociation, and the same kept codes entry for entry.
+// reference form, on the CPU), in several batches and with rows whose k values include zeros: the same FVU sums
+// and latent moments to fp64 reassociation, and the same kept codes entry for entry. The sparse pass runs on
+// STRATA_TEST_DEVICE (scripts/gpu-check.sh: the GPU's embedding-bag decode and index_add sums).
 BOOST_AUTO_TEST_CASE(topk_pass_with_sparse_codes_equals_the_dense_pass) {
   torch::manual_seed(5);
   const int64_t n = 240, d = 16, m = 96;
@@ -105,7 +107,17 @@ BOOST_AUTO_TEST_CASE(topk_pass_with_sparse_codes_equals_the_dense_pass) {
   torch::Tensor doc = torch::arange(n, torch::kInt64).floor_divide(30);
   const int64_t batch = 70;
   Encoding dense = encode_rows(encoder_of(sae, 0.0), &sae, x, doc, 8, batch, 3);
-  Encoding sparse = encode_rows(encoder_of(sae, 1.0), &sae, x, doc, 8, batch, 3);
+  const sae::Sae on_device = sae.to(testing::test_device());
+  auto to_cpu = [](Encoding e) {
+    for (torch::Tensor* t : {&e.sums.residual, &e.sums.square, &e.sums.count, &e.sums.sum, &e.latent_mean,
+                             &e.latent_var, &e.firings, &e.mass, &e.codes.alive, &e.codes.offsets, &e.codes.rows,
+                             &e.codes.values})
+      if (t->defined()) *t = t->cpu();
+    return e;
+  };
+  const torch::Device device = testing::test_device();
+  Encoding sparse =
+      to_cpu(encode_rows(encoder_of(on_device, 1.0), &on_device, x.to(device), doc.to(device), 8, batch, 3));
   BOOST_TEST((sae.encode_topk(x).values == 0).any().item<bool>());
   auto close = [](const torch::Tensor& got, const torch::Tensor& want) {
     return torch::allclose(got, want, /*rtol=*/1e-6, /*atol=*/1e-9);
@@ -124,7 +136,8 @@ BOOST_AUTO_TEST_CASE(topk_pass_with_sparse_codes_equals_the_dense_pass) {
   BOOST_TEST(torch::equal(sparse.codes.rows, dense.codes.rows));
   BOOST_TEST(torch::equal(sparse.codes.values, dense.codes.values));
   // Without moments (the null's pass) the FVU sums are the same too.
-  Encoding sparse_fvu_only = encode_rows(encoder_of(sae, 1.0), &sae, x, doc, 8, batch, -1, /*moments=*/false);
+  Encoding sparse_fvu_only = to_cpu(
+      encode_rows(encoder_of(on_device, 1.0), &on_device, x.to(device), doc.to(device), 8, batch, -1, /*moments=*/false));
   BOOST_TEST(close(sparse_fvu_only.sums.residual, dense.sums.residual));
 }
 
