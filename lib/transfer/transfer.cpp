@@ -484,20 +484,23 @@ Plan Runner::plan_estimate() const {
   }
   plan.seconds["cka_permutations"] += plan.gathers * plan.seconds_per_gather;
   // Peak memory: the largest model pair's resident SAEs (+ ceilings) and per-cell data (eval rows fp32, CKA
-  // side fp64, fitting rows fp64 with a read copy, Gram d^2, centred N_cka^2 Gram fp64 + fp32), plus the MMAC
-  // blocks (2 x 256 MB at most) and the run's global tensors.
+  // side fp64, centred fitting rows fp64, Gram d^2, centred N_cka^2 Gram fp64 + fp32), plus the MMAC blocks
+  // (2 x 256 MB at most), the run's global tensors, and the fitting rows' read of one cell at a time (fp32 read,
+  // fp64 copy and scaled copy live until fit_rows returns: 20 B per element).
   for (const auto& [pair, s] : selections_) {
     const auto [a, b] = pair;
     if (!involves_sources(a, b)) continue;
     const double n_fit = double(s.fit_a.numel()), n_eval = double(s.eval_a.numel());
     const double n_cka = std::min(n_eval, double(options_.cka_max_tokens));
-    double bytes = double(boot_weights_.numel()) * 8 + 512.0 * (1 << 20);
+    double bytes = double(boot_weights_.numel()) * 8 + 512.0 * (1 << 20), widest_read = 0;
     for (size_t c = 0; c < cells_.size(); ++c) {
       if (cells_[c].model != a && cells_[c].model != b) continue;
       const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
       bytes += (a == b && cells_[c].cell.ceiling_sae_dir ? 2 : 1) * (2 * d * m + m + d) * 4;
-      bytes += n_eval * d * (4 + 8) + n_fit * d * (8 + 8 + 4) + d * d * 8 + n_cka * n_cka * 12;
+      bytes += n_eval * d * (4 + 8) + n_fit * d * 8 + d * d * 8 + n_cka * n_cka * 12;
+      widest_read = std::max(widest_read, n_fit * d * (4 + 8 + 8));
     }
+    bytes += widest_read;
     plan.peak_bytes = std::max(plan.peak_bytes, bytes);
   }
   for (const auto& [term, seconds] : plan.seconds) plan.total_seconds += seconds;
