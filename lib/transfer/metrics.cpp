@@ -173,9 +173,12 @@ MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes,
     for (int64_t b0 = 0; b0 < nb; b0 += block) {
       const int64_t b1 = std::min(nb, b0 + block);
       torch::Tensor fb = b_whole.defined() ? b_whole : b.dense(b0, b1);
-      torch::Tensor cross = (sparse ? torch::mm(fa, fb) : torch::mm(fa.t(), fb)).to(torch::kFloat64) / double(n);  // E[ab]
-      torch::Tensor cov = cross - mean_a.unsqueeze(1) * b.mean.index({Slice(b0, b1)}).unsqueeze(0);
-      torch::Tensor corr = cov / (sd_a.unsqueeze(1) * b.sd.index({Slice(b0, b1)}).unsqueeze(0));
+      // In place over the block x block fp64 matrix (the step's largest element-wise work at large d_sae), with
+      // the same roundings as the out-of-place form: (E[ab] - mean_a mean_b) / (sd_a sd_b).
+      torch::Tensor corr = (sparse ? torch::mm(fa, fb) : torch::mm(fa.t(), fb)).to(torch::kFloat64);
+      corr.div_(double(n));
+      corr.sub_(mean_a.unsqueeze(1) * b.mean.index({Slice(b0, b1)}).unsqueeze(0));
+      corr.div_(sd_a.unsqueeze(1) * b.sd.index({Slice(b0, b1)}).unsqueeze(0));
       best_a.index_put_({Slice(a0, a1)}, torch::maximum(best_a.index({Slice(a0, a1)}), std::get<0>(corr.max(1))));
       best_b.index_put_({Slice(b0, b1)}, torch::maximum(best_b.index({Slice(b0, b1)}), std::get<0>(corr.max(0))));
     }
