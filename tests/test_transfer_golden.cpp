@@ -4,11 +4,16 @@
 // tests/data/transfer_golden.json, written by the implementation before the per-cell / shared-product rewrite
 // (tests/transfer_reference.inc: HEAD 1833094 with issue 13 items 1, 3, 9, 12 applied).
 //
+// Two comparisons: the current implementation against the reference implementation run in the same process
+// (this machine's roundings on both sides), and both against the stored file, written on another machine. The
+// reference shares the library's SAE, statistics and I/O code with the current implementation; the stored
+// file also pins those.
 // Tolerances (relative to the golden value, plus a 1e-9 absolute floor for values near 0):
 //   - every fp64 quantity (FVU, q, q_null, q_excess and CIs, variance ratio, Spearman, decoder similarity,
 //     CKA and CI, map_r2, scales, layer/per-model means):                         1e-6
 //   - MMAC family (max of Pearson correlations whose cross moments accumulate in fp32 GEMMs): 1e-5
 //   - p-values from counts (cka_p, p_adjusted) and integer counts: exact up to 1e-12.
+//   - against the stored file only: q_excess, its CIs and its means (per model, per layer): 1e-3 (tolerance_for).
 //   - pairs (and the seed ceiling) whose source is a TopK SAE decoded from its sparse codes (cell 2: k 6 of 128
 //     latents, below transfer::kTopkSparseBelow): 1e-5. Its reconstructions are a sum of k decoder rows, not
 //     the reference's dense GEMM, so x_hat differs by fp32 rounding; the residual ||x - x_hat||^2 and then
@@ -120,8 +125,18 @@ const std::vector<std::string>& sparse_decoded_cells() {
   return names;
 }
 
-double tolerance_for(const std::string& path) {
+// Where the golden values come from: the reference implementation run on this machine, or the stored file
+// (written on another machine, whose CPU rounds the fp32 GEMMs of the SAE passes and maps differently).
+enum class Source { this_machine, stored_file };
+
+double tolerance_for(const std::string& path, Source source = Source::this_machine) {
   if (path.find("cka_p") != std::string::npos || path.find("p_adjusted") != std::string::npos) return 1e-12;
+  // q_excess = (q - q_null) / (1 - q_null) amplifies fp32 rounding by 1 / (1 - q_null), and its bootstrap CI
+  // endpoints and layer means take the replicates where q_null is nearest 1: the reference implementation
+  // run on an AMD EPYC differed from the file by up to 1.5e-4 relative there (q and q_null within 1e-6).
+  if (source == Source::stored_file &&
+      (path.find("q_excess") != std::string::npos || path.find("layer_universality_scores") != std::string::npos))
+    return 1e-3;
   if (path.find("mmac") != std::string::npos) return 1e-5;
   for (const std::string& cell : sparse_decoded_cells())
     if (path.find("." + cell + "__to__") != std::string::npos || path.find("seed_ceilings." + cell + ".") != std::string::npos)
@@ -131,7 +146,7 @@ double tolerance_for(const std::string& path) {
 
 // Walks the golden value; every number, string, bool and null in it must be in `actual` (extra keys allowed).
 void compare(const nlohmann::json& golden, const nlohmann::json& actual, const std::string& path,
-             std::vector<std::string>& differences) {
+             std::vector<std::string>& differences, Source source = Source::this_machine) {
   if (golden.is_object()) {
     if (!actual.is_object()) return differences.push_back(path + ": not an object");
     for (auto& [key, value] : golden.items()) {
@@ -139,15 +154,15 @@ void compare(const nlohmann::json& golden, const nlohmann::json& actual, const s
         differences.push_back(path + "." + key + ": missing");
         continue;
       }
-      compare(value, actual[key], path + "." + key, differences);
+      compare(value, actual[key], path + "." + key, differences, source);
     }
   } else if (golden.is_array()) {
     if (!actual.is_array() || actual.size() != golden.size()) return differences.push_back(path + ": array size");
-    for (size_t i = 0; i < golden.size(); ++i) compare(golden[i], actual[i], path + "[" + std::to_string(i) + "]", differences);
+    for (size_t i = 0; i < golden.size(); ++i) compare(golden[i], actual[i], path + "[" + std::to_string(i) + "]", differences, source);
   } else if (golden.is_number()) {
     if (!actual.is_number()) return differences.push_back(path + ": " + golden.dump() + " vs " + actual.dump());
     const double g = golden.get<double>(), a = actual.get<double>();
-    const double allowed = tolerance_for(path) * std::abs(g) + 1e-9;
+    const double allowed = tolerance_for(path, source) * std::abs(g) + 1e-9;
     if (!(std::abs(a - g) <= allowed))
       differences.push_back(fmt::format("{}: {:.17g} vs golden {:.17g} (|diff| {:.3g} > {:.3g})", path, a, g,
                                         std::abs(a - g), allowed));
@@ -158,14 +173,21 @@ void compare(const nlohmann::json& golden, const nlohmann::json& actual, const s
 
 }  // namespace
 
+// The current implementation against the reference implementation run here (the tolerances above), and both
+// against the stored file (the same tolerances but for q_excess and its means and CIs: see tolerance_for).
 BOOST_AUTO_TEST_CASE(every_metric_matches_the_golden_file) {
+  nlohmann::json reference = run_golden_case("transfer_golden_reference", transfer::reference::run_transfer);
   if (std::getenv("STRATA_WRITE_TRANSFER_GOLDEN")) {
-    nlohmann::json reference = run_golden_case("transfer_golden_reference", transfer::reference::run_transfer);
     atomic_write_text(golden_path(), reference.dump(1) + "\n");
     BOOST_TEST_MESSAGE("wrote " << golden_path());
   }
   nlohmann::json actual = run_golden_case("transfer_golden", transfer::run_transfer);
   nlohmann::json golden = nlohmann::json::parse(std::ifstream(golden_path()));
+  std::vector<std::string> from_file;
+  compare(golden, reference, "", from_file, Source::stored_file);
+  compare(golden, actual, "", from_file, Source::stored_file);
+  for (size_t i = 0; i < from_file.size() && i < 40; ++i) BOOST_ERROR("against the stored file: " << from_file[i]);
+  BOOST_CHECK_EQUAL(from_file.size(), 0u);
   // The case is not trivial: 16 pairs, cross-model pairs, ceilings, computed permutation p-values.
   BOOST_REQUIRE_EQUAL(golden["transfer_matrix"]["transfer_matrix"].size(), 16u);
   BOOST_REQUIRE_EQUAL(golden["transfer_matrix"]["seed_ceilings"].size(), 2u);
@@ -173,7 +195,7 @@ BOOST_AUTO_TEST_CASE(every_metric_matches_the_golden_file) {
   BOOST_REQUIRE_EQUAL(sparse_decoded_cells().size(), 1u);
   BOOST_REQUIRE(golden["transfer_matrix"]["transfer_matrix"].contains(sparse_decoded_cells()[0] + "__to__planted0_layer1"));
   std::vector<std::string> differences;
-  compare(golden, actual, "", differences);
+  compare(reference, actual, "", differences);
   for (size_t i = 0; i < differences.size() && i < 40; ++i) BOOST_ERROR(differences[i]);
   BOOST_CHECK_EQUAL(differences.size(), 0u);
 }

@@ -78,6 +78,42 @@ BOOST_AUTO_TEST_CASE(mmac_by_blocks_equals_the_definition_sparse_and_dense) {
   }
 }
 
+// The host kernels (native path, transfer/mmac_native.hpp) against the tensor form (portable path): the same
+// bits where both fold the same cross moments (dense GEMM blocks and sparse x dense blocks, one block or many),
+// and the definition to fp32 accuracy where both code sets are sparse enough for the token-by-token fp64 sums.
+BOOST_AUTO_TEST_CASE(mmac_host_kernels_equal_the_tensor_form) {
+  torch::manual_seed(6);
+  const int64_t n = 2000;
+  torch::Tensor shared = torch::randn({n, 8});
+  for (double bias : {-6.0, 3.0}) {  // ~2 % and ~85 % of codes fire
+    torch::Tensor pre_a = torch::mm(shared, torch::randn({8, 48})) + 0.5 * torch::randn({n, 48}) + bias;
+    torch::Tensor pre_b = torch::mm(shared, torch::randn({8, 40})) + 0.5 * torch::randn({n, 40}) + bias;
+    Encoding a = codes_of(pre_a, 5, 300), b = codes_of(pre_b, 5, 300);
+    auto density = [&](const LatentCodes& c) { return double(c.values.numel()) / double(c.n_alive() * c.tokens); };
+    const bool sparse_product = density(a.codes) * density(b.codes) < kMmacSparseProductBelow;
+    BOOST_TEST_MESSAGE("bias " << bias << ": densities " << density(a.codes) << ", " << density(b.codes));
+    BOOST_CHECK_EQUAL(sparse_product, bias < 0);  // both kernels are exercised
+    BOOST_CHECK_GT(a.codes.n_alive(), 20);
+    BOOST_CHECK_GT(b.codes.n_alive(), 20);
+    const MmacResult want = mmac_definition(pre_a, pre_b, 5);
+    for (int64_t block_bytes : {int64_t(256) << 20, 2 * 4 * n * 7})
+      for (double sparse_below : {0.0, 1.0}) {
+        BOOST_TEST_CONTEXT("bias " << bias << ", block bytes " << block_bytes << ", sparse_below " << sparse_below) {
+          const MmacResult tensors = mmac(a.codes, b.codes, block_bytes, sparse_below, runtime::KernelPath::portable);
+          const MmacResult host = mmac(a.codes, b.codes, block_bytes, sparse_below, runtime::KernelPath::native);
+          check_mmac(tensors, want, 1e-4);
+          check_mmac(host, want, 1e-4);
+          if (!sparse_product) {
+            BOOST_CHECK_EQUAL(host.a_to_b, tensors.a_to_b);
+            BOOST_CHECK_EQUAL(host.b_to_a, tensors.b_to_a);
+            BOOST_CHECK_EQUAL(host.a_to_b_weighted, tensors.a_to_b_weighted);
+            BOOST_CHECK_EQUAL(host.b_to_a_weighted, tensors.b_to_a_weighted);
+          }
+        }
+      }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(latent_codes_densify_any_block) {
   torch::manual_seed(4);
   torch::Tensor pre = torch::randn({97, 23}) - 0.5;

@@ -1,13 +1,14 @@
 #include "core/runtime.hpp"
 
 #include <dlfcn.h>
-#include <malloc.h>
 #include <link.h>
+#include <malloc.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <thread>
 
 #include <ATen/Parallel.h>
@@ -202,5 +203,23 @@ std::string build_id() {
 }
 
 void release_free_memory() { ::malloc_trim(0); }
+
+namespace {
+constexpr int kKeepThreshold = std::numeric_limits<int>::max();  // mallopt takes an int: 2 GiB - 1
+// glibc's defaults (malloc(3)): 128 KiB for both; setting them turns off the dynamic mmap threshold, which
+// only matters for allocations between 128 KiB and 32 MiB.
+constexpr int kDefaultMmapThreshold = 128 * 1024, kDefaultTrimThreshold = 128 * 1024;
+}  // namespace
+
+KeepFreedMemory::KeepFreedMemory() {
+  ::mallopt(M_MMAP_THRESHOLD, kKeepThreshold);
+  ::mallopt(M_TRIM_THRESHOLD, kKeepThreshold);
+}
+
+KeepFreedMemory::~KeepFreedMemory() {
+  ::mallopt(M_MMAP_THRESHOLD, kDefaultMmapThreshold);
+  ::mallopt(M_TRIM_THRESHOLD, kDefaultTrimThreshold);
+  ::malloc_trim(0);
+}
 
 }  // namespace strata::runtime

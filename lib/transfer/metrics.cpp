@@ -1,5 +1,7 @@
 #include "transfer/metrics.hpp"
 
+#include "transfer/mmac_native.hpp"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -154,33 +156,93 @@ Encoding encode_rows(const std::function<BatchCodes(const torch::Tensor&)>& enco
   return out;
 }
 
+namespace {
+
+native::Moments moments_of(const LatentCodes& c) { return {c.mean.data_ptr<double>(), c.sd.data_ptr<double>()}; }
+
+// B's codes in token-major order for native::sparse_correlation_max (the same entries, sorted by token, each
+// token's entries by alive position); the tensors own the memory the view points into.
+struct TokenMajor {
+  torch::Tensor offsets, latent, values;
+  native::TokenCodes view(const LatentCodes& c) const {
+    return {c.n_alive(), c.tokens, offsets.data_ptr<int64_t>(), latent.data_ptr<int64_t>(), values.data_ptr<float>()};
+  }
+};
+TokenMajor token_major(const LatentCodes& c) {
+  TokenMajor out;
+  torch::Tensor latent_of_entry = torch::repeat_interleave(torch::arange(c.n_alive(), c.offsets.options()),
+                                                           c.offsets.diff());
+  torch::Tensor order = std::get<1>(torch::sort(c.rows, /*stable=*/true, 0, false));
+  out.latent = latent_of_entry.index_select(0, order).contiguous();
+  out.values = c.values.index_select(0, order).contiguous();
+  out.offsets = torch::cat({torch::zeros({1}, c.offsets.options()), torch::bincount(c.rows, {}, c.tokens).cumsum(0)});
+  return out;
+}
+
+double density(const LatentCodes& c) {
+  return double(c.values.numel()) / (double(std::max<int64_t>(c.n_alive(), 1)) * double(std::max<int64_t>(c.tokens, 1)));
+}
+
+}  // namespace
+
 MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes, double sparse_below) {
+  return mmac(a, b, block_bytes, sparse_below, runtime::kernel_path(a.values.device()));
+}
+
+MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes, double sparse_below,
+                runtime::KernelPath path) {
   MmacResult out;
   const int64_t na = a.n_alive(), nb = b.n_alive();
   if (na == 0 || nb == 0) return out;
   const int64_t n = a.tokens;
-  const int64_t block = std::max<int64_t>(1, block_bytes / (2 * 4 * std::max<int64_t>(n, 1)));
+  if (path == runtime::KernelPath::native && !a.values.device().is_cpu())
+    throw std::invalid_argument("mmac: the native kernels run on the CPU only, but the codes are on " +
+                                a.values.device().str());
+  // The host kernels skip NaN correlations where the tensor form's max keeps them: a latent with sd 0 (one
+  // value on every token) takes the tensor form.
+  const bool native = path == runtime::KernelPath::native && (a.sd > 0).all().item<bool>() &&
+                      (b.sd > 0).all().item<bool>();
   torch::Tensor best_a = torch::full({na}, -1.0, a.mean.options());  // fp64, on the codes' device
   torch::Tensor best_b = torch::full({nb}, -1.0, b.mean.options());
-  // With everything in one block, B's dense codes are made once; otherwise once per A block.
-  torch::Tensor b_whole = nb <= block ? b.dense(0, nb) : torch::Tensor();
-  for (int64_t a0 = 0; a0 < na; a0 += block) {
-    const int64_t a1 = std::min(na, a0 + block);
-    const double nnz = double(a.offsets[a1].item<int64_t>() - a.offsets[a0].item<int64_t>());
-    const bool sparse = nnz < sparse_below * double(a1 - a0) * double(n);
-    torch::Tensor fa = sparse ? a.sparse_t(a0, a1) : a.dense(a0, a1);  // [ba, N] sparse or [N, ba] dense
-    torch::Tensor mean_a = a.mean.index({Slice(a0, a1)}), sd_a = a.sd.index({Slice(a0, a1)});
-    for (int64_t b0 = 0; b0 < nb; b0 += block) {
-      const int64_t b1 = std::min(nb, b0 + block);
-      torch::Tensor fb = b_whole.defined() ? b_whole : b.dense(b0, b1);
-      // In place over the block x block fp64 matrix (the step's largest element-wise work at large d_sae), with
-      // the same roundings as the out-of-place form: (E[ab] - mean_a mean_b) / (sd_a sd_b).
-      torch::Tensor corr = (sparse ? torch::mm(fa, fb) : torch::mm(fa.t(), fb)).to(torch::kFloat64);
-      corr.div_(double(n));
-      corr.sub_(mean_a.unsqueeze(1) * b.mean.index({Slice(b0, b1)}).unsqueeze(0));
-      corr.div_(sd_a.unsqueeze(1) * b.sd.index({Slice(b0, b1)}).unsqueeze(0));
-      best_a.index_put_({Slice(a0, a1)}, torch::maximum(best_a.index({Slice(a0, a1)}), std::get<0>(corr.max(1))));
-      best_b.index_put_({Slice(b0, b1)}, torch::maximum(best_b.index({Slice(b0, b1)}), std::get<0>(corr.max(0))));
+  if (native && density(a) * density(b) < kMmacSparseProductBelow) {
+    const TokenMajor bt = token_major(b);
+    const torch::Tensor a_offsets = a.offsets.contiguous(), a_rows = a.rows.contiguous();
+    const torch::Tensor a_values = a.values.contiguous();
+    native::sparse_correlation_max({na, a_offsets.data_ptr<int64_t>(), a_rows.data_ptr<int64_t>(),
+                                    a_values.data_ptr<float>()},
+                                   bt.view(b), double(n), moments_of(a), moments_of(b), best_a.data_ptr<double>(),
+                                   best_b.data_ptr<double>());
+  } else {
+    const int64_t block = std::max<int64_t>(1, block_bytes / (2 * 4 * std::max<int64_t>(n, 1)));
+    // With everything in one block, B's dense codes are made once; otherwise once per A block.
+    torch::Tensor b_whole = nb <= block ? b.dense(0, nb) : torch::Tensor();
+    for (int64_t a0 = 0; a0 < na; a0 += block) {
+      const int64_t a1 = std::min(na, a0 + block);
+      const double nnz = double(a.offsets[a1].item<int64_t>() - a.offsets[a0].item<int64_t>());
+      const bool sparse = nnz < sparse_below * double(a1 - a0) * double(n);
+      torch::Tensor fa = sparse ? a.sparse_t(a0, a1) : a.dense(a0, a1);  // [ba, N] sparse or [N, ba] dense
+      torch::Tensor mean_a = a.mean.index({Slice(a0, a1)}), sd_a = a.sd.index({Slice(a0, a1)});
+      for (int64_t b0 = 0; b0 < nb; b0 += block) {
+        const int64_t b1 = std::min(nb, b0 + block);
+        torch::Tensor fb = b_whole.defined() ? b_whole : b.dense(b0, b1);
+        torch::Tensor cross = sparse ? torch::mm(fa, fb) : torch::mm(fa.t(), fb);  // fp32 [ba, bb]
+        if (native) {
+          cross = cross.contiguous();
+          const native::Moments ma = moments_of(a), mb = moments_of(b);
+          native::correlation_max(cross.data_ptr<float>(), a1 - a0, b1 - b0, double(n), {ma.mean + a0, ma.sd + a0},
+                                  {mb.mean + b0, mb.sd + b0}, best_a.data_ptr<double>() + a0,
+                                  best_b.data_ptr<double>() + b0);
+          continue;
+        }
+        // In place over the block x block fp64 matrix, with the same roundings as the out-of-place form:
+        // (E[ab] - mean_a mean_b) / (sd_a sd_b).
+        torch::Tensor corr = cross.to(torch::kFloat64);
+        corr.div_(double(n));
+        corr.sub_(mean_a.unsqueeze(1) * b.mean.index({Slice(b0, b1)}).unsqueeze(0));
+        corr.div_(sd_a.unsqueeze(1) * b.sd.index({Slice(b0, b1)}).unsqueeze(0));
+        best_a.index_put_({Slice(a0, a1)}, torch::maximum(best_a.index({Slice(a0, a1)}), std::get<0>(corr.max(1))));
+        best_b.index_put_({Slice(b0, b1)}, torch::maximum(best_b.index({Slice(b0, b1)}), std::get<0>(corr.max(0))));
+      }
     }
   }
   out.a_to_b = best_a.mean().item<double>();

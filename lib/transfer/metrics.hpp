@@ -16,6 +16,7 @@
 #include <limits>
 #include <variant>
 
+#include "core/runtime.hpp"
 #include "sae/sae.hpp"
 
 namespace strata::transfer {
@@ -83,12 +84,19 @@ Encoding encode_rows(const std::function<BatchCodes(const torch::Tensor&)>& enco
 // codes are sparser than `sparse_below` (nonzeros / (latents x tokens)) multiplies as a sparse matrix
 // (cost nnz x block instead of tokens x block^2: 256x fewer products at L0 64 of 16384); denser blocks as a
 // dense GEMM. Both give the same sums up to fp32 reassociation.
+// On the native kernel path (runtime::kernel_path: the CPU) the correlations are folded into the maxima row by
+// row (transfer/mmac_native.hpp), with the same bits as the tensor form for the same cross moments; and when
+// both code sets are sparse (density_a density_b < kMmacSparseProductBelow) the cross moments are summed from
+// the codes themselves, token by token, in fp64 (cost: tokens x L0_a x L0_b, no dense block at all).
 struct MmacResult {
   double a_to_b = kNaN, a_to_b_weighted = kNaN, b_to_a = kNaN, b_to_a_weighted = kNaN;
 };
 inline constexpr double kMmacSparseBelow = 0.02;  // sparse x dense beats the GEMM below ~5 % on the 2-core CPU
+inline constexpr double kMmacSparseProductBelow = 0.0025;  // ~5 % each: the GEMM wins above (2-core CPU)
 MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes = int64_t(256) << 20,
                 double sparse_below = kMmacSparseBelow);
+MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes, double sparse_below,
+                runtime::KernelPath path);
 
 // Mean over rows of `source_rows` [k, d] of the max cosine with any row of `target_rows` [m, d] (fp64).
 double decoder_similarity(const torch::Tensor& source_rows, const torch::Tensor& target_rows);

@@ -348,7 +348,9 @@ Plan Runner::plan_estimate() const {
   // On a GPU a 512^3 GEMM is launch-bound: the ceiling there is measured at 4096^3. The efficiencies below are
   // calibrated on the CPU, so a device plan is a rough guide until calibrated there too.
   const int64_t gemm_size = options_.device.is_cpu() ? 512 : 4096;
-  plan.gemm_gflops = bench::gemm_gflops(gemm_size, gemm_size, gemm_size, 3, options_.device);
+  // The median of 15 (a 512^3 GEMM takes about a millisecond: 3 repeats read as low as half the ceiling when
+  // another process woke up, and every element-wise term is costed against this figure).
+  plan.gemm_gflops = bench::gemm_gflops(gemm_size, gemm_size, gemm_size, 15, options_.device);
   {  // the permutation loop at the step's N (its Gram matrices leave the caches at N in the thousands)
     int64_t n = 64;
     for (const auto& [pair, s] : selections_)
@@ -392,8 +394,14 @@ Plan Runner::plan_estimate() const {
   constexpr double kSaeGemm = 0.5, kGather = 0.1, kDenseMmac = 0.8, kSparseMmac = 0.031;
   // Sparse MMAC also builds the m_i x m_j correlation (fp64 centring, scaling, both maxima): FLOP-equivalents
   // per latent pair at the 512^3 ceiling. With kSparseMmac, fitted on benches at (d_sae, L0) = (4096, 16) and
-  // (3072, 48); (8192, 32) is then planned at 43 s against 40.5 s measured.
-  constexpr double kPerCorrelation = 3600;
+  // (3072, 48); (8192, 32) is then planned at 43 s against 40.5 s measured. That is the tensor form (portable
+  // path); the host kernels fold each row of correlations into both maxima in one pass (kPerHostCorrelation)
+  // and, for two sparse code sets, sum the cross moments token by token (kPerHostProduct per product of a code
+  // of A and a code of B on the same token). Those two were fitted on `bench transfer` at (d_sae, L0) = (4096, 16),
+  // (4096, 192) and (8192, 32): about 2.1 ns per latent pair (two fp64 divisions, kept for the tensor form's bits)
+  // and 1.75 ns per product (memory-bound: B's codes of each token are read again for every code of A).
+  constexpr double kPerCorrelation = 3600, kPerHostCorrelation = 820, kPerHostProduct = 680;
+  const bool host_kernels = runtime::kernel_path(options_.device) == runtime::KernelPath::native;
   // An SAE pass's element-wise work, in FLOP-equivalents at the 512^3 ceiling (measured seconds per element
   // times the ceiling, from the same fit): the selection and bookkeeping of each TopK code entry (sparse form);
   // TopK codes in dense form (selection, scatter, per-latent sums) per element; ReLU / JumpReLU codes' per-latent
@@ -410,10 +418,13 @@ Plan Runner::plan_estimate() const {
   // below kMmacSparseBelow their cross moments are sparse x dense products (nnz x d_sae_j); other codes are
   // costed as dense GEMMs over all latents (a bound: dead latents drop out).
   auto mmac_cost = [&](const std::string& term, size_t i, size_t j, double n, double codings) {
-    const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae), ki = double(cells_[i].topk);
-    if (ki > 0 && ki < kMmacSparseBelow * mi) {
+    const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
+    const double ki = double(cells_[i].topk), kj = double(cells_[j].topk);
+    if (host_kernels && ki > 0 && kj > 0 && (ki / mi) * (kj / mj) < kMmacSparseProductBelow) {
+      add_elementwise(term, codings * (n * ki * kj * kPerHostProduct + mi * mj * kPerHostCorrelation));
+    } else if (ki > 0 && ki < kMmacSparseBelow * mi) {
       add_sae(term, codings * 2 * n * ki * mj, kSparseMmac);
-      add_elementwise(term, codings * mi * mj * kPerCorrelation);
+      add_elementwise(term, codings * mi * mj * (host_kernels ? kPerHostCorrelation : kPerCorrelation));
     } else
       add_sae(term, codings * 2 * n * mi * mj, kDenseMmac);
   };
@@ -505,6 +516,11 @@ Plan Runner::plan_estimate() const {
       widest_read = std::max(widest_read, n_fit * d * (4 + 8 + 8));
     }
     bytes += widest_read;
+    // An SAE pass's working set (pre-activations, their ReLU, codes or reconstruction: ~3 fp32 [batch, d_sae]),
+    // kept by the allocator between passes (runtime::KeepFreedMemory).
+    double widest_sae = 0;
+    for (const CellData& c : cells_) widest_sae = std::max(widest_sae, double(c.d_sae));
+    bytes += 3 * double(options_.batch_size) * widest_sae * 4;
     plan.peak_bytes = std::max(plan.peak_bytes, bytes);
   }
   for (const auto& [term, seconds] : plan.seconds) plan.total_seconds += seconds;
@@ -915,6 +931,7 @@ Runner::Runner(const std::vector<std::pair<std::string, nlohmann::json>>& partia
 }
 
 void Runner::compute(const std::set<size_t>& sources) {
+  const runtime::KeepFreedMemory keep_freed_memory;  // the passes allocate and free the same big tensors
   sources_ = sources;
   build_global_docs();
   timed("selection", [&] {
