@@ -353,6 +353,9 @@ BOOST_AUTO_TEST_CASE(topk_codes_without_zeros_are_the_dense_codes_and_decode_the
   BOOST_TEST((codes.values > 0).any().item<bool>());
   BOOST_TEST(torch::equal(codes.dense(), model.encode(x)));
   BOOST_TEST(rel_error(model.decode(codes, x), f64(model.decode(model.encode(x)))) < 1e-6);
+  // The definition, the top k of ReLU(pre) (encode_topk takes the top k of pre, then their ReLU).
+  auto [top_values, top_indices] = torch::relu(model.pre_activation(x)).topk(model.k, -1);
+  BOOST_TEST(torch::equal(torch::zeros({kRows, kDSae}).scatter_(-1, top_indices, top_values), model.encode(x)));
   // Codes of another width and a non-TopK SAE are errors.
   sae::TopKCodes other = codes;
   other.d_sae = kDSae + 1;

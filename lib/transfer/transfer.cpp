@@ -605,9 +605,9 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     side.random = timed("sae_random", [&] {
       return encode_rows(
           [&](const torch::Tensor& x) {
-            torch::Tensor pre = torch::relu(torch::mm(x - centre, dictionary.t()));
-            auto [values, indices] = pre.topk(k, 1);
-            sae::TopKCodes codes{values, indices, sae.d_sae()};
+            // The top k of the projections, then their ReLU (= the top k of ReLU(projections), as in encode_topk).
+            auto [values, indices] = torch::mm(x - centre, dictionary.t()).topk(k, 1);
+            sae::TopKCodes codes{torch::relu(values), indices, sae.d_sae()};
             return sparse ? BatchCodes(codes) : BatchCodes(codes.dense());
           },
           nullptr, side.eval, eval_doc, n_docs, batch, options_.mmac_min_firings);
