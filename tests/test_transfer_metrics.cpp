@@ -120,6 +120,7 @@ BOOST_AUTO_TEST_CASE(latent_codes_densify_any_block) {
   Encoding e = codes_of(pre, 2, 10);
   torch::Tensor alive = ((torch::relu(pre) > 0).sum(0) >= 2).nonzero().squeeze(1);
   BOOST_CHECK(torch::equal(e.codes.alive, alive));
+  BOOST_CHECK(e.codes.rows.scalar_type() == torch::kInt32);  // 8 B per kept code with its fp32 value
   torch::Tensor dense = torch::relu(pre).index_select(1, alive);
   BOOST_CHECK(torch::equal(e.codes.dense(0, alive.numel()), dense));
   BOOST_CHECK(torch::equal(e.codes.dense(3, 11), dense.index({torch::indexing::Slice(), torch::indexing::Slice(3, 11)})));

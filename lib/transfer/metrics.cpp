@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <limits>
+#include <string>
 
 namespace strata::transfer {
 using torch::indexing::Slice;
@@ -26,7 +28,7 @@ LatentCodes::Block LatentCodes::block(int64_t begin, int64_t end) const {
   Block out;
   // The alive position of each entry, relative to `begin`: entries are stored column by column.
   out.latent = torch::searchsorted(offsets, torch::arange(first, last, offsets.options()), false, true) - 1 - begin;
-  out.rows = rows.index({Slice(first, last)});
+  out.rows = rows.index({Slice(first, last)}).to(torch::kInt64);  // index tensors are I64; one block at a time
   out.values = values.index({Slice(first, last)});
   return out;
 }
@@ -57,6 +59,8 @@ Encoding encode_rows(const std::function<BatchCodes(const torch::Tensor&)>& enco
                      int64_t keep_codes_min_firings, bool moments) {
   const int64_t n = x.size(0), d = x.size(1);
   const bool keep = keep_codes_min_firings >= 0;
+  if (keep && n > std::numeric_limits<int32_t>::max())
+    throw std::invalid_argument("encode_rows: kept codes index tokens in int32, but there are " + std::to_string(n));
   if (keep && !moments) throw std::invalid_argument("encode_rows: keeping codes needs the latent moments");
   Encoding out;
   auto f64 = torch::dtype(torch::kFloat64).device(x.device());  // everything stays on the rows' device
@@ -119,8 +123,8 @@ Encoding encode_rows(const std::function<BatchCodes(const torch::Tensor&)>& enco
     }
     if (keep) {
       entry_values.push_back(v.to(torch::kFloat32));
-      entry_rows.push_back(r + begin);
-      entry_cols.push_back(c);
+      entry_rows.push_back((r + begin).to(torch::kInt32));
+      entry_cols.push_back(c.to(torch::kInt32));
     }
   }
   if (!moments) return out;
@@ -208,7 +212,7 @@ MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes,
     const TokenMajor bt = token_major(b);
     const torch::Tensor a_offsets = a.offsets.contiguous(), a_rows = a.rows.contiguous();
     const torch::Tensor a_values = a.values.contiguous();
-    native::sparse_correlation_max({na, a_offsets.data_ptr<int64_t>(), a_rows.data_ptr<int64_t>(),
+    native::sparse_correlation_max({na, a_offsets.data_ptr<int64_t>(), a_rows.data_ptr<int32_t>(),
                                     a_values.data_ptr<float>()},
                                    bt.view(b), double(n), moments_of(a), moments_of(b), best_a.data_ptr<double>(),
                                    best_b.data_ptr<double>());

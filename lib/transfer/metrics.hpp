@@ -38,7 +38,7 @@ struct LatentCodes {
   int64_t tokens = 0;
   torch::Tensor alive;     // I64 [n_alive]: latent ids with >= min_firings firings
   torch::Tensor offsets;   // I64 [n_alive + 1]: entries of alive latent p are [offsets[p], offsets[p+1])
-  torch::Tensor rows;      // I64 [nnz]: token of each entry
+  torch::Tensor rows;      // I32 [nnz]: token of each entry (4 B, not 8: codes are the step's largest data at high L0)
   torch::Tensor values;    // F32 [nnz]
   torch::Tensor mean, sd, mass;  // fp64 [n_alive]: over all tokens (zeros included)
   int64_t n_alive() const { return alive.numel(); }

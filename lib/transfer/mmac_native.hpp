@@ -30,7 +30,7 @@ void correlation_max(const float* c, int64_t rows, int64_t cols, double n, Momen
 struct ColumnCodes {
   int64_t latents;
   const int64_t* offsets;
-  const int64_t* tokens;
+  const int32_t* tokens;
   const float* values;
 };
 struct TokenCodes {

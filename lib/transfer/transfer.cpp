@@ -949,7 +949,7 @@ void Runner::compute(const std::set<size_t>& sources) {
   log::info("transfer plan: {} cells, {} pairs ({} model pairs), up to {} fitting + {} evaluation tokens per model "
             "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.2f} TFLOP at GEMM "
             "ceilings {:.0f} GFLOP/s (512^3) and {:.0f} GFLOP/s (SAE shape); {:.2g} permutation-loop elements); peak "
-            "memory ~{:.2f} GB + 24 B per latent code "
+            "memory ~{:.2f} GB + 16 B per latent code "
             "(2 x N_eval x L0 per cell); by term (s): {}",
             n, n * n, models_.size() * (models_.size() + 1) / 2, options_.max_fit_tokens, options_.max_eval_tokens,
             options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, plan.total_seconds,
