@@ -63,13 +63,14 @@ torch::Tensor TopKCodes::dense() const {
   return torch::zeros(shape, values.options()).scatter_(-1, indices, values);
 }
 
+TopKCodes top_k_of_relu(const torch::Tensor& pre, int64_t k) {
+  auto [values, indices] = pre.topk(k, /*dim=*/-1);
+  return {torch::relu(values), indices, pre.size(-1)};
+}
+
 TopKCodes Sae::encode_topk(const torch::Tensor& x) const {
   if (architecture != "topk") fail("{}: encode_topk needs a topk SAE (architecture is '{}')", name_of(*this), architecture);
-  // The k largest pre-activations, then their ReLU: the same codes as the top k of ReLU(pre) (ReLU is monotone;
-  // where fewer than k are positive, the rest are zeros either way) without a ReLU pass over all d_sae latents
-  // (half the time of the top-k on a [4096, 16384] batch).
-  auto [values, indices] = pre_activation(x).topk(k, /*dim=*/-1);
-  return {torch::relu(values), indices, d_sae()};
+  return top_k_of_relu(pre_activation(x), k);
 }
 
 torch::Tensor Sae::decode(const TopKCodes& f, const torch::Tensor& x) const {

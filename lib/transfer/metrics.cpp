@@ -217,6 +217,7 @@ MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes,
                                    bt.view(b), double(n), moments_of(a), moments_of(b), best_a.data_ptr<double>(),
                                    best_b.data_ptr<double>());
   } else {
+    const native::Moments ma = native ? moments_of(a) : native::Moments{}, mb = native ? moments_of(b) : native::Moments{};
     const int64_t block = std::max<int64_t>(1, block_bytes / (2 * 4 * std::max<int64_t>(n, 1)));
     // With everything in one block, B's dense codes are made once; otherwise once per A block.
     torch::Tensor b_whole = nb <= block ? b.dense(0, nb) : torch::Tensor();
@@ -232,7 +233,6 @@ MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes,
         torch::Tensor cross = sparse ? torch::mm(fa, fb) : torch::mm(fa.t(), fb);  // fp32 [ba, bb]
         if (native) {
           cross = cross.contiguous();
-          const native::Moments ma = moments_of(a), mb = moments_of(b);
           native::correlation_max(cross.data_ptr<float>(), a1 - a0, b1 - b0, double(n), {ma.mean + a0, ma.sd + a0},
                                   {mb.mean + b0, mb.sd + b0}, best_a.data_ptr<double>() + a0,
                                   best_b.data_ptr<double>() + b0);

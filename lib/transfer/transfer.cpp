@@ -502,6 +502,11 @@ Plan Runner::plan_estimate() const {
   // side fp64, centred fitting rows fp64, Gram d^2, centred N_cka^2 Gram fp64 + fp32), plus the MMAC blocks
   // (2 x 256 MB at most), the run's global tensors, and the fitting rows' read of one cell at a time (fp32 read,
   // fp64 copy and scaled copy live until fit_rows returns: 20 B per element).
+  // An SAE pass's working set (pre-activations, codes, reconstruction: ~3 fp32 [batch, d_sae] at the widest SAE),
+  // kept by the allocator between passes (runtime::KeepFreedMemory).
+  double widest_sae = 0;
+  for (const CellData& c : cells_) widest_sae = std::max(widest_sae, double(c.d_sae));
+  const double sae_pass_bytes = 3 * double(options_.batch_size) * widest_sae * 4;
   for (const auto& [pair, s] : selections_) {
     const auto [a, b] = pair;
     if (!involves_sources(a, b)) continue;
@@ -515,12 +520,7 @@ Plan Runner::plan_estimate() const {
       bytes += n_eval * d * (4 + 8) + n_fit * d * 8 + d * d * 8 + n_cka * n_cka * 12;
       widest_read = std::max(widest_read, n_fit * d * (4 + 8 + 8));
     }
-    bytes += widest_read;
-    // An SAE pass's working set (pre-activations, their ReLU, codes or reconstruction: ~3 fp32 [batch, d_sae]),
-    // kept by the allocator between passes (runtime::KeepFreedMemory).
-    double widest_sae = 0;
-    for (const CellData& c : cells_) widest_sae = std::max(widest_sae, double(c.d_sae));
-    bytes += 3 * double(options_.batch_size) * widest_sae * 4;
+    bytes += widest_read + sae_pass_bytes;
     plan.peak_bytes = std::max(plan.peak_bytes, bytes);
   }
   for (const auto& [term, seconds] : plan.seconds) plan.total_seconds += seconds;
@@ -605,9 +605,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     side.random = timed("sae_random", [&] {
       return encode_rows(
           [&](const torch::Tensor& x) {
-            // The top k of the projections, then their ReLU (= the top k of ReLU(projections), as in encode_topk).
-            auto [values, indices] = torch::mm(x - centre, dictionary.t()).topk(k, 1);
-            sae::TopKCodes codes{torch::relu(values), indices, sae.d_sae()};
+            sae::TopKCodes codes = sae::top_k_of_relu(torch::mm(x - centre, dictionary.t()), k);
             return sparse ? BatchCodes(codes) : BatchCodes(codes.dense());
           },
           nullptr, side.eval, eval_doc, n_docs, batch, options_.mmac_min_firings);
