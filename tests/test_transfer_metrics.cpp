@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "stats/cka.hpp"
 #include "stats/linalg.hpp"
 #include "test_device.hpp"
 #include "transfer/maps.hpp"
@@ -213,4 +214,22 @@ BOOST_AUTO_TEST_CASE(ridge_from_shared_products_equals_the_row_fit) {
   torch::Tensor predicted = torch::mm(z_eval - z.mean(0), w) + y.mean(0);
   const double want = 1 - (y_eval - predicted).pow(2).sum().item<double>() / (y_eval - y_eval.mean(0)).pow(2).sum().item<double>();
   BOOST_CHECK_CLOSE(r2, want, 1e-9);
+  // From the evaluation rows' moments (the CKA sides' Xc^T Xc and cross product), with scales: raw rows
+  // z_raw = z_eval / s_t and fitting rows scaled by s_t, as in the transfer step.
+  const double s_t = 1.7, s_s = 0.6;
+  // One linear relation in both splits (so R^2 says something), raw rows off-centre (the means matter).
+  torch::Tensor m = torch::randn({6, 4}, torch::kFloat64);
+  torch::Tensor y_fit = torch::mm(z, m) + 0.5 * torch::randn({150, 4}, torch::kFloat64);
+  torch::Tensor y_held = torch::mm(z_eval, m) + 0.5 * torch::randn({50, 4}, torch::kFloat64);
+  FitRows zs = fit_rows((z + 0.4) * s_t), ys = fit_rows((y_fit - 1.2) * s_s);
+  torch::Tensor z_raw = z_eval + 0.4, y_raw = y_held - 1.2;
+  const double rows = ridge_r2(zs, ys, torch::mm(zs.centred.t(), ys.centred), 0.01, z_raw * s_t, y_raw * s_s);
+  strata::stats::CkaSide zc_side = strata::stats::cka_side(z_raw), yc_side = strata::stats::cka_side(y_raw);
+  EvalMoments zm{zc_side.mean, zc_side.gram, z_raw.size(0)}, ym{yc_side.mean, yc_side.gram, y_raw.size(0)};
+  torch::Tensor xc_cross = strata::stats::cka_cross(yc_side, zc_side);  // Zc^T Yc [d_t, d_s]
+  const double moments = ridge_r2(zs, ys, torch::mm(zs.centred.t(), ys.centred), 0.01, zm, ym, xc_cross, s_t, s_s);
+  BOOST_TEST_MESSAGE("ridge R^2 from rows " << rows << ", from moments " << moments);
+  BOOST_CHECK_CLOSE(moments, rows, 1e-9);
+  BOOST_CHECK_LT(rows, 0.999);  // not a trivial perfect fit
+  BOOST_CHECK_GT(rows, 0.1);
 }

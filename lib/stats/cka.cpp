@@ -10,6 +10,7 @@
 
 #include "core/error.hpp"
 #include "core/random.hpp"
+#include "stats/cka_native.hpp"
 
 namespace strata::stats {
 namespace {
@@ -33,17 +34,26 @@ void check_matrix(const torch::Tensor& x) {
 CkaSide cka_side(const torch::Tensor& x) {
   check_matrix(x);
   CkaSide side;
-  side.centred = centred64(x);
-  side.self = torch::mm(side.centred.t(), side.centred).pow(2).sum().item<double>();
+  torch::Tensor d = x.to(torch::kFloat64);
+  side.mean = d.mean(0);
+  side.centred = d - side.mean.unsqueeze(0);
+  side.gram = torch::mm(side.centred.t(), side.centred);
+  side.self = side.gram.pow(2).sum().item<double>();
   return side;
 }
 
-double linear_cka(const CkaSide& x, const CkaSide& y) {
+torch::Tensor cka_cross(const CkaSide& x, const CkaSide& y) {
   check_pair(x.centred.size(0), y.centred.size(0));
-  double cross = torch::mm(y.centred.t(), x.centred).pow(2).sum().item<double>();
-  if (x.self <= 0 || y.self <= 0) return 0.0;  // a constant representation aligns with nothing
-  return cross / std::sqrt(x.self * y.self);
+  return torch::mm(y.centred.t(), x.centred);
 }
+
+double linear_cka(const CkaSide& x, const CkaSide& y, const torch::Tensor& cross) {
+  double cross_sq = cross.pow(2).sum().item<double>();
+  if (x.self <= 0 || y.self <= 0) return 0.0;  // a constant representation aligns with nothing
+  return cross_sq / std::sqrt(x.self * y.self);
+}
+
+double linear_cka(const CkaSide& x, const CkaSide& y) { return linear_cka(x, y, cka_cross(x, y)); }
 
 double linear_cka(const torch::Tensor& x, const torch::Tensor& y) {
   check_matrix(x);
@@ -97,6 +107,11 @@ PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, F
 
 PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, Form form,
                                           runtime::KernelPath path) const {
+  return permutation_test(permutations, seed, form, path, native::default_gram_loop(n()));
+}
+
+PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, Form form, runtime::KernelPath path,
+                                          native::GramLoop loop) const {
   PermutationTest out;
   out.observed = observed_;
   out.permutations = permutations;
@@ -164,32 +179,17 @@ PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, F
     const float* k = k_->k32().data_ptr<float>();
     const float* l = l_->k32().data_ptr<float>();
     // Permutations run in blocks that share one pass over K (memory-bound otherwise: K is N^2 floats).
-    constexpr int64_t kBlock = 8;
+    constexpr int64_t kBlock = native::kGramBlock;
     const int64_t blocks = (permutations + kBlock - 1) / kBlock;
     at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
       std::vector<std::vector<int32_t>> perms(kBlock, std::vector<int32_t>(n));
+      const int32_t* block_perms[kBlock];
+      for (int64_t c = 0; c < kBlock; ++c) block_perms[c] = perms[c].data();
       for (int64_t block = block_begin; block < block_end; ++block) {
         const int64_t first = block * kBlock, count = std::min(kBlock, permutations - first);
         for (int64_t c = 0; c < count; ++c) draw(first + c, perms[c].data());
-        // <K, P L P^T> = sum_i sum_j K_ij L_{p(i) p(j)}; K and L are symmetric, so twice the upper triangle.
-        double totals[kBlock] = {};
-        for (int64_t i = 0; i < n; ++i) {
-          const float* krow = k + i * n;
-          for (int64_t c = 0; c < count; ++c) {
-            const int32_t* perm = perms[c].data();
-            const float* lrow = l + int64_t(perm[i]) * n;
-            float acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
-            int64_t j = i + 1;
-            for (; j + 4 <= n; j += 4) {
-              acc0 += krow[j] * lrow[perm[j]];
-              acc1 += krow[j + 1] * lrow[perm[j + 1]];
-              acc2 += krow[j + 2] * lrow[perm[j + 2]];
-              acc3 += krow[j + 3] * lrow[perm[j + 3]];
-            }
-            for (; j < n; ++j) acc0 += krow[j] * lrow[perm[j]];
-            totals[c] += 2.0 * double((acc0 + acc1) + (acc2 + acc3)) + double(krow[i]) * double(lrow[perm[i]]);
-          }
-        }
+        double totals[kBlock];
+        native::gram_permutation_sums(k, l, n, block_perms, count, totals, loop);
         for (int64_t c = 0; c < count; ++c) null[first + c] = totals[c] / norm_product_;
       }
     });

@@ -15,19 +15,26 @@
 #include <vector>
 
 #include "core/runtime.hpp"
+#include "stats/cka_native.hpp"
 
 namespace strata::stats {
 
 // Feature-space form, O(N dx dy), fp64 accumulation. x [N, dx], y [N, dy].
 double linear_cka(const torch::Tensor& x, const torch::Tensor& y);
 
-// One side of linear_cka, made once per representation: Xc (fp64) and ||Xc^T Xc||_F^2.
+// One side of linear_cka, made once per representation: Xc (fp64), the column means, Xc^T Xc and its squared
+// Frobenius norm. (Xc^T Xc and the cross products also serve the ridge map's evaluation: transfer/maps.hpp.)
 struct CkaSide {
-  torch::Tensor centred;
-  double self = 0;
+  torch::Tensor centred;  // Xc [N, d]
+  torch::Tensor mean;     // [d]
+  torch::Tensor gram;     // Xc^T Xc [d, d]
+  double self = 0;        // ||Xc^T Xc||_F^2
 };
 CkaSide cka_side(const torch::Tensor& x);
 double linear_cka(const CkaSide& x, const CkaSide& y);  // == linear_cka(x, y) of the raw inputs
+// The pair's cross term, Yc^T Xc [dy, dx], and CKA from it (linear_cka(x, y) is the two in sequence).
+torch::Tensor cka_cross(const CkaSide& x, const CkaSide& y);
+double linear_cka(const CkaSide& x, const CkaSide& y, const torch::Tensor& cross);
 
 struct PermutationTest {
   double observed = 0;
@@ -86,6 +93,10 @@ class GramCka {
   enum class Form { automatic, gram, features };
   PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form) const;
   PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form, runtime::KernelPath path) const;
+  // The native Gram loop's form (stats/cka_native.hpp: reference or vectorised, the same bits); the overloads
+  // above take the vectorised one where the CPU has it.
+  PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form, runtime::KernelPath path,
+                                   native::GramLoop loop) const;
   // Feature form when 2 N dx dy GEMM flops cost less than N^2/2 Gram-loop elements, i.e. dx dy < ratio N with
   // ratio = (seconds per loop element) / (4 x seconds per fp64 GEMM flop), measured on the 2-core machine
   // (test_stats cka_permutation_forms_agree_and_cost prints both).

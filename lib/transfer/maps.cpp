@@ -47,4 +47,20 @@ double ridge_r2(const FitRows& target, const FitRows& source, const torch::Tenso
   return 1 - (y_eval - predicted).pow(2).sum().item<double>() / (y_eval - y_eval.mean(0)).pow(2).sum().item<double>();
 }
 
+double ridge_r2(const FitRows& target, const FitRows& source, const torch::Tensor& cross, double ridge_lambda,
+                const EvalMoments& target_eval, const EvalMoments& source_eval, const torch::Tensor& xc_cross,
+                double target_scale, double source_scale) {
+  const double lambda = ridge_lambda * target.trace / double(target.gram.size(0));
+  torch::Tensor w = stats::ridge_from_products(target.gram, cross, lambda);  // [d_t, d_s]
+  const double n = double(target_eval.n), st = target_scale, ss = source_scale;
+  torch::Tensor delta_t = st * target_eval.mean - target.mean, delta_s = ss * source_eval.mean - source.mean;
+  torch::Tensor a_b = (st * ss) * xc_cross + n * torch::outer(delta_t, delta_s);        // A^T B
+  torch::Tensor a_a = (st * st) * target_eval.gram + n * torch::outer(delta_t, delta_t);  // A^T A
+  const double centred_sq = ss * ss * source_eval.gram.diagonal().sum().item<double>();  // sum||y - mean y||^2
+  const double b_b = centred_sq + n * delta_s.pow(2).sum().item<double>();              // ||B||^2
+  const double residual =
+      b_b - 2.0 * (w * a_b).sum().item<double>() + (torch::mm(a_a, w) * w).sum().item<double>();
+  return 1 - residual / centred_sq;
+}
+
 }  // namespace strata::transfer

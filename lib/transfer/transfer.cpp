@@ -485,7 +485,7 @@ Plan Runner::plan_estimate() const {
           add("sae_mapped", 2 * n_eval * dt * ds, kF64);  // the map, applied in fp64
           add("sae_null", 2 * n_eval * dt * ds, kF64);
           add("maps", 2 * 2 * dt * dt * ds, kFit);
-          add("ridge", dt * dt * dt + 4 * n_eval * dt * ds, kFit);
+          add("ridge", dt * dt * dt + 4 * dt * dt * ds, kFit);  // solve, and <W, A^T A W> from moments
           add("decoder", 2 * k * mt * ds + (a != b ? 2 * mt * dt * ds : 0.0), kF64);
           if (boots > 0) add("q_bootstrap", 3 * 2 * boots * n_docs * ds, kSmall);
         }
@@ -631,6 +631,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     torch::Tensor cross;   // Z_i^T Z_j [d_i, d_j]
     torch::Tensor q;       // Procrustes factor, target i -> source j (across models only)
     torch::Tensor q_null;  // null Procrustes factor, target i -> source j
+    torch::Tensor eval_cross;  // CKA's cross term Xc_j^T Xc_i [d_j, d_i] of the raw evaluation rows (i != j)
   };
   std::map<std::pair<size_t, size_t>, Symmetric> symmetric;
   for (size_t i : ma.cells)
@@ -645,7 +646,8 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
         sym.cka_p = options_.cka_permutations > 0 ? 1.0 / double(1 + options_.cka_permutations) : kNaN;
         sym.cka_boot.assign(replicates_, 1.0);
       } else {
-        sym.cka = timed("cka_linear", [&] { return stats::linear_cka(si.cka, sj.cka); });
+        sym.eval_cross = timed("cka_linear", [&] { return stats::cka_cross(si.cka, sj.cka); });
+        sym.cka = timed("cka_linear", [&] { return stats::linear_cka(si.cka, sj.cka, sym.eval_cross); });
         stats::GramCka gram(si.gram, sj.gram);
         sym.cka_p = timed("cka_permutations", [&] {
           return gram.permutation_test(options_.cka_permutations,
@@ -725,9 +727,13 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       return decoder_similarity(sae.W_dec.index_select(0, top), dec_t);
     });
     // map_r2: held-out R^2 of a ridge map target -> source (scaled spaces), a map-only baseline.
+    // Evaluated from the evaluation rows' moments (maps.hpp): Xc_t^T Xc_s is the CKA's cross term, and a cell
+    // with itself its Xc^T Xc.
     const double map_r2 = timed("ridge", [&] {
+      const torch::Tensor xc_cross = src == tgt ? st.cka.gram : oriented(sym.eval_cross.t());
       return ridge_r2(st.fit, ss.fit, oriented(sym.cross), options_.ridge_lambda,
-                      st.eval.to(torch::kFloat64) * ct.scale, ss.eval.to(torch::kFloat64) * cs.scale);
+                      EvalMoments{st.cka.mean, st.cka.gram, n_eval}, EvalMoments{ss.cka.mean, ss.cka.gram, n_eval},
+                      xc_cross, ct.scale, cs.scale);
     });
     // MMAC is stored with i = ma's cell as A: a_to_b is i -> j.
     const bool a_is_source = symmetric.count({src, tgt}) > 0;
