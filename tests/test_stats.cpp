@@ -230,7 +230,7 @@ BOOST_AUTO_TEST_CASE(shared_grams_give_the_same_cka_as_fresh_ones) {
 // GramCka::kFeatureFormRatio (a figure, not a timing assertion).
 BOOST_AUTO_TEST_CASE(cka_permutation_forms_agree_and_cost) {
   torch::manual_seed(9);
-  for (auto [n, dx, dy] : {std::tuple<int64_t, int64_t, int64_t>{200, 6, 9}, {1024, 96, 64}}) {
+  for (auto [n, dx, dy] : {std::tuple<int64_t, int64_t, int64_t>{200, 6, 9}, {1024, 96, 64}, {2048, 256, 192}}) {
     torch::Tensor x = torch::randn({n, dx});
     // A weak effect, ~1.5 null standard deviations: the signal adds c^2 N of the null's ||Y^T X||^2, whose
     // relative spread is sqrt(2 / (dx dy)); so p is neither minimal nor 1.

@@ -161,19 +161,21 @@ PermutationTest GramCka::permutation_test(int64_t permutations, uint64_t seed, F
       store(first, (both * k.unsqueeze(0)).sum({1, 2}));
     }
   } else if (form == Form::features) {
-    // Batches of permutations: rows of Yc gathered per permutation, [b, N, dy], then Xc^T (P_b Yc) for all b in
-    // one batched GEMM; the null value is the squared Frobenius norm of each [dx, dy] block.
-    const torch::Tensor& xc = k_->centred();
-    const torch::Tensor& yc = l_->centred();
-    const int64_t batch = std::clamp<int64_t>(int64_t((64 << 20) / (8 * n * int64_t(dy) + 1)), 1, 256);
+    // ||Xc^T P_b Yc||_F^2 for a batch of permutations in one fp32 GEMM: Yc's rows gathered token-major,
+    // [N, count, dy] = [N, count dy], so that Xc^T [dx, N] times it gives every [dx, dy] block at once (one
+    // large GEMM instead of count narrow ones). Centred in fp64 first (no cancellation of large means), then
+    // rounded to fp32 like the Gram loop's K and L; each block's fp32 squares summed in fp64.
+    const torch::Tensor xt = k_->centred().t().to(torch::kFloat32).contiguous();  // [dx, N]
+    const torch::Tensor yc = l_->centred().to(torch::kFloat32).contiguous();        // [N, dy]
+    const int64_t width = yc.size(1);
+    const int64_t batch = std::clamp<int64_t>(int64_t((4 << 20) / (4 * n * width + 1)), 1, 512);
     // Already LibTorch ops on any device: the native and portable paths are the same code.
-    torch::Tensor xt = xc.t().contiguous();
     for (int64_t first = 0; first < permutations; first += batch) {
       const int64_t count = std::min(batch, permutations - first);
-      torch::Tensor index = draw_batch(first, count);
-      torch::Tensor gathered = yc.index_select(0, index.view({-1})).view({count, n, yc.size(1)});
-      torch::Tensor cross = torch::matmul(xt, gathered);  // [count, dx, dy]
-      store(first, cross.pow(2).sum({1, 2}));
+      torch::Tensor index = draw_batch(first, count).t().contiguous();  // [N, count]: token-major
+      torch::Tensor gathered = yc.index_select(0, index.view({-1})).view({n, count * width});
+      torch::Tensor cross = torch::mm(xt, gathered).view({xt.size(0), count, width});  // [dx, count, dy]
+      store(first, cross.square().sum(std::vector<int64_t>{0, 2}, false, torch::kFloat64));
     }
   } else {
     const float* k = k_->k32().data_ptr<float>();

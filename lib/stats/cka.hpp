@@ -83,8 +83,9 @@ class GramCka {
   // permutation. Permutation b draws from a generator seeded by derive(seed, "cka/permutation", b): the
   // result does not depend on the thread count. Two exact forms, chosen by cost:
   //   Gram form:    sum_ij K_ij L_p(i)p(j), N^2/2 gathers per permutation, blocks of 8 sharing a pass over K;
-  //   feature form: ||Xc^T P Yc||_F^2, one fp64 GEMM per batch of permutations (2 N dx dy flops each),
-  //                 cheaper while dx dy < kFeatureFormRatio N (narrow representations, e.g. the zoo).
+  //   feature form: ||Xc^T P Yc||_F^2, one fp32 GEMM per batch of permutations (2 N dx dy flops each; Xc, Yc
+  //                 centred in fp64, then rounded to fp32 as the Gram loop's K and L are), cheaper while
+  //                 dx dy < kFeatureFormRatio N (narrow representations, e.g. the zoo).
   PermutationTest permutation_test(int64_t permutations, uint64_t seed) const;
   // Each form has the native host loop (CPU) and a portable LibTorch path (any device: the permutations are
   // drawn on the host as above, then gathered in batches on the Grams' device). The path defaults to
@@ -97,14 +98,16 @@ class GramCka {
   // above take the vectorised one where the CPU has it.
   PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form, runtime::KernelPath path,
                                    native::GramLoop loop) const;
-  // Feature form when 2 N dx dy GEMM flops cost less than N^2/2 Gram-loop elements, i.e. dx dy < ratio N with
-  // ratio = (seconds per loop element) / (4 x seconds per fp64 GEMM flop), measured on the 2-core machine
-  // (test_stats cka_permutation_forms_agree_and_cost prints both).
-  static constexpr double kFeatureFormRatio = 4.0;
+  // Feature form when its cost per permutation, c_f N dx dy (GEMM and gather), is below the Gram loop's c_g N^2,
+  // i.e. dx dy < ratio N with ratio = c_g / c_f. test_stats cka_permutation_forms_agree_and_cost prints both:
+  // on the 2-core Zen 5 machine c_g / c_f = 28 at (N, dx, dy) = (1024, 96, 64) (0.23 vs 0.05 ms) and 36 at
+  // (2048, 256, 192) (2.1 vs 0.86 ms); 24 keeps the Gram loop where the two are close.
+  static constexpr double kFeatureFormRatio = 24.0;
   // The portable Gram form moves about 48 N^2 bytes per permutation (two fp64 gathers of L and the product)
   // where the native loop makes N^2/2 fp32 gathers: on the CPU it is ~10x slower per element, so the portable
-  // path keeps the feature form (batched GEMMs) up to a larger dx dy. On a GPU both forms are fast.
-  static constexpr double kPortableFeatureFormRatio = 48.0;
+  // path keeps the feature form (the same code on both paths) up to a 10x larger dx dy. On a GPU both forms
+  // are fast.
+  static constexpr double kPortableFeatureFormRatio = 240.0;
   static double feature_form_ratio(runtime::KernelPath path) {
     return path == runtime::KernelPath::native ? kFeatureFormRatio : kPortableFeatureFormRatio;
   }

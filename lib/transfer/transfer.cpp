@@ -386,9 +386,10 @@ Plan Runner::plan_estimate() const {
   // GEMMs (kF64) and the maps' and ridge's fp64 work with its SVDs and solves (kFit). Against the SAE-shape
   // ceiling: the encoder and dense decoder GEMMs (kSaeGemm), TopK decodes as k row gathers per token (kGather,
   // memory-bound), dense MMAC as large GEMMs (kDenseMmac) and sparse MMAC as sparse x dense products.
-  // The permutation test's feature form (batched narrow GEMMs with a gather per permutation): 4.8 s measured for
-  // 0.95 s planned at kF64 on `bench transfer --widths 63 63 --cka-tokens 1024 --permutations 1000`.
-  constexpr double kF64 = 0.35, kFit = 0.25, kSvd = 0.05, kSmall = 0.1, kBootstrap = 0.08, kPermutationFeatures = 0.07;
+  // The permutation test's feature form (one fp32 GEMM per batch of permutations, with a gather of rows): about
+  // 250 GFLOP/s with its gather at (N, dx, dy) = (1024, 96, 64) and (2048, 256, 192) (test_stats
+  // cka_permutation_forms_agree_and_cost) against a 512^3 ceiling of 400-450 on that machine.
+  constexpr double kF64 = 0.35, kFit = 0.25, kSvd = 0.05, kSmall = 0.1, kBootstrap = 0.08, kPermutationFeatures = 0.55;
   // kSaeGemm includes the ReLU / top-k scan of the pre-activations (a least-squares fit of 16 measured SAE-pass
   // terms gave 0.52 and no separate per-pre-activation cost).
   constexpr double kSaeGemm = 0.5, kGather = 0.1, kDenseMmac = 0.8, kSparseMmac = 0.031;
