@@ -357,7 +357,9 @@ Plan Runner::plan_estimate() const {
       n = std::max<int64_t>(n, std::min<int64_t>(s.eval_a.numel(), options_.cka_max_tokens));
     torch::Tensor x = on_device(torch::randn({n, 8})), y = on_device(torch::randn({n, 8}));
     stats::GramCka gram(x, y);
-    const int64_t reps = std::max<int64_t>(4, int64_t(64.0 * 512.0 * 512.0 / double(n * n)));
+    // At least two blocks of permutations per thread: the loop is parallel over blocks, as in the step.
+    const int64_t reps = std::max<int64_t>(2 * stats::native::kGramBlock * std::max(1, runtime::threads()),
+                                           int64_t(64.0 * 512.0 * 512.0 / double(n * n)));
     double seconds = bench::median_seconds([&] { gram.permutation_test(reps, 1, stats::GramCka::Form::gram); }, 3);
     plan.seconds_per_gather = seconds / (double(reps) * double(n) * double(n) / 2.0);
   }
@@ -389,10 +391,17 @@ Plan Runner::plan_estimate() const {
   // The permutation test's feature form (one fp32 GEMM per batch of permutations, with a gather of rows): about
   // 250 GFLOP/s with its gather at (N, dx, dy) = (1024, 96, 64) and (2048, 256, 192) (test_stats
   // cka_permutation_forms_agree_and_cost) against a 512^3 ceiling of 400-450 on that machine.
-  constexpr double kF64 = 0.35, kFit = 0.25, kSvd = 0.05, kSmall = 0.1, kBootstrap = 0.08, kPermutationFeatures = 0.55;
-  // kSaeGemm includes the ReLU / top-k scan of the pre-activations (a least-squares fit of 16 measured SAE-pass
-  // terms gave 0.52 and no separate per-pre-activation cost).
-  constexpr double kSaeGemm = 0.5, kGather = 0.1, kDenseMmac = 0.8, kSparseMmac = 0.031;
+  // The bootstrap's fp64 GEMMs [N, N] x [N, B]: 115 GFLOP/s on the default run (N 1024, B 200) and 168 on
+  // `bench transfer` at N 2048, B 1000, against a 512^3 ceiling of about 440.
+  constexpr double kF64 = 0.35, kFit = 0.25, kSvd = 0.05, kSmall = 0.1, kBootstrap = 0.3, kPermutationFeatures = 0.55;
+  // kSaeGemm includes the ReLU / top-k scan of the pre-activations of dense passes (a least-squares fit of 16
+  // measured SAE-pass terms gave 0.52 and no separate per-pre-activation cost). A TopK pass in the sparse form
+  // (top k of the pre-activations, then ReLU of those k) runs its encoder GEMM at kSaeSparseEncoder and pays
+  // kPerPreActivation (FLOP-equivalents at the 512^3 ceiling, ~0.9 ns) per pre-activation for the selection:
+  // fitted on the Zen 5 machine's own passes at (d, d_sae, n) = (256, 4096, 8192), (512, 8192, 8192) (0.090 and
+  // 0.28 s planned per pass against 0.098 and 0.284 measured) and (2048, 16384, 16384) (3.5 s against 3.0).
+  constexpr double kSaeGemm = 0.5, kSaeSparseEncoder = 0.8, kGather = 0.1, kDenseMmac = 0.8, kSparseMmac = 0.031;
+  constexpr double kPerPreActivation = 400;
   // Sparse MMAC also builds the m_i x m_j correlation (fp64 centring, scaling, both maxima): FLOP-equivalents
   // per latent pair at the 512^3 ceiling. With kSparseMmac, fitted on benches at (d_sae, L0) = (4096, 16) and
   // (3072, 48); (8192, 32) is then planned at 43 s against 40.5 s measured. That is the tensor form (portable
@@ -435,9 +444,9 @@ Plan Runner::plan_estimate() const {
   auto sae_pass = [&](const std::string& term, size_t c, double n, bool decode, bool moments) {
     const double d = double(cells_[c].dim), m = double(cells_[c].d_sae), topk = double(cells_[c].topk);
     const bool sparse = topk > 0 && topk < kTopkSparseBelow * m;
-    add_sae(term, 2 * n * d * m, kSaeGemm);
+    add_sae(term, 2 * n * d * m, sparse ? kSaeSparseEncoder : kSaeGemm);
     if (decode) add_sae(term, sparse ? 2 * n * topk * d : 2 * n * d * m, sparse ? kGather : kSaeGemm);
-    if (sparse) add_elementwise(term, n * topk * kPerTopkEntry);
+    if (sparse) add_elementwise(term, n * m * kPerPreActivation + n * topk * kPerTopkEntry);
     else if (topk > 0) add_elementwise(term, n * m * kPerDenseTopkCode);
     else if (moments) add_elementwise(term, n * m * kPerDenseCode);
   };
@@ -457,7 +466,8 @@ Plan Runner::plan_estimate() const {
       add("maps", 2 * n_fit * d * d, kFit);
       add("cka_linear", 2 * n_eval * d * d, kF64);
       add("cka_gram", 2 * n_cka * n_cka * d, kF64);
-      if (boots > 0) add("cka_bootstrap", 2 * 2 * n_cka * n_cka * boots, kBootstrap);  // K w and (K o K) w
+      // K w and (K o K) w, made when the cell meets another cell (a cell with itself has CKA 1, no bootstrap)
+      if (boots > 0 && involved.size() > 1) add("cka_bootstrap", 2 * 2 * n_cka * n_cka * boots, kBootstrap);
     }
     for (size_t i : models_[a].cells)
       for (size_t j : models_[b].cells) {
