@@ -224,3 +224,38 @@ BOOST_AUTO_TEST_CASE(adam_kernel_matches_torch_optim_adam) {
     }
   }
 }
+
+// The kernels are compiled once per ISA (target_clones: AVX-512, AVX2, baseline) and the loader picks one per
+// CPU; their comment promises the same bits on every CPU. A fused multiply-add would break that (it rounds
+// once where the baseline clone rounds twice), so kernels.cpp turns contraction off. This test holds the
+// clone this CPU runs to the baseline arithmetic, written out here in the kernel's lane order: on a CPU with
+// AVX2 or AVX-512 it fails if the clone fuses `acc += d * d`.
+BOOST_AUTO_TEST_CASE(kernels_round_like_the_baseline_clone_on_every_cpu) {
+  constexpr int64_t n = 37, rows = 3, lanes = 16;  // two full 16-float vectors and a tail of 5 per row
+  torch::manual_seed(29);
+  torch::Tensor x = torch::randn({rows, n}), x_hat = torch::randn({rows, n});
+  std::vector<float> colsum(n, 0.0f);
+  torch::Tensor e = x_hat.clone();
+  const double sse = sae::kernels::error_rows(e.data_ptr<float>(), x.data_ptr<float>(), n, 0, rows, colsum.data());
+  const float* xp = x.data_ptr<float>();
+  const float* hp = x_hat.data_ptr<float>();
+  double want = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    float acc[lanes] = {};
+    int64_t j = 0;
+    for (; j + lanes <= n; j += lanes)
+      for (int64_t l = 0; l < lanes; ++l) {
+        const float d = hp[r * n + j + l] - xp[r * n + j + l];
+        const volatile float square = d * d;  // rounded to fp32 on its own, as a separate multiply does
+        acc[l] = acc[l] + square;
+      }
+    double row = 0.0;
+    for (int64_t l = 0; l < lanes; ++l) row += double(acc[l]);
+    for (; j < n; ++j) {
+      const float d = hp[r * n + j] - xp[r * n + j];
+      row += double(d) * d;
+    }
+    want += row;
+  }
+  BOOST_CHECK_EQUAL(sse, want);
+}

@@ -644,59 +644,14 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     torch::Tensor q_null;  // null Procrustes factor, target i -> source j
     torch::Tensor eval_cross;  // CKA's cross term Xc_j^T Xc_i [d_j, d_i] of the raw evaluation rows (i != j)
   };
-  std::map<std::pair<size_t, size_t>, Symmetric> symmetric;
-  for (size_t i : ma.cells)
-    for (size_t j : mb.cells) {
-      if (same && j < i) continue;
-      if (!sources_.count(i) && !sources_.count(j)) continue;
-      Symmetric sym;
-      const Side &si = sides.at(i), &sj = sides.at(j);
-      if (i == j) {
-        sym.cka = 1.0;
-        // CKA(X, X) = 1 and no permuted copy exceeds it; the p of a test that ran is 1/(B+1), of none NaN.
-        sym.cka_p = options_.cka_permutations > 0 ? 1.0 / double(1 + options_.cka_permutations) : kNaN;
-        sym.cka_boot.assign(replicates_, 1.0);
-      } else {
-        sym.eval_cross = timed("cka_linear", [&] { return stats::cka_cross(si.cka, sj.cka); });
-        sym.cka = timed("cka_linear", [&] { return stats::linear_cka(si.cka, sj.cka, sym.eval_cross); });
-        stats::GramCka gram(si.gram, sj.gram);
-        sym.cka_p = timed("cka_permutations", [&] {
-          return gram.permutation_test(options_.cka_permutations,
-                                       derive(seed_, "transfer/cka_permutation", cells_[i].cell.name, cells_[j].cell.name))
-              .p;
-        });
-        if (replicates_ > 0) sym.cka_boot = timed("cka_bootstrap", [&] { return gram.weighted(cka_weights); });
-      }
-      sym.cka_n = cka_rows.numel();
-      timed("mmac", [&] {
-        sym.mmac = mmac(si.own.codes, sj.own.codes);
-        sym.mmac_random = mmac(si.random.codes, sj.random.codes);
-      });
-      timed("maps", [&] {
-        sym.cross = i == j ? si.fit.gram : torch::mm(si.fit.centred.t(), sj.fit.centred);
-        if (!same) sym.q = stats::procrustes_from_cross(sym.cross);
-        // Null: one permutation pi per unordered cell pair {lo < hi} on hi's fitting rows (hi as the target;
-        // pi^-1 on lo's rows when lo is the target, which is the transposed cross product).
-        const size_t lo = std::min(i, j), hi = std::max(i, j);
-        auto generator = generator_for(derive(seed_, "transfer/null", cells_[lo].cell.name, cells_[hi].cell.name));
-        torch::Tensor shuffle =
-            on_device(torch::randperm(sides.at(hi).fit.centred.size(0), generator, torch::kInt64));
-        torch::Tensor null_cross =
-            torch::mm(sides.at(hi).fit.centred.index_select(0, shuffle).t(), sides.at(lo).fit.centred);  // [d_hi, d_lo]
-        torch::Tensor q_hi_to_lo = stats::procrustes_from_cross(null_cross);
-        sym.q_null = hi == i ? q_hi_to_lo : q_hi_to_lo.t();
-      });
-      symmetric[{i, j}] = std::move(sym);
-    }
-
   // Ordered pairs: SAE of `src` on the mapped evaluation rows of `tgt`.
-  auto pair = [&](size_t src, size_t tgt) {
+  // `sym` holds the unordered pair {i, j} (i = ma's cell) in the orientation target i -> source j.
+  auto pair = [&](size_t src, size_t tgt, const Symmetric& sym, size_t i) {
     const CellData &cs = cells_[src], &ct = cells_[tgt];
     const Side &ss = sides.at(src), &st = sides.at(tgt);
     const sae::Sae& sae = *cs.sae;
     const bool same_model = cs.model == ct.model;
-    const bool forward = symmetric.count({tgt, src}) > 0;  // the stored orientation is target i -> source j
-    const Symmetric& sym = forward ? symmetric.at({tgt, src}) : symmetric.at({src, tgt});
+    const bool forward = tgt == i;
     auto oriented = [&](const torch::Tensor& t) { return forward ? t : t.t(); };
     AffineMap map;
     map.target_scale = ct.scale;
@@ -747,8 +702,8 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
                       xc_cross, ct.scale, cs.scale);
     });
     // MMAC is stored with i = ma's cell as A: a_to_b is i -> j.
-    const bool a_is_source = symmetric.count({src, tgt}) > 0;
-    const Symmetric& msym = a_is_source ? symmetric.at({src, tgt}) : symmetric.at({tgt, src});
+    const bool a_is_source = src == i;
+    const Symmetric& msym = sym;
     double mmac_value = a_is_source ? msym.mmac.a_to_b : msym.mmac.b_to_a;
     double mmac_weighted = a_is_source ? msym.mmac.a_to_b_weighted : msym.mmac.b_to_a_weighted;
     double mmac_random = a_is_source ? msym.mmac_random.a_to_b : msym.mmac_random.b_to_a;
@@ -799,11 +754,53 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     q_excess_boot_[key] = std::move(q_excess_boot);
     progress.advance();
   };
+  // Each unordered pair's shared quantities, then both of its ordered pairs at once: only one pair's d x d
+  // factors and cross products are held at a time (25 of them at width 2560 came to 5 GB).
   for (size_t i : ma.cells)
     for (size_t j : mb.cells) {
-      if (sources_.count(i)) pair(i, j);
-      if (!same && sources_.count(j)) pair(j, i);
+      if (same && j < i) continue;
+      if (!sources_.count(i) && !sources_.count(j)) continue;
+      Symmetric sym;
+      const Side &si = sides.at(i), &sj = sides.at(j);
+      if (i == j) {
+        sym.cka = 1.0;
+        // CKA(X, X) = 1 and no permuted copy exceeds it; the p of a test that ran is 1/(B+1), of none NaN.
+        sym.cka_p = options_.cka_permutations > 0 ? 1.0 / double(1 + options_.cka_permutations) : kNaN;
+        sym.cka_boot.assign(replicates_, 1.0);
+      } else {
+        sym.eval_cross = timed("cka_linear", [&] { return stats::cka_cross(si.cka, sj.cka); });
+        sym.cka = timed("cka_linear", [&] { return stats::linear_cka(si.cka, sj.cka, sym.eval_cross); });
+        stats::GramCka gram(si.gram, sj.gram);
+        sym.cka_p = timed("cka_permutations", [&] {
+          return gram.permutation_test(options_.cka_permutations,
+                                       derive(seed_, "transfer/cka_permutation", cells_[i].cell.name, cells_[j].cell.name))
+              .p;
+        });
+        if (replicates_ > 0) sym.cka_boot = timed("cka_bootstrap", [&] { return gram.weighted(cka_weights); });
+      }
+      sym.cka_n = cka_rows.numel();
+      timed("mmac", [&] {
+        sym.mmac = mmac(si.own.codes, sj.own.codes);
+        sym.mmac_random = mmac(si.random.codes, sj.random.codes);
+      });
+      timed("maps", [&] {
+        sym.cross = i == j ? si.fit.gram : torch::mm(si.fit.centred.t(), sj.fit.centred);
+        if (!same) sym.q = stats::procrustes_from_cross(sym.cross);
+        // Null: one permutation pi per unordered cell pair {lo < hi} on hi's fitting rows (hi as the target;
+        // pi^-1 on lo's rows when lo is the target, which is the transposed cross product).
+        const size_t lo = std::min(i, j), hi = std::max(i, j);
+        auto generator = generator_for(derive(seed_, "transfer/null", cells_[lo].cell.name, cells_[hi].cell.name));
+        torch::Tensor shuffle =
+            on_device(torch::randperm(sides.at(hi).fit.centred.size(0), generator, torch::kInt64));
+        torch::Tensor null_cross =
+            torch::mm(sides.at(hi).fit.centred.index_select(0, shuffle).t(), sides.at(lo).fit.centred);  // [d_hi, d_lo]
+        torch::Tensor q_hi_to_lo = stats::procrustes_from_cross(null_cross);
+        sym.q_null = hi == i ? q_hi_to_lo : q_hi_to_lo.t();
+      });
+      if (sources_.count(i)) pair(i, j, sym, i);
+      if (i != j && sources_.count(j)) pair(j, i, sym, i);
     }
+
 
   // Seed-to-seed ceiling: the second-seed SAE of a cell against the first, on the cell's own rows.
   if (same)
