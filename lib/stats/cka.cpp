@@ -34,17 +34,21 @@ void check_matrix(const torch::Tensor& x) {
 CkaSide cka_side(const torch::Tensor& x) {
   check_matrix(x);
   CkaSide side;
-  torch::Tensor d = x.to(torch::kFloat64);
-  side.mean = d.mean(0);
-  side.centred = d - side.mean.unsqueeze(0);
-  side.gram = torch::mm(side.centred.t(), side.centred);
+  side.rows = x;
+  side.mean = x.to(torch::kFloat64).mean(0);
+  torch::Tensor centred = side.centred();
+  side.gram = torch::mm(centred.t(), centred);
   side.self = side.gram.pow(2).sum().item<double>();
   return side;
 }
 
-torch::Tensor cka_cross(const CkaSide& x, const CkaSide& y) {
-  check_pair(x.centred.size(0), y.centred.size(0));
-  return torch::mm(y.centred.t(), x.centred);
+torch::Tensor CkaSide::centred() const { return rows.to(torch::kFloat64) - mean.unsqueeze(0); }
+
+torch::Tensor cka_cross(const CkaSide& x, const CkaSide& y) { return cka_cross(x.centred(), y); }
+
+torch::Tensor cka_cross(const torch::Tensor& x_centred, const CkaSide& y) {
+  check_pair(x_centred.size(0), y.rows.size(0));
+  return torch::mm(y.centred().t(), x_centred);
 }
 
 double linear_cka(const CkaSide& x, const CkaSide& y, const torch::Tensor& cross) {

@@ -22,18 +22,22 @@ namespace strata::stats {
 // Feature-space form, O(N dx dy), fp64 accumulation. x [N, dx], y [N, dy].
 double linear_cka(const torch::Tensor& x, const torch::Tensor& y);
 
-// One side of linear_cka, made once per representation: Xc (fp64), the column means, Xc^T Xc and its squared
-// Frobenius norm. (Xc^T Xc and the cross products also serve the ridge map's evaluation: transfer/maps.hpp.)
+// One side of linear_cka, made once per representation: the rows as given, their fp64 column means, Xc^T Xc
+// and its squared Frobenius norm. (Xc^T Xc and the cross products also serve the ridge map's evaluation:
+// transfer/maps.hpp.) Xc itself is made again, with the same bits, for each cross term: an fp64 copy of every
+// cell's rows held for a whole model pair came to 2.7 GB at phase5_4's widths.
 struct CkaSide {
-  torch::Tensor centred;  // Xc [N, d]
-  torch::Tensor mean;     // [d]
-  torch::Tensor gram;     // Xc^T Xc [d, d]
-  double self = 0;        // ||Xc^T Xc||_F^2
+  torch::Tensor rows;  // [N, d] as given (fp32 activations)
+  torch::Tensor mean;  // fp64 [d]
+  torch::Tensor gram;  // Xc^T Xc [d, d]
+  double self = 0;     // ||Xc^T Xc||_F^2
+  torch::Tensor centred() const;  // Xc = fp64 rows - mean [N, d]
 };
 CkaSide cka_side(const torch::Tensor& x);
 double linear_cka(const CkaSide& x, const CkaSide& y);  // == linear_cka(x, y) of the raw inputs
 // The pair's cross term, Yc^T Xc [dy, dx], and CKA from it (linear_cka(x, y) is the two in sequence).
 torch::Tensor cka_cross(const CkaSide& x, const CkaSide& y);
+torch::Tensor cka_cross(const torch::Tensor& x_centred, const CkaSide& y);  // x's Xc made once for many y
 double linear_cka(const CkaSide& x, const CkaSide& y, const torch::Tensor& cross);
 
 struct PermutationTest {

@@ -509,10 +509,9 @@ Plan Runner::plan_estimate() const {
         }
   }
   plan.seconds["cka_permutations"] += plan.gathers * plan.seconds_per_gather;
-  // Peak memory: the largest model pair's resident SAEs (+ ceilings) and per-cell data (eval rows fp32, CKA
-  // side fp64, centred fitting rows fp64, Gram d^2, centred N_cka^2 Gram fp64 + fp32), plus the MMAC blocks
-  // (2 x 256 MB at most), the run's global tensors, and the fitting rows' read of one cell at a time (fp32 read,
-  // fp64 copy and scaled copy live until fit_rows returns: 20 B per element).
+  // Peak memory: the largest model pair's resident SAEs (+ ceilings) and per-cell data (eval rows fp32, centred
+  // fitting rows fp64, two Grams d^2 (fitting and evaluation), centred N_cka^2 Gram fp64 + fp32), plus the MMAC
+  // blocks (2 x 256 MB at most), the run's global tensors, and the largest transient (below).
   // An SAE pass's working set (pre-activations, codes, reconstruction: ~3 fp32 [batch, d_sae] at the widest SAE),
   // kept by the allocator between passes (runtime::KeepFreedMemory).
   double widest_sae = 0;
@@ -528,8 +527,10 @@ Plan Runner::plan_estimate() const {
       if (cells_[c].model != a && cells_[c].model != b) continue;
       const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
       bytes += (a == b && cells_[c].cell.ceiling_sae_dir ? 2 : 1) * (2 * d * m + m + d) * 4;
-      bytes += n_eval * d * (4 + 8) + n_fit * d * 8 + d * d * 8 + n_cka * n_cka * 12;
-      widest_read = std::max(widest_read, n_fit * d * (4 + 8 + 8));
+      bytes += n_eval * d * 4 + n_fit * d * 8 + 2 * d * d * 8 + n_cka * n_cka * 12;
+      // Transient: the fitting rows' read (fp32 read, fp64 copy and scaled copy until fit_rows returns: 20 B
+      // per element), or a CKA cross term's two fp64 centred copies of evaluation rows.
+      widest_read = std::max({widest_read, n_fit * d * (4 + 8 + 8), 2 * n_eval * d * 8});
     }
     bytes += widest_read + sae_pass_bytes;
     plan.peak_bytes = std::max(plan.peak_bytes, bytes);
@@ -756,6 +757,8 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   };
   // Each unordered pair's shared quantities, then both of its ordered pairs at once: only one pair's d x d
   // factors and cross products are held at a time (25 of them at width 2560 came to 5 GB).
+  torch::Tensor eval_centred_i;  // CKA's Xc of the current i
+  size_t eval_centred_cell = std::numeric_limits<size_t>::max();
   for (size_t i : ma.cells)
     for (size_t j : mb.cells) {
       if (same && j < i) continue;
@@ -768,7 +771,13 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
         sym.cka_p = options_.cka_permutations > 0 ? 1.0 / double(1 + options_.cka_permutations) : kNaN;
         sym.cka_boot.assign(replicates_, 1.0);
       } else {
-        sym.eval_cross = timed("cka_linear", [&] { return stats::cka_cross(si.cka, sj.cka); });
+        sym.eval_cross = timed("cka_linear", [&] {
+          if (eval_centred_cell != i) {  // i's Xc made once for all its j
+            eval_centred_i = si.cka.centred();
+            eval_centred_cell = i;
+          }
+          return stats::cka_cross(eval_centred_i, sj.cka);
+        });
         sym.cka = timed("cka_linear", [&] { return stats::linear_cka(si.cka, sj.cka, sym.eval_cross); });
         stats::GramCka gram(si.gram, sj.gram);
         sym.cka_p = timed("cka_permutations", [&] {
@@ -800,6 +809,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       if (sources_.count(i)) pair(i, j, sym, i);
       if (i != j && sources_.count(j)) pair(j, i, sym, i);
     }
+  eval_centred_i = torch::Tensor();
 
 
   // Seed-to-seed ceiling: the second-seed SAE of a cell against the first, on the cell's own rows.
