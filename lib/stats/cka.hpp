@@ -99,7 +99,7 @@ class GramCka {
   PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form) const;
   PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form, runtime::KernelPath path) const;
   // The native Gram loop's form (stats/cka_native.hpp: reference or vectorised, the same bits); the overloads
-  // above take the vectorised one where the CPU has it.
+  // above take native::default_gram_loop(N), the faster of the two on this CPU.
   PermutationTest permutation_test(int64_t permutations, uint64_t seed, Form form, runtime::KernelPath path,
                                    native::GramLoop loop) const;
   // Feature form when its cost per permutation, c_f N dx dy (GEMM and gather), is below the Gram loop's c_g N^2,
