@@ -1,12 +1,15 @@
 // `strata bench transfer`: one model pair's full transfer work (two models x 5 cells, both ways: maps, nulls,
 // CKA with permutations and bootstrap, MMAC, ceilings) on random cells and random TopK SAEs (k = L0 gives exact
 // control of the code density), at phase5_4's sizes by default. Prints per-term seconds, the achieved GFLOP/s
-// as a fraction of the fp32 GEMM ceiling measured in the same run, peak RSS, and the extrapolation to
+// as a fraction of the fp32 GEMM ceiling measured in the same run, peak RSS (and its anonymous part), and the extrapolation to
 // phase5_4's 400 pairs (4 models: 4 within-model and 6 cross-model model pairs).
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <fstream>
+#include <thread>
 
 #include "command.hpp"
 #include "core/error.hpp"
@@ -35,6 +38,40 @@ double peak_rss_gb() {
   getrusage(RUSAGE_SELF, &usage);
   return double(usage.ru_maxrss) * 1024.0 / 1e9;  // Linux: kilobytes
 }
+
+// The peak of anonymous memory (RssAnon: the heap and anonymous mappings, without the page cache behind the
+// mmap-ed activation stores and SAE files, which the kernel can reclaim), sampled every 50 ms on a thread
+// while the step runs: the kernel keeps a peak of the total RSS only. A sample can miss a spike shorter
+// than the period, so this is a lower bound of the true peak.
+class AnonymousPeak {
+ public:
+  AnonymousPeak()
+      : sampler_([this] {
+          while (!stop_.load()) {
+            peak_.store(std::max(peak_.load(), current_bytes()));
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          }
+        }) {}
+  ~AnonymousPeak() { stop_gb(); }
+  double stop_gb() {
+    stop_.store(true);
+    if (sampler_.joinable()) sampler_.join();
+    peak_.store(std::max(peak_.load(), current_bytes()));
+    return double(peak_.load()) / 1e9;
+  }
+
+ private:
+  static int64_t current_bytes() {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    while (std::getline(status, line))
+      if (line.rfind("RssAnon:", 0) == 0) return std::stoll(line.substr(8)) * 1024;  // "RssAnon:  123 kB"
+    return 0;
+  }
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> peak_{0};
+  std::thread sampler_;
+};
 
 // Low-rank random activations (a shared latent of 64 dimensions plus noise) so that CKA and the maps see
 // structure, with the same tokens in both models (byte-aligned rows).
@@ -116,7 +153,9 @@ void setup(strata::cli::Commands& commands) {
     options.cka_max_tokens = a.cka_tokens;
     options.bootstrap = a.bootstrap;
     options.device = strata::runtime::parse_device(a.device);
+    AnonymousPeak anonymous;
     auto result = strata::transfer::run_transfer(cells, options, a.seed, dir / "transfer");
+    const double anonymous_gb = anonymous.stop_gb();
     const auto& t = result.timing;
     const double rss = peak_rss_gb();
     // phase5_4: 4 models -> 4 within-model and 6 cross-model model pairs; here 2 within and 1 across.
@@ -140,7 +179,9 @@ void setup(strata::cli::Commands& commands) {
                100.0 * (t.measured_seconds / t.estimated_seconds - 1));
     fmt::print("  {:.1f} GFLOP/s = {:.0f} % of the GEMM ceiling ({:.1f} GFLOP/s, same run)\n", gflops, 100 * fraction,
                t.gemm_gflops);
-    fmt::print("  peak RSS {:.2f} GB (plan: {:.2f} GB + latent codes)\n", rss, t.peak_bytes_estimate / 1e9);
+    fmt::print("  peak RSS {:.2f} GB, of which anonymous {:.2f} GB (sampled every 50 ms; the rest is mmap-ed stores and "
+               "SAEs); plan {:.2f} GB + latent codes\n",
+               rss, anonymous_gb, t.peak_bytes_estimate / 1e9);
     fmt::print("  phase5_4 (400 pairs = 4 within- + 6 cross-model model pairs of this size): {:.2f} h extrapolated\n",
                hours);
     if (!a.json.empty()) {
@@ -148,6 +189,7 @@ void setup(strata::cli::Commands& commands) {
                             {"gemm_fraction", fraction},
                             {"gemm_gflops", t.gemm_gflops},
                             {"peak_rss_gb", rss},
+                            {"peak_anonymous_gb", anonymous_gb},
                             {"l0", a.l0},
                             {"d_sae", std::max(a.widths[0], a.widths[1]) * a.expansion},
                             {"d_sae_per_model", {a.widths[0] * a.expansion, a.widths[1] * a.expansion}},
