@@ -8,6 +8,7 @@
 #include "core/fs.hpp"
 #include "core/hash.hpp"
 #include "core/random.hpp"
+#include "core/scratch_file.hpp"
 #include "test_helpers.hpp"
 
 using namespace strata;
@@ -25,6 +26,28 @@ BOOST_AUTO_TEST_CASE(atomic_write_leaves_nothing_on_failure) {
                                  }),
                     Error);
   BOOST_TEST(std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator()) == 0);
+}
+
+// A scratch file is nameless in its directory from the start (nothing left behind, even by a crash), reads back
+// any range of what was appended, refuses reads past its end, and names the directory when it cannot be made.
+BOOST_AUTO_TEST_CASE(scratch_file_reads_back_ranges_and_leaves_no_name) {
+  auto dir = testing::fresh_dir("core_scratch");
+  auto file = ScratchFile::create(dir);
+  BOOST_TEST(std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator()) == 0);
+  std::vector<int32_t> first(1000), second(77);
+  for (size_t i = 0; i < first.size(); ++i) first[i] = int32_t(i * 7 - 300);
+  for (size_t i = 0; i < second.size(); ++i) second[i] = int32_t(i * i);
+  BOOST_TEST(file->append(first.data(), 4000) == 0);
+  BOOST_TEST(file->append(second.data(), 77 * 4) == 4000);
+  BOOST_TEST(file->size() == 4000 + 77 * 4);
+  std::vector<int32_t> got(10);
+  file->read(4 * 495, 40, got.data());
+  for (size_t i = 0; i < 10; ++i) BOOST_TEST(got[i] == first[495 + i]);
+  file->read(4000 + 4 * 70, 28, got.data());
+  for (size_t i = 0; i < 7; ++i) BOOST_TEST(got[i] == second[70 + i]);
+  testing::expect_error([&] { file->read(4000, 77 * 4 + 4, got.data()); }, {"past its", "4308 bytes"});
+  testing::expect_error([] { ScratchFile::create("/proc/strata-no-such-dir"); },
+                        {"/proc/strata-no-such-dir", "make the directory writable"});
 }
 
 // strata::derive is the one seed derivation (docs/harness.md "Randomness"). Golden values computed

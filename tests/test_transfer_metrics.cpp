@@ -4,7 +4,12 @@
 
 #include <torch/torch.h>
 
+#include <cstdlib>
+#include <tuple>
+
+#include "core/scratch_file.hpp"
 #include "stats/cka.hpp"
+#include "test_helpers.hpp"
 #include "stats/linalg.hpp"
 #include "test_device.hpp"
 #include "transfer/maps.hpp"
@@ -125,6 +130,74 @@ BOOST_AUTO_TEST_CASE(latent_codes_densify_any_block) {
   torch::Tensor dense = torch::relu(pre).index_select(1, alive);
   BOOST_CHECK(torch::equal(e.codes.dense(0, alive.numel()), dense));
   BOOST_CHECK(torch::equal(e.codes.dense(3, 11), dense.index({torch::indexing::Slice(), torch::indexing::Slice(3, 11)})));
+}
+
+// Codes spilled to a scratch file (the runner's form for large code sets) read back the same entries by any
+// range, densify to the same blocks, and give MMAC with the same bits as codes held in memory, on every path.
+BOOST_AUTO_TEST_CASE(spilled_codes_equal_codes_in_memory) {
+  torch::manual_seed(8);
+  const int64_t n = 300;
+  torch::Tensor pre_a = torch::randn({n, 40}) - 0.8, pre_b = torch::randn({n, 33}) + 0.3;  // sparse, dense
+  const Encoding a = codes_of(pre_a, 3), b = codes_of(pre_b, 3);
+  Encoding a_spilled = codes_of(pre_a, 3), b_spilled = codes_of(pre_b, 3);
+  auto file = ScratchFile::create(testing::fresh_dir("transfer_spill"));
+  a_spilled.codes.spill(file);
+  b_spilled.codes.spill(file);
+  BOOST_TEST(a_spilled.codes.spilled());
+  BOOST_TEST(!a_spilled.codes.rows.defined());
+  BOOST_TEST(a_spilled.codes.nnz() == a.codes.values.numel());
+  BOOST_TEST(b_spilled.codes.nnz() == b.codes.values.numel());
+  const int64_t mid = a.codes.nnz() / 3;
+  LatentCodes::Entries e = a_spilled.codes.entries(mid, mid + 50);
+  BOOST_CHECK(torch::equal(e.rows, a.codes.rows.slice(0, mid, mid + 50)));
+  BOOST_CHECK(torch::equal(e.values, a.codes.values.slice(0, mid, mid + 50)));
+  BOOST_CHECK(torch::equal(b_spilled.codes.dense(4, 19), b.codes.dense(4, 19)));
+  BOOST_CHECK(torch::equal(a_spilled.codes.sparse_t(2, 30).to_dense(), a.codes.sparse_t(2, 30).to_dense()));
+  for (auto path : {runtime::KernelPath::native, runtime::KernelPath::portable})
+    for (int64_t block_bytes : {int64_t(256) << 20, 2 * 4 * n * 7})
+      for (double sparse_below : {0.0, 1.0})
+        for (const auto& [x, y, xs, ys] : {std::tuple{&a, &b, &a_spilled, &b_spilled}, {&a, &a, &a_spilled, &a_spilled}}) {
+          const MmacResult held = mmac(x->codes, y->codes, block_bytes, sparse_below, path);
+          const MmacResult spilled = mmac(xs->codes, ys->codes, block_bytes, sparse_below, path);
+          BOOST_CHECK_EQUAL(held.a_to_b, spilled.a_to_b);
+          BOOST_CHECK_EQUAL(held.b_to_a, spilled.b_to_a);
+          BOOST_CHECK_EQUAL(held.a_to_b_weighted, spilled.a_to_b_weighted);
+          BOOST_CHECK_EQUAL(held.b_to_a_weighted, spilled.b_to_a_weighted);
+        }
+}
+
+// The kept codes in column-major order are placed by a counting sort on the host (native path) and by a stable
+// sort on any device (portable path): the same entries in the same order, with latents below min_firings left
+// out, for dense and TopK codes over several batches.
+BOOST_AUTO_TEST_CASE(codes_placed_by_counting_sort_equal_the_stable_sort) {
+  torch::manual_seed(9);
+  const int64_t n = 230, d = 12, m = 64;
+  sae::Sae sae;
+  sae.architecture = "topk";
+  sae.k = 5;
+  sae.W_enc = torch::randn({d, m}) * 0.3;
+  sae.W_dec = torch::randn({m, d}) * 0.3;
+  sae.b_enc = torch::randn({m}) * 0.3 - 0.2;
+  sae.b_dec = torch::zeros({d});
+  torch::Tensor x = torch::randn({n, d});
+  torch::Tensor doc = torch::arange(n, torch::kInt64).floor_divide(40);
+  for (double sparse_below : {0.0, 1.0}) {
+    const char* before = std::getenv("STRATA_KERNELS");
+    const std::string saved = before ? before : "";
+    setenv("STRATA_KERNELS", "portable", 1);
+    const Encoding portable = encode_rows(encoder_of(sae, sparse_below), &sae, x, doc, 6, 37, 4);
+    setenv("STRATA_KERNELS", "native", 1);
+    const Encoding native = encode_rows(encoder_of(sae, sparse_below), &sae, x, doc, 6, 37, 4);
+    if (before) setenv("STRATA_KERNELS", saved.c_str(), 1); else unsetenv("STRATA_KERNELS");
+    BOOST_TEST_CONTEXT("sparse_below " << sparse_below) {
+      BOOST_TEST(native.codes.n_alive() > 10);
+      BOOST_TEST(native.codes.n_alive() < (native.firings > 0).sum().item<int64_t>());  // some fired, not alive
+      BOOST_CHECK(torch::equal(native.codes.alive, portable.codes.alive));
+      BOOST_CHECK(torch::equal(native.codes.offsets, portable.codes.offsets));
+      BOOST_CHECK(torch::equal(native.codes.rows, portable.codes.rows));
+      BOOST_CHECK(torch::equal(native.codes.values, portable.codes.values));
+    }
+  }
 }
 
 // A TopK SAE's pass with codes without their zeros (sae::TopKCodes, the fast form) against the dense codes (the

@@ -351,6 +351,10 @@ torch::Tensor ActivationStore::read_rows(const torch::Tensor& row_ids) const {
   return out;
 }
 
+void ActivationStore::release_pages() const {
+  for (const auto& shard : shards_) shard->release_pages();
+}
+
 torch::Tensor ActivationStore::index_column(const std::string& column) const {
   if (!has_index_) fail("activation store {} has no row index (plain tensor file)", shards_.front()->path().string());
   std::vector<torch::Tensor> parts;

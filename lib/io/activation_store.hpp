@@ -104,6 +104,9 @@ class ActivationStore {
   torch::Tensor load_shard(size_t shard) const;                    // fp32 [shard_rows, dim]
   torch::Tensor read_rows(int64_t begin, int64_t end) const;       // fp32, across shards
   torch::Tensor read_rows(const torch::Tensor& row_ids) const;     // fp32, gather of I64 ids
+  // Drops the shards' mapped pages from resident memory (io::SafetensorsFile::release_pages): for a reader that
+  // holds copies of what it read.
+  void release_pages() const;
   torch::Tensor index_column(const std::string& column) const;     // I64 [rows], all shards
 
  private:

@@ -71,6 +71,12 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& file) : path_(file
   }
 }
 
+void SafetensorsFile::release_pages() const {
+  // A private, read-only file mapping: MADV_DONTNEED only unmaps pages, which refault from the file (never zeros:
+  // nothing was written).
+  if (map_) ::madvise(map_, map_size_, MADV_DONTNEED);
+}
+
 SafetensorsFile::~SafetensorsFile() {
   if (map_) ::munmap(map_, map_size_);
 }

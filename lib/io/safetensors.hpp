@@ -39,6 +39,10 @@ class SafetensorsFile {
   // Rows [row_begin, row_end) of the leading dimension, as an owned copy.
   torch::Tensor load_rows(const std::string& name, int64_t row_begin, int64_t row_end,
                           std::optional<torch::ScalarType> dtype = std::nullopt) const;
+  // Drops the mapped pages from this process's resident memory (they stay in the page cache and fault back in
+  // on the next read): for a reader that copies what it needs, so that a file read once in full does not
+  // count in its RSS for the rest of the run. Views stay valid.
+  void release_pages() const;
 
  private:
   std::filesystem::path path_;

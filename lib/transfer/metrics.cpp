@@ -23,18 +23,42 @@ torch::Tensor SequenceSums::fvu(const torch::Tensor& weights) const {
   return torch::mv(weights, residual) / denominator;
 }
 
+int64_t LatentCodes::nnz() const { return offsets.defined() ? offsets[offsets.numel() - 1].item<int64_t>() : 0; }
+
+void LatentCodes::spill(const std::shared_ptr<ScratchFile>& file) {
+  if (spilled()) return;
+  const torch::Tensor r = rows.to(torch::kCPU).contiguous(), v = values.to(torch::kCPU).contiguous();
+  rows_at_ = file->append(r.data_ptr<int32_t>(), r.numel() * int64_t(sizeof(int32_t)));
+  values_at_ = file->append(v.data_ptr<float>(), v.numel() * int64_t(sizeof(float)));
+  file_ = file;
+  rows = torch::Tensor();
+  values = torch::Tensor();
+}
+
+LatentCodes::Entries LatentCodes::entries(int64_t first, int64_t last) const {
+  if (!spilled()) return {rows.index({Slice(first, last)}), values.index({Slice(first, last)})};
+  Entries out{torch::empty({last - first}, torch::kInt32), torch::empty({last - first}, torch::kFloat32)};
+  file_->read(rows_at_ + first * int64_t(sizeof(int32_t)), (last - first) * int64_t(sizeof(int32_t)),
+              out.rows.data_ptr<int32_t>());
+  file_->read(values_at_ + first * int64_t(sizeof(float)), (last - first) * int64_t(sizeof(float)),
+              out.values.data_ptr<float>());
+  if (!alive.device().is_cpu()) out = {out.rows.to(alive.device()), out.values.to(alive.device())};
+  return out;
+}
+
 LatentCodes::Block LatentCodes::block(int64_t begin, int64_t end) const {
   const int64_t first = offsets[begin].item<int64_t>(), last = offsets[end].item<int64_t>();
   Block out;
   // The alive position of each entry, relative to `begin`: entries are stored column by column.
   out.latent = torch::searchsorted(offsets, torch::arange(first, last, offsets.options()), false, true) - 1 - begin;
-  out.rows = rows.index({Slice(first, last)}).to(torch::kInt64);  // index tensors are I64; one block at a time
-  out.values = values.index({Slice(first, last)});
+  Entries e = entries(first, last);
+  out.rows = e.rows.to(torch::kInt64);  // index tensors are I64; one block at a time
+  out.values = e.values;
   return out;
 }
 
 torch::Tensor LatentCodes::dense(int64_t begin, int64_t end) const {
-  torch::Tensor out = torch::zeros({tokens, end - begin}, values.options().dtype(torch::kFloat32));
+  torch::Tensor out = torch::zeros({tokens, end - begin}, alive.options().dtype(torch::kFloat32));
   Block b = block(begin, end);
   if (b.values.numel() == 0) return out;
   out.index_put_({b.rows, b.latent}, b.values);
@@ -141,18 +165,47 @@ Encoding encode_rows(const std::function<BatchCodes(const torch::Tensor&)>& enco
     const auto i64 = torch::dtype(torch::kInt64).device(x.device());
     torch::Tensor position = torch::full({d_sae}, -1, i64);
     position.index_put_({codes.alive}, torch::arange(codes.alive.numel(), i64));
-    torch::Tensor rows = torch::cat(entry_rows), cols = torch::cat(entry_cols), values = torch::cat(entry_values);
-    torch::Tensor pos = position.index_select(0, cols);
-    torch::Tensor kept = (pos >= 0).nonzero().squeeze(1);
-    pos = pos.index_select(0, kept);
-    rows = rows.index_select(0, kept);
-    values = values.index_select(0, kept);
-    // Column-major: entries sorted by (alive position, token); rows are already ascending within a column.
-    torch::Tensor order = std::get<1>(torch::sort(pos, /*stable=*/true, 0, false));
-    codes.rows = rows.index_select(0, order);
-    codes.values = values.index_select(0, order);
-    torch::Tensor counts = torch::bincount(pos, {}, codes.alive.numel());
+    // Column-major: entries ordered by (alive position, then as produced: batch by batch, row-major), so
+    // tokens ascend within a column. Each latent's entry count is its firings (both count codes > 0).
+    torch::Tensor counts = firings.index_select(0, codes.alive).to(torch::kInt64);
     codes.offsets = torch::cat({torch::zeros({1}, i64), counts.cumsum(0)});
+    if (runtime::kernel_path(x.device()) == runtime::KernelPath::native) {
+      // A counting sort, batch by batch, each batch freed once placed: the transient is the batches not yet
+      // placed plus the result (8 B per entry), where the tensor form below holds about 5x that at once.
+      const int64_t nnz = codes.offsets[-1].item<int64_t>();
+      codes.rows = torch::empty({nnz}, torch::kInt32);
+      codes.values = torch::empty({nnz}, torch::kFloat32);
+      std::vector<int64_t> cursor(codes.offsets.data_ptr<int64_t>(), codes.offsets.data_ptr<int64_t>() + codes.alive.numel());
+      const int64_t* pos = position.data_ptr<int64_t>();
+      int32_t* rows_out = codes.rows.data_ptr<int32_t>();
+      float* values_out = codes.values.data_ptr<float>();
+      for (size_t b = 0; b < entry_rows.size(); ++b) {
+        const torch::Tensor r = entry_rows[b].contiguous(), c = entry_cols[b].contiguous(), v = entry_values[b].contiguous();
+        const int32_t *rp = r.data_ptr<int32_t>(), *cp = c.data_ptr<int32_t>();
+        const float* vp = v.data_ptr<float>();
+        for (int64_t e = 0; e < r.numel(); ++e) {
+          const int64_t p = pos[cp[e]];
+          if (p < 0) continue;
+          const int64_t at = cursor[p]++;
+          rows_out[at] = rp[e];
+          values_out[at] = vp[e];
+        }
+        entry_rows[b] = entry_cols[b] = entry_values[b] = torch::Tensor();
+      }
+    } else {  // the portable form (any device): a stable sort by alive position
+      torch::Tensor rows = torch::cat(entry_rows), cols = torch::cat(entry_cols), values = torch::cat(entry_values);
+      entry_rows.clear();
+      entry_cols.clear();
+      entry_values.clear();
+      torch::Tensor pos = position.index_select(0, cols);
+      torch::Tensor kept = (pos >= 0).nonzero().squeeze(1);
+      pos = pos.index_select(0, kept);
+      rows = rows.index_select(0, kept);
+      values = values.index_select(0, kept);
+      torch::Tensor order = std::get<1>(torch::sort(pos, /*stable=*/true, 0, false));
+      codes.rows = rows.index_select(0, order);
+      codes.values = values.index_select(0, order);
+    }
     codes.mean = out.latent_mean.index_select(0, codes.alive);
     codes.sd = out.latent_var.index_select(0, codes.alive).sqrt();
     codes.mass = latent_sum.index_select(0, codes.alive);
@@ -176,21 +229,22 @@ TokenMajor token_major(const LatentCodes& c) {
   TokenMajor out;
   torch::Tensor latent_of_entry = torch::repeat_interleave(torch::arange(c.n_alive(), c.offsets.options()),
                                                            c.offsets.diff());
-  torch::Tensor order = std::get<1>(torch::sort(c.rows, /*stable=*/true, 0, false));
+  const LatentCodes::Entries e = c.entries(0, c.nnz());
+  torch::Tensor order = std::get<1>(torch::sort(e.rows, /*stable=*/true, 0, false));
   out.latent = latent_of_entry.index_select(0, order).contiguous();
-  out.values = c.values.index_select(0, order).contiguous();
-  out.offsets = torch::cat({torch::zeros({1}, c.offsets.options()), torch::bincount(c.rows, {}, c.tokens).cumsum(0)});
+  out.values = e.values.index_select(0, order).contiguous();
+  out.offsets = torch::cat({torch::zeros({1}, c.offsets.options()), torch::bincount(e.rows, {}, c.tokens).cumsum(0)});
   return out;
 }
 
 double density(const LatentCodes& c) {
-  return double(c.values.numel()) / (double(std::max<int64_t>(c.n_alive(), 1)) * double(std::max<int64_t>(c.tokens, 1)));
+  return double(c.nnz()) / (double(std::max<int64_t>(c.n_alive(), 1)) * double(std::max<int64_t>(c.tokens, 1)));
 }
 
 }  // namespace
 
 MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes, double sparse_below) {
-  return mmac(a, b, block_bytes, sparse_below, runtime::kernel_path(a.values.device()));
+  return mmac(a, b, block_bytes, sparse_below, runtime::kernel_path(a.alive.device()));
 }
 
 MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes, double sparse_below,
@@ -199,9 +253,9 @@ MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes,
   const int64_t na = a.n_alive(), nb = b.n_alive();
   if (na == 0 || nb == 0) return out;
   const int64_t n = a.tokens;
-  if (path == runtime::KernelPath::native && !a.values.device().is_cpu())
+  if (path == runtime::KernelPath::native && !a.alive.device().is_cpu())
     throw std::invalid_argument("mmac: the native kernels run on the CPU only, but the codes are on " +
-                                a.values.device().str());
+                                a.alive.device().str());
   // The host kernels skip NaN correlations where the tensor form's max keeps them: a latent with sd 0 (one
   // value on every token) takes the tensor form.
   const bool native = path == runtime::KernelPath::native && (a.sd > 0).all().item<bool>() &&
@@ -210,8 +264,9 @@ MmacResult mmac(const LatentCodes& a, const LatentCodes& b, int64_t block_bytes,
   torch::Tensor best_b = torch::full({nb}, -1.0, b.mean.options());
   if (native && density(a) * density(b) < kMmacSparseProductBelow) {
     const TokenMajor bt = token_major(b);
-    const torch::Tensor a_offsets = a.offsets.contiguous(), a_rows = a.rows.contiguous();
-    const torch::Tensor a_values = a.values.contiguous();
+    const LatentCodes::Entries a_entries = a.entries(0, a.nnz());
+    const torch::Tensor a_offsets = a.offsets.contiguous(), a_rows = a_entries.rows.contiguous();
+    const torch::Tensor a_values = a_entries.values.contiguous();
     native::sparse_correlation_max({na, a_offsets.data_ptr<int64_t>(), a_rows.data_ptr<int32_t>(),
                                     a_values.data_ptr<float>()},
                                    bt.view(b), double(n), moments_of(a), moments_of(b), best_a.data_ptr<double>(),

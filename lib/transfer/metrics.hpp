@@ -14,9 +14,11 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <variant>
 
 #include "core/runtime.hpp"
+#include "core/scratch_file.hpp"
 #include "sae/sae.hpp"
 
 namespace strata::transfer {
@@ -33,15 +35,25 @@ struct SequenceSums {
 };
 
 // The alive latents' codes of one encoding in column-major (CSC) order, so that any block of alive latents
-// is a contiguous range: MMAC densifies one block at a time.
+// is a contiguous range: MMAC densifies one block at a time. The entries (8 B each) are the step's largest
+// data at high L0 (16384 tokens x L0 4000 = 524 MB per code set): the runner spills them to a scratch file,
+// and then only the block in use is in memory (read back by entries()).
 struct LatentCodes {
   int64_t tokens = 0;
   torch::Tensor alive;     // I64 [n_alive]: latent ids with >= min_firings firings
   torch::Tensor offsets;   // I64 [n_alive + 1]: entries of alive latent p are [offsets[p], offsets[p+1])
-  torch::Tensor rows;      // I32 [nnz]: token of each entry (4 B, not 8: codes are the step's largest data at high L0)
-  torch::Tensor values;    // F32 [nnz]
+  torch::Tensor rows;      // I32 [nnz]: token of each entry (4 B, not 8); undefined once spilled
+  torch::Tensor values;    // F32 [nnz]; undefined once spilled
   torch::Tensor mean, sd, mass;  // fp64 [n_alive]: over all tokens (zeros included)
   int64_t n_alive() const { return alive.numel(); }
+  int64_t nnz() const;
+  // Moves rows and values into `file` (appended); entries() reads them back by ranges.
+  void spill(const std::shared_ptr<ScratchFile>& file);
+  bool spilled() const { return file_ != nullptr; }
+  struct Entries {
+    torch::Tensor rows, values;  // I32, F32, on the codes' device
+  };
+  Entries entries(int64_t first, int64_t last) const;  // entries [first, last), in memory or read back
   torch::Tensor dense(int64_t begin, int64_t end) const;  // F32 [tokens, end - begin], alive positions
   torch::Tensor sparse_t(int64_t begin, int64_t end) const;  // the same block transposed, sparse COO [end - begin, tokens]
 
@@ -50,6 +62,8 @@ struct LatentCodes {
     torch::Tensor latent, rows, values;  // per entry: alive position - begin, token, value
   };
   Block block(int64_t begin, int64_t end) const;  // the entries of alive positions [begin, end)
+  std::shared_ptr<ScratchFile> file_;
+  int64_t rows_at_ = 0, values_at_ = 0;  // byte offsets of the spilled rows and values in file_
 };
 
 struct Encoding {

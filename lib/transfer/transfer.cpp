@@ -20,6 +20,7 @@
 #include "core/fs.hpp"
 #include "core/log.hpp"
 #include "core/random.hpp"
+#include "core/scratch_file.hpp"
 #include "io/activation_store.hpp"
 #include "io/safetensors.hpp"
 #include "sae/sae.hpp"
@@ -43,14 +44,18 @@ struct CellData {
   size_t model = 0;
   io::ActivationStore store;  // closed in merge mode
   int64_t dim = 0;
-  // SAEs are resident only while a model pair that involves the cell runs (Runner::make_resident): at real
-  // widths forty of them would not fit in memory together.
+  // SAEs are resident only while a cell pair that involves the cell runs (Runner::resident): at real widths
+  // (419 MB at 2560 x 20480) even one model pair's ten would take 4 GB.
   std::shared_ptr<const sae::Sae> sae, ceiling;
   int64_t d_sae = 0;
   int64_t topk = 0;  // k of a TopK SAE (its codes' L0 is known before any pass), else 0
   std::string architecture;
   double scale = 1.0;  // scaled = raw * scale, E||scaled||^2 = d on the fitting split
 };
+
+// Latent codes above this size are spilled to a scratch file (freed with it at the end of the model pair):
+// MMAC reads them back one block at a time. At L0 4000 and 16384 tokens a cell's two code sets take 1 GB.
+constexpr int64_t kSpillCodesAbove = int64_t(64) << 20;
 
 struct DocumentDraw {
   bool fit = false;        // in the map-fitting split
@@ -104,8 +109,9 @@ struct Plan {
 
 class Runner {
  public:
-  Runner(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed)
-      : options_(options), seed_(seed) {
+  // Scratch files (spilled latent codes) go in scratch_dir, nameless (core/scratch_file.hpp).
+  Runner(const std::vector<Cell>& cells, const TransferOptions& options, uint64_t seed, fs::path scratch_dir)
+      : options_(options), seed_(seed), scratch_dir_(std::move(scratch_dir)) {
     load(cells);
   }
   // Merge mode: the cells, options and per-pair results of partial files (nothing is computed).
@@ -122,16 +128,20 @@ class Runner {
   void build_global_docs();
   void draw_documents();
   Selection select(size_t a, size_t b) const;
-  // Rows are read on the host (the store) and moved to the device in one transfer per cell and split.
+  // Rows are read on the host (the store) and moved to the device in one transfer per cell and split. The
+  // store's pages are then dropped from resident memory: the step keeps its own copies.
   torch::Tensor read(const CellData& cell, const torch::Tensor& rows) const {
-    return cell.store.read_rows(rows).to(options_.device);
+    torch::Tensor out = cell.store.read_rows(rows).to(options_.device);
+    cell.store.release_pages();
+    return out;
   }
   torch::Tensor on_device(const torch::Tensor& t) const { return t.to(options_.device); }
   void compute_scales();
   void process_model_pair(size_t a, size_t b, log::Progress& progress);
   Plan plan_estimate() const;
-  // Loads the SAEs (and, for a model with itself, the ceiling SAEs) of models a and b; releases all others.
-  void make_resident(size_t a, size_t b);
+  // Makes the SAEs of `cells` (and their ceiling SAEs if `ceilings`) resident and releases all others: at most
+  // two cells' SAEs are held at a time.
+  void resident(std::initializer_list<size_t> cells, bool ceilings = false);
   bool involves_sources(size_t a, size_t b) const {
     for (size_t c : sources_)
       if (cells_[c].model == a || cells_[c].model == b) return true;
@@ -155,6 +165,7 @@ class Runner {
 
   TransferOptions options_;
   uint64_t seed_;
+  fs::path scratch_dir_;
   std::vector<CellData> cells_;
   std::vector<ModelData> models_;
   std::unordered_map<int64_t, DocumentDraw> documents_;  // every doc id of every model
@@ -450,6 +461,14 @@ Plan Runner::plan_estimate() const {
     else if (topk > 0) add_elementwise(term, n * m * kPerDenseTopkCode);
     else if (moments) add_elementwise(term, n * m * kPerDenseCode);
   };
+  // What bounded residency costs: an SAE load (safetensors read into owned tensors, per byte) each time a cell
+  // pair brings in a cell's SAE, and a cell's centred fitting rows made again from the store (gather, fp64,
+  // scale, centre: per element) for each cell pair that needs them.
+  constexpr double kPerSaeByte = 110, kPerFitElement = 700;
+  auto sae_bytes = [&](size_t c) {
+    const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
+    return (2 * d * m + m + d) * 4;
+  };
   const double perms = double(options_.cka_permutations), boots = double(replicates_);
   const double k = double(options_.top_k);
   for (const auto& [pair, s] : selections_) {
@@ -461,6 +480,7 @@ Plan Runner::plan_estimate() const {
     if (a != b) involved.insert(involved.end(), models_[b].cells.begin(), models_[b].cells.end());
     for (size_t c : involved) {  // per cell, once per model pair
       const double d = double(cells_[c].dim);
+      add_elementwise("residency", sae_bytes(c) * kPerSaeByte);
       sae_pass("sae_own", c, n_eval, true, true);
       sae_pass("sae_random", c, n_eval, false, true);
       add("maps", 2 * n_fit * d * d, kFit);
@@ -469,11 +489,21 @@ Plan Runner::plan_estimate() const {
       // K w and (K o K) w, made when the cell meets another cell (a cell with itself has CKA 1, no bootstrap)
       if (boots > 0 && involved.size() > 1) add("cka_bootstrap", 2 * 2 * n_cka * n_cka * boots, kBootstrap);
     }
-    for (size_t i : models_[a].cells)
+    for (size_t i : models_[a].cells) {
+      bool i_loaded = false;
       for (size_t j : models_[b].cells) {
         if (a == b && j < i) continue;
         if (!sources_.count(i) && !sources_.count(j)) continue;
         const double di = double(cells_[i].dim), dj = double(cells_[j].dim);
+        if (!i_loaded) {
+          add_elementwise("residency", sae_bytes(i) * kPerSaeByte);
+          add_elementwise("maps", n_fit * di * kPerFitElement);
+          i_loaded = true;
+        }
+        if (j != i) {
+          add_elementwise("residency", sae_bytes(j) * kPerSaeByte);
+          add_elementwise("maps", n_fit * dj * kPerFitElement);
+        }
         const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
         mmac_cost("mmac", i, j, n_eval, 2);  // own and random codes
         add("maps", (i == j ? 2.0 : 4.0) * n_fit * di * dj + (a != b ? 2.0 : 1.0) * 20 * di * dj * std::min(di, dj),
@@ -501,38 +531,48 @@ Plan Runner::plan_estimate() const {
           if (boots > 0) add("q_bootstrap", 3 * 2 * boots * n_docs * ds, kSmall);
         }
       }
+    }
     if (a == b)
       for (size_t c : models_[a].cells)
         if (cells_[c].cell.ceiling_sae_dir && sources_.count(c)) {
+          add_elementwise("residency", 2 * sae_bytes(c) * kPerSaeByte);
           sae_pass("ceilings", c, n_eval, true, true);
           mmac_cost("ceilings", c, c, n_eval, 1);
         }
   }
   plan.seconds["cka_permutations"] += plan.gathers * plan.seconds_per_gather;
-  // Peak memory: the largest model pair's resident SAEs (+ ceilings) and per-cell data (eval rows fp32, centred
-  // fitting rows fp64, two Grams d^2 (fitting and evaluation), centred N_cka^2 Gram fp64 + fp32), plus the MMAC
-  // blocks (2 x 256 MB at most), the run's global tensors, and the largest transient (below).
-  // An SAE pass's working set (pre-activations, codes, reconstruction: ~3 fp32 [batch, d_sae] at the widest SAE),
-  // kept by the allocator between passes (runtime::KeepFreedMemory).
-  double widest_sae = 0;
-  for (const CellData& c : cells_) widest_sae = std::max(widest_sae, double(c.d_sae));
-  const double sae_pass_bytes = 3 * double(options_.batch_size) * widest_sae * 4;
+  // Peak memory (anonymous: the stores' pages are released after each read). Per model pair: every cell's
+  // resident data (fp32 evaluation rows, the fitting and evaluation Grams d^2 fp64, the centred N_cka^2 Gram fp64
+  // + fp32; codes under kSpillCodesAbove), one cell pair's state (two SAEs, both cells' centred fitting rows fp64,
+  // i's centred evaluation rows fp64 for CKA), and the largest transient of: the null's shuffled copy of
+  // fitting rows; a mapped SAE pass (the map's fp64 temporaries, ~4 n_eval d, and the pass's working set
+  // of ~3 fp32 [batch, d_sae], kept by the allocator between passes: runtime::KeepFreedMemory); MMAC's two
+  // dense blocks and a block's entries (~24 B each); a cell's preparation (the fitting rows' read, fp32 + fp64 +
+  // scaled: 20 B per element; the kept codes of a TopK SAE, 12 B per entry as produced + 8 B placed: non-TopK
+  // codes are not counted, their L0 is unknown before the pass).
+  const int64_t mmac_block_bytes = int64_t(256) << 20;
+  double widest_m = 0;
+  for (const CellData& c : cells_) widest_m = std::max(widest_m, double(c.d_sae));
+  const double sae_pass_bytes = 3 * double(options_.batch_size) * widest_m * 4;
   for (const auto& [pair, s] : selections_) {
     const auto [a, b] = pair;
     if (!involves_sources(a, b)) continue;
     const double n_fit = double(s.fit_a.numel()), n_eval = double(s.eval_a.numel());
     const double n_cka = std::min(n_eval, double(options_.cka_max_tokens));
-    double bytes = double(boot_weights_.numel()) * 8 + 512.0 * (1 << 20), widest_read = 0;
+    double bytes = double(boot_weights_.numel()) * 8 + 512.0 * (1 << 20);
+    double widest_sae_bytes = 0, widest_d = 0, transient = 0;
     for (size_t c = 0; c < cells_.size(); ++c) {
       if (cells_[c].model != a && cells_[c].model != b) continue;
-      const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
-      bytes += (a == b && cells_[c].cell.ceiling_sae_dir ? 2 : 1) * (2 * d * m + m + d) * 4;
-      bytes += n_eval * d * 4 + n_fit * d * 8 + 2 * d * d * 8 + n_cka * n_cka * 12;
-      // Transient: the fitting rows' read (fp32 read, fp64 copy and scaled copy until fit_rows returns: 20 B
-      // per element), or a CKA cross term's two fp64 centred copies of evaluation rows.
-      widest_read = std::max({widest_read, n_fit * d * (4 + 8 + 8), 2 * n_eval * d * 8});
+      const double d = double(cells_[c].dim), m = double(cells_[c].d_sae), k = double(cells_[c].topk);
+      const double codes = n_eval * k * 8;  // own, and random at the same L0
+      bytes += n_eval * d * 4 + 2 * d * d * 8 + n_cka * n_cka * 12 + (codes <= double(kSpillCodesAbove) ? 2 * codes : 0.0);
+      widest_sae_bytes = std::max(widest_sae_bytes, (2 * d * m + m + d) * 4);
+      widest_d = std::max(widest_d, d);
+      const double block_entries = double(mmac_block_bytes) / (2 * 4 * n_eval) * n_eval * std::min(1.0, k / m);
+      transient = std::max({transient, n_fit * d * 8, 4 * n_eval * d * 8 + sae_pass_bytes,
+                            double(mmac_block_bytes) + 24 * block_entries, n_fit * d * 20, n_eval * k * 20});
     }
-    bytes += widest_read + sae_pass_bytes;
+    bytes += 2 * widest_sae_bytes + 2 * n_fit * widest_d * 8 + n_eval * widest_d * 8 + transient;
     plan.peak_bytes = std::max(plan.peak_bytes, bytes);
   }
   for (const auto& [term, seconds] : plan.seconds) plan.total_seconds += seconds;
@@ -540,20 +580,20 @@ Plan Runner::plan_estimate() const {
   return plan;
 }
 
-void Runner::make_resident(size_t a, size_t b) {
+void Runner::resident(std::initializer_list<size_t> cells, bool ceilings) {
   for (size_t c = 0; c < cells_.size(); ++c) {
     CellData& cell = cells_[c];
-    const bool involved = cell.model == a || cell.model == b;
-    if (!involved) {
+    const bool keep = std::find(cells.begin(), cells.end(), c) != cells.end();
+    if (!keep) {
       cell.sae.reset();
       cell.ceiling.reset();
       continue;
     }
     if (!cell.sae) cell.sae = std::make_shared<const sae::Sae>(sae::Sae::load(cell.cell.sae_dir).to(options_.device));
-    if (a == b && cell.cell.ceiling_sae_dir && !cell.ceiling)
+    if (ceilings && cell.cell.ceiling_sae_dir && !cell.ceiling)
       cell.ceiling =
           std::make_shared<const sae::Sae>(sae::Sae::load(*cell.cell.ceiling_sae_dir).to(options_.device));
-    if (a != b) cell.ceiling.reset();
+    if (!ceilings) cell.ceiling.reset();
   }
 }
 
@@ -572,7 +612,12 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
                          {"fit_sequences", s.fit_sequences},
                          {"eval_sequences", s.eval_sequences}};
   model_pairs_[ma.name + "__" + mb.name] = info;
-  make_resident(a, b);
+  std::shared_ptr<ScratchFile> scratch;
+  auto spill = [&](LatentCodes& codes) {
+    if (codes.nnz() * 8 <= kSpillCodesAbove) return;
+    if (!scratch) scratch = ScratchFile::create(scratch_dir_);
+    codes.spill(scratch);
+  };
 
   const int64_t n_eval = s.eval_a.numel();
   torch::Tensor cka_rows;
@@ -587,11 +632,13 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   const torch::Tensor eval_doc = on_device(s.eval_doc), cka_rows_device = on_device(cka_rows);
   const torch::Tensor boot_weights = on_device(boot_weights_);
 
-  // Per cell, once for this model pair's rows: the scaled fitting rows and their Gram, the raw evaluation rows,
-  // the SAE's own and a random dictionary's encodings (with the alive latents' codes for MMAC), and the CKA
-  // sides (centred features, centred Gram of the permutation-test tokens).
+  // Per cell, once for this model pair's rows: the scaled fitting rows' mean and Gram (the centred rows
+  // themselves are made again where a cell pair needs them: fitting_rows below), the raw evaluation rows,
+  // the SAE's own and a random dictionary's encodings (with the alive latents' codes for MMAC, spilled when
+  // large), and the CKA sides (centred features, centred Gram of the permutation-test tokens).
   struct Side {
-    FitRows fit;
+    FitRows fit;  // centred undefined after prepare
+    torch::Tensor fit_ids;
     torch::Tensor eval;  // raw fp32 [n_eval, d]
     Encoding own, random;
     stats::CkaSide cka;
@@ -601,8 +648,11 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   auto prepare = [&](size_t c, const torch::Tensor& fit_rows_ids, const torch::Tensor& eval_rows) {
     Side side;
     const CellData& cell = cells_[c];
+    side.fit_ids = fit_rows_ids;
     side.fit = timed("maps", [&] { return fit_rows(read(cell, fit_rows_ids).to(torch::kFloat64) * cell.scale); });
+    side.fit.centred = torch::Tensor();
     side.eval = read(cell, eval_rows);
+    timed("residency", [&] { resident({c}); });
     const sae::Sae& sae = *cell.sae;
     side.own = timed("sae_own", [&] {
       return encode_rows(encoder_of(sae), &sae, side.eval, eval_doc, n_docs, batch, options_.mmac_min_firings);
@@ -622,6 +672,8 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
           },
           nullptr, side.eval, eval_doc, n_docs, batch, options_.mmac_min_firings);
     });
+    spill(side.own.codes);
+    spill(side.random.codes);
     side.cka = timed("cka_linear", [&] { return stats::cka_side(side.eval); });
     side.gram = timed("cka_gram", [&] {
       return std::make_shared<const stats::CentredGram>(side.eval.index_select(0, cka_rows_device));
@@ -631,6 +683,11 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   for (size_t c : ma.cells) prepare(c, s.fit_a, s.eval_a);
   if (!same)
     for (size_t c : mb.cells) prepare(c, s.fit_b, s.eval_b);
+  // A cell's centred scaled fitting rows, the same bits as fit_rows made them (read, fp64, scale, minus the mean).
+  auto fitting_rows = [&](size_t c) {
+    const Side& side = sides.at(c);
+    return (read(cells_[c], side.fit_ids).to(torch::kFloat64) * cells_[c].scale) - side.fit.mean;
+  };
 
   // Per unordered cell pair {i, j}: CKA (+ permutation p, bootstrap), MMAC both ways, and the maps of both
   // directions from shared cross products (maps.hpp): C = Z_i^T Z_j serves Procrustes and ridge of i -> j and,
@@ -650,7 +707,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   auto pair = [&](size_t src, size_t tgt, const Symmetric& sym, size_t i) {
     const CellData &cs = cells_[src], &ct = cells_[tgt];
     const Side &ss = sides.at(src), &st = sides.at(tgt);
-    const sae::Sae& sae = *cs.sae;
+    const sae::Sae& sae = *cs.sae;  // resident: the cell pair's two SAEs are
     const bool same_model = cs.model == ct.model;
     const bool forward = tgt == i;
     auto oriented = [&](const torch::Tensor& t) { return forward ? t : t.t(); };
@@ -757,14 +814,15 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   };
   // Each unordered pair's shared quantities, then both of its ordered pairs at once: only one pair's d x d
   // factors and cross products are held at a time (25 of them at width 2560 came to 5 GB).
-  torch::Tensor eval_centred_i;  // CKA's Xc of the current i
-  size_t eval_centred_cell = std::numeric_limits<size_t>::max();
+  torch::Tensor eval_centred_i, fit_centred_i;  // CKA's Xc and the centred fitting rows of the current i
+  size_t eval_centred_cell = std::numeric_limits<size_t>::max(), fit_centred_cell = eval_centred_cell;
   for (size_t i : ma.cells)
     for (size_t j : mb.cells) {
       if (same && j < i) continue;
       if (!sources_.count(i) && !sources_.count(j)) continue;
       Symmetric sym;
       const Side &si = sides.at(i), &sj = sides.at(j);
+      timed("residency", [&] { resident({i, j}); });
       if (i == j) {
         sym.cka = 1.0;
         // CKA(X, X) = 1 and no permuted copy exceeds it; the p of a test that ran is 1/(B+1), of none NaN.
@@ -793,30 +851,37 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
         sym.mmac_random = mmac(si.random.codes, sj.random.codes);
       });
       timed("maps", [&] {
-        sym.cross = i == j ? si.fit.gram : torch::mm(si.fit.centred.t(), sj.fit.centred);
+        // i's centred fitting rows are kept for all its j; j's are made for this cell pair only.
+        if (fit_centred_cell != i) {
+          fit_centred_i = torch::Tensor();
+          fit_centred_i = fitting_rows(i);
+          fit_centred_cell = i;
+        }
+        const torch::Tensor fit_centred_j = i == j ? fit_centred_i : fitting_rows(j);
+        sym.cross = i == j ? si.fit.gram : torch::mm(fit_centred_i.t(), fit_centred_j);
         if (!same) sym.q = stats::procrustes_from_cross(sym.cross);
         // Null: one permutation pi per unordered cell pair {lo < hi} on hi's fitting rows (hi as the target;
         // pi^-1 on lo's rows when lo is the target, which is the transposed cross product).
         const size_t lo = std::min(i, j), hi = std::max(i, j);
+        const torch::Tensor& z_hi = hi == i ? fit_centred_i : fit_centred_j;
+        const torch::Tensor& z_lo = lo == i ? fit_centred_i : fit_centred_j;
         auto generator = generator_for(derive(seed_, "transfer/null", cells_[lo].cell.name, cells_[hi].cell.name));
-        torch::Tensor shuffle =
-            on_device(torch::randperm(sides.at(hi).fit.centred.size(0), generator, torch::kInt64));
-        torch::Tensor null_cross =
-            torch::mm(sides.at(hi).fit.centred.index_select(0, shuffle).t(), sides.at(lo).fit.centred);  // [d_hi, d_lo]
+        torch::Tensor shuffle = on_device(torch::randperm(z_hi.size(0), generator, torch::kInt64));
+        torch::Tensor null_cross = torch::mm(z_hi.index_select(0, shuffle).t(), z_lo);  // [d_hi, d_lo]
         torch::Tensor q_hi_to_lo = stats::procrustes_from_cross(null_cross);
         sym.q_null = hi == i ? q_hi_to_lo : q_hi_to_lo.t();
       });
       if (sources_.count(i)) pair(i, j, sym, i);
       if (i != j && sources_.count(j)) pair(j, i, sym, i);
     }
-  eval_centred_i = torch::Tensor();
-
+  eval_centred_i = fit_centred_i = torch::Tensor();
 
   // Seed-to-seed ceiling: the second-seed SAE of a cell against the first, on the cell's own rows.
   if (same)
     for (size_t c : ma.cells) {
       const CellData& cell = cells_[c];
       if (!cell.cell.ceiling_sae_dir || !sources_.count(c)) continue;
+      timed("residency", [&] { resident({c}, /*ceilings=*/true); });
       timed("ceilings", [&] {
         const Side& side = sides.at(c);
         const sae::Sae& second = *cell.ceiling;
@@ -840,6 +905,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
                                      {"decoder_similarity", finite_or_null(decoder)}};
       });
     }
+  resident({});
 }
 
 // A partial result records its options so that merge can refuse partials made with different ones: the
@@ -1227,7 +1293,7 @@ TransferResult run_transfer(const std::vector<Cell>& cells, const TransferOption
                             const fs::path& out_dir) {
   options::validate(options, "transfer");  // the rules of the [transfer] section (transfer/options.hpp)
   torch::NoGradGuard no_grad;
-  Runner runner(cells, options, seed);
+  Runner runner(cells, options, seed, out_dir);
   std::set<size_t> all;
   for (size_t c = 0; c < cells.size(); ++c) all.insert(c);
   runner.compute(all);
@@ -1244,7 +1310,7 @@ void compute_transfer_partial(const std::vector<Cell>& cells, const TransferOpti
                               const std::vector<std::string>& sources, const fs::path& partial_file) {
   options::validate(options, "transfer");
   torch::NoGradGuard no_grad;
-  Runner runner(cells, options, seed);
+  Runner runner(cells, options, seed, partial_file.parent_path().empty() ? fs::path(".") : partial_file.parent_path());
   std::set<size_t> chosen;
   for (const std::string& name : sources) {
     auto it = std::find_if(cells.begin(), cells.end(), [&](const Cell& c) { return c.name == name; });
