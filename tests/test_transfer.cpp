@@ -228,6 +228,14 @@ BOOST_AUTO_TEST_CASE(same_seed_same_matrix) {
   auto first = transfer::run_transfer(two, options, 7, testing::fresh_dir("transfer_repeat_a"));
   auto second = transfer::run_transfer(two, options, 7, testing::fresh_dir("transfer_repeat_b"));
   BOOST_CHECK(first.matrix["transfer_matrix"] == second.matrix["transfer_matrix"]);
+  // Every code set spilled to a scratch file (the form at high L0) gives the same matrix as codes held in
+  // memory, and the scratch file leaves no name behind in the output directory.
+  options.spill_codes_above_bytes = 0;
+  const auto spilled_dir = testing::fresh_dir("transfer_repeat_spilled");
+  auto spilled = transfer::run_transfer(two, options, 7, spilled_dir);
+  BOOST_CHECK(first.matrix["transfer_matrix"] == spilled.matrix["transfer_matrix"]);
+  for (const auto& entry : std::filesystem::directory_iterator(spilled_dir))
+    BOOST_TEST(entry.path().filename().string().find("scratch") == std::string::npos, entry.path());
 }
 
 // The portable path (issue 15): run_transfer on STRATA_TEST_DEVICE (the CPU in CI, the GPU under

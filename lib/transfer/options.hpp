@@ -25,6 +25,10 @@ struct TransferOptions {
   // Not experiment options: how the CLI or a test feeds the stores.
   bool aligned_rows = false;          // all stores hold the same tokens in the same row order
   int64_t pseudo_sequence_rows = 128; // stores without doc_id: consecutive blocks act as sequences
+  // A code set (own or random dictionary, per cell) larger than this is spilled to a scratch file in the output
+  // directory and read back by MMAC block (docs/transfer.md, bounded residency). Results are the same bits either
+  // way, so it is not recorded; 64 MB keeps the zoo's and low-L0 codes in memory (16384 tokens x L0 500).
+  int64_t spill_codes_above_bytes = int64_t(64) << 20;
   // Where the arithmetic runs (the run's device, like TrainOptions::device): the rows are read on the host
   // and moved there per cell; runtime::kernel_path(device) picks the CKA permutation loop (native on the
   // CPU, portable LibTorch ops elsewhere; STRATA_KERNELS overrides). Not in fields(): it does not change

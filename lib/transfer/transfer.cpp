@@ -53,10 +53,6 @@ struct CellData {
   double scale = 1.0;  // scaled = raw * scale, E||scaled||^2 = d on the fitting split
 };
 
-// Latent codes above this size are spilled to a scratch file (freed with it at the end of the model pair):
-// MMAC reads them back one block at a time. At L0 4000 and 16384 tokens a cell's two code sets take 1 GB.
-constexpr int64_t kSpillCodesAbove = int64_t(64) << 20;
-
 struct DocumentDraw {
   bool fit = false;        // in the map-fitting split
   double cap_order = 0;    // caps take whole sequences in increasing order of this draw
@@ -411,7 +407,10 @@ Plan Runner::plan_estimate() const {
   // kPerPreActivation (FLOP-equivalents at the 512^3 ceiling, ~0.9 ns) per pre-activation for the selection:
   // fitted on the Zen 5 machine's own passes at (d, d_sae, n) = (256, 4096, 8192), (512, 8192, 8192) (0.090 and
   // 0.28 s planned per pass against 0.098 and 0.284 measured) and (2048, 16384, 16384) (3.5 s against 3.0).
-  constexpr double kSaeGemm = 0.5, kSaeSparseEncoder = 0.8, kGather = 0.1, kDenseMmac = 0.8, kSparseMmac = 0.031;
+  // kDenseMmac: measured at (d_sae, L0) = (16384 and 20480, 4000) on 16384 tokens (`bench transfer --widths 2048
+  // 2560 --expansion 8 --l0 4000 --layers 2`: 1180 s against 730 planned at 0.8): besides its GEMMs, each block of
+  // B is densified again for every block of A, from codes spilled to disk.
+  constexpr double kSaeGemm = 0.5, kSaeSparseEncoder = 0.8, kGather = 0.1, kDenseMmac = 0.5, kSparseMmac = 0.031;
   constexpr double kPerPreActivation = 400;
   // Sparse MMAC also builds the m_i x m_j correlation (fp64 centring, scaling, both maxima): FLOP-equivalents
   // per latent pair at the 512^3 ceiling. With kSparseMmac, fitted on benches at (d_sae, L0) = (4096, 16) and
@@ -461,10 +460,11 @@ Plan Runner::plan_estimate() const {
     else if (topk > 0) add_elementwise(term, n * m * kPerDenseTopkCode);
     else if (moments) add_elementwise(term, n * m * kPerDenseCode);
   };
-  // What bounded residency costs: an SAE load (safetensors read into owned tensors, per byte) each time a cell
-  // pair brings in a cell's SAE, and a cell's centred fitting rows made again from the store (gather, fp64,
-  // scale, centre: per element) for each cell pair that needs them.
-  constexpr double kPerSaeByte = 110, kPerFitElement = 700;
+  // What bounded residency costs: an SAE load (safetensors read into owned tensors, per byte; 11.5 s for 34
+  // loads of 270-420 MB on the bench above, about 1.3 ns per byte) each time a cell pair brings in a cell's SAE,
+  // and a cell's centred fitting rows made again from the store (gather, fp64, scale, centre: per element) for
+  // each cell pair that needs them.
+  constexpr double kPerSaeByte = 360, kPerFitElement = 700;
   auto sae_bytes = [&](size_t c) {
     const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
     return (2 * d * m + m + d) * 4;
@@ -543,17 +543,15 @@ Plan Runner::plan_estimate() const {
   plan.seconds["cka_permutations"] += plan.gathers * plan.seconds_per_gather;
   // Peak memory (anonymous: the stores' pages are released after each read). Per model pair: every cell's
   // resident data (fp32 evaluation rows, the fitting and evaluation Grams d^2 fp64, the centred N_cka^2 Gram fp64
-  // + fp32; codes under kSpillCodesAbove), one cell pair's state (two SAEs, both cells' centred fitting rows fp64,
+  // + fp32; codes under options_.spill_codes_above_bytes), one cell pair's state (two SAEs, both cells' centred fitting rows fp64,
   // i's centred evaluation rows fp64 for CKA), and the largest transient of: the null's shuffled copy of
-  // fitting rows; a mapped SAE pass (the map's fp64 temporaries, ~4 n_eval d, and the pass's working set
-  // of ~3 fp32 [batch, d_sae], kept by the allocator between passes: runtime::KeepFreedMemory); MMAC's two
+  // fitting rows; a mapped SAE pass (the map's fp64 temporaries, ~4 n_eval d, and the pass's working set per
+  // [batch, d_sae] element: pre-activations and codes in fp32 and the moments' fp64 copy and square, 24 B, or
+  // ~8 B for TopK codes in the sparse form); MMAC's two
   // dense blocks and a block's entries (~24 B each); a cell's preparation (the fitting rows' read, fp32 + fp64 +
   // scaled: 20 B per element; the kept codes of a TopK SAE, 12 B per entry as produced + 8 B placed: non-TopK
   // codes are not counted, their L0 is unknown before the pass).
   const int64_t mmac_block_bytes = int64_t(256) << 20;
-  double widest_m = 0;
-  for (const CellData& c : cells_) widest_m = std::max(widest_m, double(c.d_sae));
-  const double sae_pass_bytes = 3 * double(options_.batch_size) * widest_m * 4;
   for (const auto& [pair, s] : selections_) {
     const auto [a, b] = pair;
     if (!involves_sources(a, b)) continue;
@@ -565,11 +563,13 @@ Plan Runner::plan_estimate() const {
       if (cells_[c].model != a && cells_[c].model != b) continue;
       const double d = double(cells_[c].dim), m = double(cells_[c].d_sae), k = double(cells_[c].topk);
       const double codes = n_eval * k * 8;  // own, and random at the same L0
-      bytes += n_eval * d * 4 + 2 * d * d * 8 + n_cka * n_cka * 12 + (codes <= double(kSpillCodesAbove) ? 2 * codes : 0.0);
+      bytes += n_eval * d * 4 + 2 * d * d * 8 + n_cka * n_cka * 12 + (codes <= double(options_.spill_codes_above_bytes) ? 2 * codes : 0.0);
       widest_sae_bytes = std::max(widest_sae_bytes, (2 * d * m + m + d) * 4);
       widest_d = std::max(widest_d, d);
       const double block_entries = double(mmac_block_bytes) / (2 * 4 * n_eval) * n_eval * std::min(1.0, k / m);
-      transient = std::max({transient, n_fit * d * 8, 4 * n_eval * d * 8 + sae_pass_bytes,
+      const bool sparse_pass = k > 0 && k < kTopkSparseBelow * m;
+      const double pass = double(std::min<int64_t>(options_.batch_size, int64_t(n_eval))) * m * (sparse_pass ? 8 : 24);
+      transient = std::max({transient, n_fit * d * 8, 4 * n_eval * d * 8 + pass,
                             double(mmac_block_bytes) + 24 * block_entries, n_fit * d * 20, n_eval * k * 20});
     }
     bytes += 2 * widest_sae_bytes + 2 * n_fit * widest_d * 8 + n_eval * widest_d * 8 + transient;
@@ -614,7 +614,8 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   model_pairs_[ma.name + "__" + mb.name] = info;
   std::shared_ptr<ScratchFile> scratch;
   auto spill = [&](LatentCodes& codes) {
-    if (codes.nnz() * 8 <= kSpillCodesAbove) return;
+    // Spilled codes are freed with the scratch file at the end of the model pair.
+    if (codes.nnz() * 8 <= options_.spill_codes_above_bytes) return;
     if (!scratch) scratch = ScratchFile::create(scratch_dir_);
     codes.spill(scratch);
   };
@@ -679,6 +680,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       return std::make_shared<const stats::CentredGram>(side.eval.index_select(0, cka_rows_device));
     });
     sides[c] = std::move(side);
+    runtime::release_free_memory();
   };
   for (size_t c : ma.cells) prepare(c, s.fit_a, s.eval_a);
   if (!same)
@@ -873,6 +875,9 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       });
       if (sources_.count(i)) pair(i, j, sym, i);
       if (i != j && sources_.count(j)) pair(j, i, sym, i);
+      // Within a cell pair the passes reuse the memory they free (runtime::KeepFreedMemory); between cell pairs
+      // it goes back, so that the heap's holes left by one cell pair's differently sized tensors do not add up.
+      runtime::release_free_memory();
     }
   eval_centred_i = fit_centred_i = torch::Tensor();
 
@@ -887,6 +892,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
         const sae::Sae& second = *cell.ceiling;
         Encoding other = encode_rows(encoder_of(second), &second, side.eval,
                                      eval_doc, n_docs, batch, options_.mmac_min_firings);
+        spill(other.codes);
         const nlohmann::json& diagonal = pairs_.at(pair_key(cell.cell.name, cell.cell.name));
         double q_null = diagonal["q_null"].is_number() ? diagonal["q_null"].get<double>() : kNaN;
         double q = (1 - other.sums.fvu()) / (1 - side.own.sums.fvu());
@@ -906,6 +912,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       });
     }
   resident({});
+  runtime::release_free_memory();
 }
 
 // A partial result records its options so that merge can refuse partials made with different ones: the
@@ -1037,8 +1044,8 @@ void Runner::compute(const std::set<size_t>& sources) {
   log::info("transfer plan: {} cells, {} pairs ({} model pairs), up to {} fitting + {} evaluation tokens per model "
             "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.2f} TFLOP at GEMM "
             "ceilings {:.0f} GFLOP/s (512^3) and {:.0f} GFLOP/s (SAE shape); {:.2g} permutation-loop elements); peak "
-            "memory ~{:.2f} GB + 16 B per latent code "
-            "(2 x N_eval x L0 per cell); by term (s): {}",
+            "memory ~{:.2f} GB (a non-TopK SAE's kept codes, whose L0 only its pass tells, add up to 128 MB per "
+            "cell; larger ones are spilled to disk); by term (s): {}",
             n, n * n, models_.size() * (models_.size() + 1) / 2, options_.max_fit_tokens, options_.max_eval_tokens,
             options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, plan.total_seconds,
             plan.total_flops / 1e12, plan.gemm_gflops, plan.sae_gemm_gflops, plan.gathers, plan.peak_bytes / 1e9, terms(plan.seconds));

@@ -40,7 +40,7 @@ struct TransferTiming {
   double estimated_seconds = 0, measured_seconds = 0;  // the plan's total and the work's wall time
   double gemm_gflops = 0;  // fp32 GEMM ceiling measured by the plan: the higher of 512^3 and the SAE shape
   double flops = 0;                                    // counted by the plan (GEMM-equivalent work)
-  double peak_bytes_estimate = 0;                      // the plan's peak memory (codes at the measured L0 excluded)
+  double peak_bytes_estimate = 0;                      // the plan's peak memory (anonymous; see the plan line)
   std::map<std::string, double> estimated_by_term, seconds_by_term;
   std::map<std::string, double> model_pair_seconds;    // "<model_a>__<model_b>" -> wall seconds
 };
