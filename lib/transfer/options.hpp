@@ -29,6 +29,9 @@ struct TransferOptions {
   // directory and read back by MMAC block (docs/transfer.md, bounded residency). Results are the same bits either
   // way, so it is not recorded; 64 MB keeps the zoo's and low-L0 codes in memory (16384 tokens x L0 500).
   int64_t spill_codes_above_bytes = int64_t(64) << 20;
+  // A model pair whose SAEs and centred fitting rows together exceed this holds them per cell pair only
+  // (docs/transfer.md, bounded residency); below it, all at once. Same bits either way; not recorded.
+  int64_t bounded_residency_above_bytes = int64_t(1) << 30;
   // Where the arithmetic runs (the run's device, like TrainOptions::device): the rows are read on the host
   // and moved there per cell; runtime::kernel_path(device) picks the CKA permutation loop (native on the
   // CPU, portable LibTorch ops elsewhere; STRATA_KERNELS overrides). Not in fields(): it does not change

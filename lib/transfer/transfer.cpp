@@ -137,7 +137,7 @@ class Runner {
   Plan plan_estimate() const;
   // Makes the SAEs of `cells` (and their ceiling SAEs if `ceilings`) resident and releases all others: at most
   // two cells' SAEs are held at a time.
-  void resident(std::initializer_list<size_t> cells, bool ceilings = false);
+  void resident(const std::vector<size_t>& cells, bool ceilings = false);
   bool involves_sources(size_t a, size_t b) const {
     for (size_t c : sources_)
       if (cells_[c].model == a || cells_[c].model == b) return true;
@@ -580,7 +580,7 @@ Plan Runner::plan_estimate() const {
   return plan;
 }
 
-void Runner::resident(std::initializer_list<size_t> cells, bool ceilings) {
+void Runner::resident(const std::vector<size_t>& cells, bool ceilings) {
   for (size_t c = 0; c < cells_.size(); ++c) {
     CellData& cell = cells_[c];
     const bool keep = std::find(cells.begin(), cells.end(), c) != cells.end();
@@ -646,14 +646,24 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     std::shared_ptr<const stats::CentredGram> gram;
   };
   std::map<size_t, Side> sides;
+  // Bounded residency only where it pays: while the model pair's SAEs and centred fitting rows together stay
+  // under options_.bounded_residency_above_bytes (1 GB; the zoo: a few MB) they are all held, and freed memory is not returned between cell pairs.
+  // Making them again per cell pair cost 9 s of the default run's 78 (bench/RESULTS.md). Same bits either way.
+  std::vector<size_t> involved = ma.cells;
+  if (!same) involved.insert(involved.end(), mb.cells.begin(), mb.cells.end());
+  double held_bytes = 0;
+  for (size_t c : involved)
+    held_bytes += double(s.fit_a.numel()) * double(cells_[c].dim) * 8 +
+                  (2.0 * double(cells_[c].dim) * double(cells_[c].d_sae) + double(cells_[c].d_sae + cells_[c].dim)) * 4;
+  const bool bounded = held_bytes > double(options_.bounded_residency_above_bytes);
   auto prepare = [&](size_t c, const torch::Tensor& fit_rows_ids, const torch::Tensor& eval_rows) {
     Side side;
     const CellData& cell = cells_[c];
     side.fit_ids = fit_rows_ids;
     side.fit = timed("maps", [&] { return fit_rows(read(cell, fit_rows_ids).to(torch::kFloat64) * cell.scale); });
-    side.fit.centred = torch::Tensor();
+    if (bounded) side.fit.centred = torch::Tensor();
     side.eval = read(cell, eval_rows);
-    timed("residency", [&] { resident({c}); });
+    timed("residency", [&] { resident(bounded ? std::vector<size_t>{c} : involved); });
     const sae::Sae& sae = *cell.sae;
     side.own = timed("sae_own", [&] {
       return encode_rows(encoder_of(sae), &sae, side.eval, eval_doc, n_docs, batch, options_.mmac_min_firings);
@@ -680,7 +690,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       return std::make_shared<const stats::CentredGram>(side.eval.index_select(0, cka_rows_device));
     });
     sides[c] = std::move(side);
-    runtime::release_free_memory();
+    if (bounded) runtime::release_free_memory();
   };
   for (size_t c : ma.cells) prepare(c, s.fit_a, s.eval_a);
   if (!same)
@@ -688,6 +698,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   // A cell's centred scaled fitting rows, the same bits as fit_rows made them (read, fp64, scale, minus the mean).
   auto fitting_rows = [&](size_t c) {
     const Side& side = sides.at(c);
+    if (side.fit.centred.defined()) return side.fit.centred;
     return (read(cells_[c], side.fit_ids).to(torch::kFloat64) * cells_[c].scale) - side.fit.mean;
   };
 
@@ -824,7 +835,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       if (!sources_.count(i) && !sources_.count(j)) continue;
       Symmetric sym;
       const Side &si = sides.at(i), &sj = sides.at(j);
-      timed("residency", [&] { resident({i, j}); });
+      if (bounded) timed("residency", [&] { resident({i, j}); });
       if (i == j) {
         sym.cka = 1.0;
         // CKA(X, X) = 1 and no permuted copy exceeds it; the p of a test that ran is 1/(B+1), of none NaN.
@@ -877,7 +888,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       if (i != j && sources_.count(j)) pair(j, i, sym, i);
       // Within a cell pair the passes reuse the memory they free (runtime::KeepFreedMemory); between cell pairs
       // it goes back, so that the heap's holes left by one cell pair's differently sized tensors do not add up.
-      runtime::release_free_memory();
+      if (bounded) runtime::release_free_memory();
     }
   eval_centred_i = fit_centred_i = torch::Tensor();
 
