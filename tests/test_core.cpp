@@ -8,6 +8,7 @@
 #include "core/fs.hpp"
 #include "core/hash.hpp"
 #include "core/random.hpp"
+#include "core/runtime.hpp"
 #include "core/scratch_file.hpp"
 #include "test_helpers.hpp"
 
@@ -77,4 +78,19 @@ BOOST_AUTO_TEST_CASE(derive_is_stable_and_separates_tags) {
   double mean = 0;
   for (int64_t i = 0; i < 4000; ++i) mean += strata::derive_unit(5, "unit", i) / 4000.0;
   BOOST_TEST(mean == 0.5, boost::test_tools::tolerance(0.03));  // 0.015 = 3 sd of the mean of 4000 uniforms
+}
+
+// strata's at::parallel_for loops (the CKA permutation test, MMAC, the SAE kernels, attention) run on the threads
+// asked for. ATen's template splits them only in code compiled with OpenMP: a GCC build without it ran them all
+// on one thread, which no timing would flag.
+BOOST_AUTO_TEST_CASE(parallel_loops_run_on_every_thread_asked_for) {
+  runtime::set_threads(2);
+#if defined(__GNUC__) && !defined(__clang__)
+  BOOST_TEST(runtime::parallel_loop_threads() == 2);
+#else
+  BOOST_TEST(runtime::parallel_loop_threads() == 1);  // clang builds (the fuzz preset) leave OpenMP out
+#endif
+  runtime::set_threads(1);
+  BOOST_TEST(runtime::parallel_loop_threads() == 1);
+  runtime::set_threads(0);
 }

@@ -6,9 +6,12 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <limits>
+#include <mutex>
+#include <set>
 #include <thread>
 
 #include <ATen/Parallel.h>
@@ -107,6 +110,18 @@ void set_threads(int n) {
 }
 
 int threads() { return torch::get_num_threads(); }
+
+int parallel_loop_threads() {
+  std::mutex mutex;
+  std::set<std::thread::id> seen;
+  // One task per thread, each long enough that no thread can finish its own and take another's.
+  at::parallel_for(0, threads(), 1, [&](int64_t, int64_t) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::lock_guard<std::mutex> lock(mutex);
+    seen.insert(std::this_thread::get_id());
+  });
+  return int(seen.size());
+}
 
 torch::Device parse_device(const std::string& spec) {
   if (spec == "cpu") return torch::Device(torch::kCPU);

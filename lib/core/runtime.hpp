@@ -28,6 +28,9 @@ void ensure_blas_core(int argc, char** argv);
 // threads <= 0 means all cores. Applies to LibTorch intra-op threads and OpenBLAS.
 void set_threads(int threads);
 int threads();
+// How many threads strata's own at::parallel_for loops really run on (ATen's header template splits work only
+// where the including code is compiled with OpenMP; a GCC build without it ran every such loop serially).
+int parallel_loop_threads();
 
 // Parses "cpu" or "cuda[:N]"; cuda on a CPU-only LibTorch is a clear error.
 torch::Device parse_device(const std::string& spec);

@@ -420,8 +420,11 @@ Plan Runner::plan_estimate() const {
   // of A and a code of B on the same token). Those two were fitted on `bench transfer` at (d_sae, L0) = (4096, 16),
   // (4096, 192) and (8192, 32): about 2.1 ns per latent pair (two fp64 divisions, kept for the tensor form's bits)
   // and 1.75 ns per product (memory-bound: B's codes of each token are read again for every code of A).
+  // Both were fitted on one thread (the host kernels' parallel loops then ran serially, see
+  // runtime::parallel_loop_threads) and are divided by the threads those loops run on.
   constexpr double kPerCorrelation = 3600, kPerHostCorrelation = 820, kPerHostProduct = 680;
   const bool host_kernels = runtime::kernel_path(options_.device) == runtime::KernelPath::native;
+  const double host_threads = host_kernels ? double(runtime::parallel_loop_threads()) : 1.0;
   // An SAE pass's element-wise work, in FLOP-equivalents at the 512^3 ceiling (measured seconds per element
   // times the ceiling, from the same fit): the selection and bookkeeping of each TopK code entry (sparse form);
   // TopK codes in dense form (selection, scatter, per-latent sums) per element; ReLU / JumpReLU codes' per-latent
@@ -441,10 +444,10 @@ Plan Runner::plan_estimate() const {
     const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
     const double ki = double(cells_[i].topk), kj = double(cells_[j].topk);
     if (host_kernels && ki > 0 && kj > 0 && (ki / mi) * (kj / mj) < kMmacSparseProductBelow) {
-      add_elementwise(term, codings * (n * ki * kj * kPerHostProduct + mi * mj * kPerHostCorrelation));
+      add_elementwise(term, codings * (n * ki * kj * kPerHostProduct + mi * mj * kPerHostCorrelation) / host_threads);
     } else if (ki > 0 && ki < kMmacSparseBelow * mi) {
       add_sae(term, codings * 2 * n * ki * mj, kSparseMmac);
-      add_elementwise(term, codings * mi * mj * (host_kernels ? kPerHostCorrelation : kPerCorrelation));
+      add_elementwise(term, codings * mi * mj * (host_kernels ? kPerHostCorrelation / host_threads : kPerCorrelation));
     } else
       add_sae(term, codings * 2 * n * mi * mj, kDenseMmac);
   };
