@@ -51,6 +51,8 @@ struct CellData {
   int64_t topk = 0;  // k of a TopK SAE (its codes' L0 is known before any pass), else 0
   std::string architecture;
   double scale = 1.0;  // scaled = raw * scale, E||scaled||^2 = d on the fitting split
+  // Bytes of the SAE when resident: W_enc and W_dec [dim x d_sae], b_enc and b_dec, fp32.
+  double sae_bytes() const { return (2.0 * double(dim) * double(d_sae) + double(d_sae + dim)) * 4; }
 };
 
 struct DocumentDraw {
@@ -468,10 +470,7 @@ Plan Runner::plan_estimate() const {
   // and a cell's centred fitting rows made again from the store (gather, fp64, scale, centre: per element) for
   // each cell pair that needs them.
   constexpr double kPerSaeByte = 360, kPerFitElement = 700;
-  auto sae_bytes = [&](size_t c) {
-    const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
-    return (2 * d * m + m + d) * 4;
-  };
+  auto sae_bytes = [&](size_t c) { return cells_[c].sae_bytes(); };
   const double perms = double(options_.cka_permutations), boots = double(replicates_);
   const double k = double(options_.top_k);
   for (const auto& [pair, s] : selections_) {
@@ -567,7 +566,7 @@ Plan Runner::plan_estimate() const {
       const double d = double(cells_[c].dim), m = double(cells_[c].d_sae), k = double(cells_[c].topk);
       const double codes = n_eval * k * 8;  // own, and random at the same L0
       bytes += n_eval * d * 4 + 2 * d * d * 8 + n_cka * n_cka * 12 + (codes <= double(options_.spill_codes_above_bytes) ? 2 * codes : 0.0);
-      widest_sae_bytes = std::max(widest_sae_bytes, (2 * d * m + m + d) * 4);
+      widest_sae_bytes = std::max(widest_sae_bytes, cells_[c].sae_bytes());
       widest_d = std::max(widest_d, d);
       const double block_entries = double(mmac_block_bytes) / (2 * 4 * n_eval) * n_eval * std::min(1.0, k / m);
       const bool sparse_pass = k > 0 && k < kTopkSparseBelow * m;
@@ -650,14 +649,14 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   };
   std::map<size_t, Side> sides;
   // Bounded residency only where it pays: while the model pair's SAEs and centred fitting rows together stay
-  // under options_.bounded_residency_above_bytes (1 GB; the zoo: a few MB) they are all held, and freed memory is not returned between cell pairs.
-  // Making them again per cell pair cost 9 s of the default run's 78 (bench/RESULTS.md). Same bits either way.
+  // under options_.bounded_residency_above_bytes (1 GB; the zoo: a few MB) they are all held, and freed memory is
+  // not returned between cell pairs. Making them again per cell pair cost 9 s of the default run's 78
+  // (bench/RESULTS.md). Same bits either way.
   std::vector<size_t> involved = ma.cells;
   if (!same) involved.insert(involved.end(), mb.cells.begin(), mb.cells.end());
   double held_bytes = 0;
   for (size_t c : involved)
-    held_bytes += double(s.fit_a.numel()) * double(cells_[c].dim) * 8 +
-                  (2.0 * double(cells_[c].dim) * double(cells_[c].d_sae) + double(cells_[c].d_sae + cells_[c].dim)) * 4;
+    held_bytes += double(s.fit_a.numel()) * double(cells_[c].dim) * 8 + cells_[c].sae_bytes();
   const bool bounded = held_bytes > double(options_.bounded_residency_above_bytes);
   auto prepare = [&](size_t c, const torch::Tensor& fit_rows_ids, const torch::Tensor& eval_rows) {
     Side side;
