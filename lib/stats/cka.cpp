@@ -42,7 +42,11 @@ CkaSide cka_side(const torch::Tensor& x) {
   return side;
 }
 
-torch::Tensor CkaSide::centred() const { return rows.to(torch::kFloat64) - mean.unsqueeze(0); }
+// One fp64 buffer, centred in place (the same bits as rows.to(fp64) - mean, half the fresh memory: at
+// [16384, 2560] each buffer is 336 MB of pages to fault in).
+torch::Tensor CkaSide::centred() const {
+  return rows.to(torch::kFloat64, /*non_blocking=*/false, /*copy=*/true).sub_(mean.unsqueeze(0));
+}
 
 torch::Tensor cka_cross(const CkaSide& x, const CkaSide& y) { return cka_cross(x.centred(), y); }
 

@@ -8,21 +8,36 @@
 
 namespace strata::transfer {
 
-FitRows fit_rows(const torch::Tensor& scaled) {
+namespace {
+// fp64(raw) * scale in a buffer of its own (never an alias of raw, which the in-place steps would change).
+torch::Tensor scaled_copy(const torch::Tensor& raw, double scale) {
+  return raw.to(torch::kFloat64, /*non_blocking=*/false, /*copy=*/true).mul_(scale);
+}
+}  // namespace
+
+// In-place steps compute what the out-of-place ones did, element by element: the same bits in a third of the
+// memory. At phase5_4's sizes each out-of-place temporary was a fresh half-gigabyte for the kernel to fault in
+// and zero: a quarter of the maps' CPU time went to page faults (bench/RESULTS.md).
+FitRows fit_rows(const torch::Tensor& raw, double scale) {
   FitRows rows;
-  torch::Tensor x = scaled.to(torch::kFloat64);
+  torch::Tensor x = scaled_copy(raw, scale);
   rows.mean = x.mean(0);
-  rows.centred = x - rows.mean;
+  rows.centred = x.sub_(rows.mean);
   rows.gram = torch::mm(rows.centred.t(), rows.centred);
   rows.trace = rows.gram.diagonal().sum().item<double>();
   return rows;
 }
 
+torch::Tensor centred_rows(const torch::Tensor& raw, double scale, const torch::Tensor& mean) {
+  return scaled_copy(raw, scale).sub_(mean);
+}
+
 torch::Tensor AffineMap::apply(const torch::Tensor& raw_target) const {
-  torch::Tensor z = raw_target.to(torch::kFloat64) * target_scale;
-  if (!linear.defined()) return (z / source_scale).to(torch::kFloat32);
-  torch::Tensor y = torch::mm(z - mean_in, linear) * alpha + mean_out;
-  return (y / source_scale).to(torch::kFloat32);
+  torch::Tensor z = scaled_copy(raw_target, target_scale);
+  if (!linear.defined()) return z.div_(source_scale).to(torch::kFloat32);
+  torch::Tensor y = torch::mm(z.sub_(mean_in), linear);
+  z = torch::Tensor();
+  return y.mul_(alpha).add_(mean_out).div_(source_scale).to(torch::kFloat32);
 }
 
 AffineMap procrustes_map(const torch::Tensor& q, const FitRows& target, const FitRows& source, double target_scale,

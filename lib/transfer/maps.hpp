@@ -17,7 +17,11 @@ struct FitRows {
   torch::Tensor centred, mean, gram;
   double trace = 0;
 };
-FitRows fit_rows(const torch::Tensor& scaled);  // scaled [n_fit, d] (raw * scaling factor)
+// From raw rows [n_fit, d] (any float dtype) and the cell's scaling factor: Z = fp64(raw) * scale - mean.
+// Made in one fp64 buffer, scaled and centred in place (a [32768, 2560] cell's rows are 671 MB in fp64).
+FitRows fit_rows(const torch::Tensor& raw, double scale = 1.0);
+// The same centred rows again, about a known mean: the same bits as fit_rows(raw, scale).centred.
+torch::Tensor centred_rows(const torch::Tensor& raw, double scale, const torch::Tensor& mean);
 
 // An affine map from scaled target space into RAW source space: y = ((z_scaled - mean_in) Q alpha + mean_out) / s_src.
 struct AffineMap {

@@ -547,12 +547,13 @@ Plan Runner::plan_estimate() const {
   // resident data (fp32 evaluation rows, the fitting and evaluation Grams d^2 fp64, the centred N_cka^2 Gram fp64
   // + fp32; codes under options_.spill_codes_above_bytes), one cell pair's state (two SAEs, both cells' centred fitting rows fp64,
   // i's centred evaluation rows fp64 for CKA), and the largest transient of: the null's shuffled copy of
-  // fitting rows; a mapped SAE pass (the map's fp64 temporaries, ~4 n_eval d, and the pass's working set per
+  // fitting rows; a mapped SAE pass (the map's rows: fp64 scaled and centred, fp64 mapped, fp32 result, 20 B per
+  // element of n_eval d, and the pass's working set per
   // [batch, d_sae] element: pre-activations and codes in fp32 and the moments' fp64 copy and square, 24 B, or
   // ~8 B for TopK codes in the sparse form); MMAC's two
-  // dense blocks and a block's entries (~24 B each); a cell's preparation (the fitting rows' read, fp32 + fp64 +
-  // scaled: 20 B per element; the kept codes of a TopK SAE, 12 B per entry as produced + 8 B placed: non-TopK
-  // codes are not counted, their L0 is unknown before the pass).
+  // dense blocks and a block's entries (~24 B each); a cell's preparation (the fitting rows' read, fp32, and
+  // their fp64 copy scaled and centred in place: 12 B per element; the kept codes of a TopK SAE, 12 B per entry
+  // as produced + 8 B placed: non-TopK codes are not counted, their L0 is unknown before the pass).
   const int64_t mmac_block_bytes = int64_t(256) << 20;
   for (const auto& [pair, s] : selections_) {
     const auto [a, b] = pair;
@@ -571,8 +572,8 @@ Plan Runner::plan_estimate() const {
       const double block_entries = double(mmac_block_bytes) / (2 * 4 * n_eval) * n_eval * std::min(1.0, k / m);
       const bool sparse_pass = k > 0 && k < kTopkSparseBelow * m;
       const double pass = double(std::min<int64_t>(options_.batch_size, int64_t(n_eval))) * m * (sparse_pass ? 8 : 24);
-      transient = std::max({transient, n_fit * d * 8, 4 * n_eval * d * 8 + pass,
-                            double(mmac_block_bytes) + 24 * block_entries, n_fit * d * 20, n_eval * k * 20});
+      transient = std::max({transient, n_fit * d * 8, 20 * n_eval * d + pass,
+                            double(mmac_block_bytes) + 24 * block_entries, n_fit * d * 12, n_eval * k * 20});
     }
     bytes += 2 * widest_sae_bytes + 2 * n_fit * widest_d * 8 + n_eval * widest_d * 8 + transient;
     plan.peak_bytes = std::max(plan.peak_bytes, bytes);
@@ -662,7 +663,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
     Side side;
     const CellData& cell = cells_[c];
     side.fit_ids = fit_rows_ids;
-    side.fit = timed("maps", [&] { return fit_rows(read(cell, fit_rows_ids).to(torch::kFloat64) * cell.scale); });
+    side.fit = timed("maps", [&] { return fit_rows(read(cell, fit_rows_ids), cell.scale); });
     if (bounded) side.fit.centred = torch::Tensor();
     side.eval = read(cell, eval_rows);
     timed("residency", [&] { resident(bounded ? std::vector<size_t>{c} : involved); });
@@ -701,7 +702,7 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   auto fitting_rows = [&](size_t c) {
     const Side& side = sides.at(c);
     if (side.fit.centred.defined()) return side.fit.centred;
-    return (read(cells_[c], side.fit_ids).to(torch::kFloat64) * cells_[c].scale) - side.fit.mean;
+    return centred_rows(read(cells_[c], side.fit_ids), cells_[c].scale, side.fit.mean);
   };
 
   // Per unordered cell pair {i, j}: CKA (+ permutation p, bootstrap), MMAC both ways, and the maps of both
