@@ -1,0 +1,80 @@
+#define BOOST_TEST_MODULE cli_bench
+#include <boost/test/unit_test.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "test_helpers.hpp"
+
+// `strata bench transfer` at toy sizes: the figures its JSON promises (bench/RESULTS.md and scripts read them)
+// are there and agree with each other. Timings are not asserted (benchmarks, not timed tests).
+BOOST_AUTO_TEST_CASE(bench_transfer_writes_consistent_figures) {
+  const auto dir = strata::testing::fresh_dir("cli_bench");
+  const std::string json_path = (dir / "bench.json").string();
+  std::string out;
+  const int rc = strata::testing::run_command(
+      strata::testing::strata_binary().string() +
+          " --threads 1 bench transfer --widths 16 24 --expansion 2 --l0 4 --layers 2 --fit-tokens 256"
+          " --eval-tokens 256 --permutations 20 --cka-tokens 64 --bootstrap 5 --dir '" + (dir / "scratch").string() +
+          "' --json '" + json_path + "'",
+      &out);
+  BOOST_TEST_MESSAGE(out);
+  BOOST_REQUIRE_EQUAL(rc, 0);
+  BOOST_TEST(out.find("% of the GEMM ceiling") != std::string::npos);
+  BOOST_TEST(out.find("at 100 % of the GEMM ceiling") != std::string::npos);
+
+  std::ifstream in(json_path);
+  BOOST_REQUIRE(in.good());
+  const auto j = nlohmann::json::parse(in);
+  for (const char* key : {"phase5_4_hours", "phase5_4_hours_at_ceiling", "gemm_fraction", "gemm_gflops", "gemm_tflop",
+                          "peak_rss_gb", "peak_anonymous_gb", "l0", "d_sae", "seconds_by_term", "planned_seconds_by_term",
+                          "model_pair_seconds", "measured_seconds", "planned_seconds"})
+    BOOST_TEST(j.contains(key), key);
+  BOOST_TEST(j.at("l0").get<int>() == 4);
+  BOOST_TEST(j.at("d_sae").get<int>() == 48);  // the larger model's: 24 x 2
+  BOOST_TEST(j.at("d_sae_per_model").dump() == "[32,48]");
+
+  // Every term of one model pair's work was timed, and the terms add up to the measured total ("other" is the
+  // remainder by construction, so this checks that no term is negative or counted twice). The token selection
+  // runs before the plan and is reported beside the total, not in it.
+  const auto& by_term = j.at("seconds_by_term");
+  double sum = 0;
+  for (const auto& [term, seconds] : by_term.items()) {
+    BOOST_TEST(seconds.get<double>() >= 0.0, term);
+    if (term != "selection") sum += seconds.get<double>();
+  }
+  for (const char* term : {"maps", "sae_own", "sae_mapped", "sae_null", "cka_linear", "cka_permutations", "mmac",
+                           "ceilings", "ridge", "decoder"})
+    BOOST_TEST(by_term.contains(term), term);
+  const double measured = j.at("measured_seconds").get<double>();
+  BOOST_TEST(measured > 0.0);
+  BOOST_TEST(sum == measured, boost::test_tools::tolerance(1e-9));
+
+  // The extrapolation: 2 within- and 1 cross-model model pair here; phase5_4 has 4 and 6.
+  const auto& pairs = j.at("model_pair_seconds");
+  BOOST_REQUIRE_EQUAL(pairs.size(), 3u);
+  const double within = pairs.at("bench0__bench0").get<double>() + pairs.at("bench1__bench1").get<double>();
+  const double across = pairs.at("bench0__bench1").get<double>();
+  const double hours = j.at("phase5_4_hours").get<double>();
+  BOOST_TEST(hours == (4 * within / 2 + 6 * across) / 3600.0, boost::test_tools::tolerance(1e-12));
+
+  // The fraction is the counted GEMM work over the measured time at the same run's ceiling, and the floor is the
+  // same extrapolation at 100 % of it.
+  const double fraction = j.at("gemm_fraction").get<double>();
+  BOOST_TEST(fraction > 0.0);
+  BOOST_TEST(fraction == j.at("gemm_tflop").get<double>() * 1e12 / measured / 1e9 / j.at("gemm_gflops").get<double>(),
+             boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(j.at("phase5_4_hours_at_ceiling").get<double>() == hours * fraction, boost::test_tools::tolerance(1e-12));
+
+  BOOST_TEST(j.at("peak_rss_gb").get<double>() > 0.0);
+  BOOST_TEST(j.at("peak_anonymous_gb").get<double>() <= j.at("peak_rss_gb").get<double>());
+}
+
+BOOST_AUTO_TEST_CASE(bench_transfer_rejects_an_l0_beyond_d_sae) {
+  std::string out;
+  const int rc = strata::testing::run_command(
+      strata::testing::strata_binary().string() + " bench transfer --widths 16 16 --expansion 2 --l0 33", &out);
+  BOOST_TEST(rc != 0);
+  BOOST_TEST(out.find("--l0 must lie in [1, d_sae]") != std::string::npos, out);
+}
