@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <malloc.h>
+#include <sys/resource.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -218,6 +219,13 @@ std::string build_id() {
 }
 
 void release_free_memory() { ::malloc_trim(0); }
+
+ProcessUsage process_usage() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return double(t.tv_sec) + 1e-6 * double(t.tv_usec); };
+  return {seconds(usage.ru_utime), seconds(usage.ru_stime), int64_t(usage.ru_minflt)};
+}
 
 namespace {
 constexpr int kKeepThreshold = std::numeric_limits<int>::max();  // mallopt takes an int: 2 GiB - 1

@@ -69,11 +69,21 @@ std::string build_id();
 // faults per call: call it once per batch, not per op.
 void release_free_memory();
 
+// The process's CPU time and minor page faults so far, all threads (getrusage(RUSAGE_SELF)).
+struct ProcessUsage {
+  double user_seconds = 0, system_seconds = 0;
+  int64_t minor_faults = 0;
+};
+ProcessUsage process_usage();
+
 // While alive, large allocations come from the heap and freed memory stays with the process (glibc's
 // M_MMAP_THRESHOLD and M_TRIM_THRESHOLD raised to 2 GiB), so a loop that allocates and frees the same big
-// tensors (the transfer step's [batch, d_sae] codes, ~130 MB each) reuses pages instead of mapping, faulting
-// in and zeroing fresh ones every time: 1.3x faster on `bench transfer` at d_sae 8192 for ~30 % more peak
-// RSS (bench/RESULTS.md). On destruction the defaults' thresholds come back and free memory is returned.
+// tensors (the transfer step's [batch, d_sae] codes, fitting rows, mapped rows) reuses pages instead of mapping,
+// faulting in and zeroing fresh ones every time: 1.3x faster on `bench transfer` at d_sae 8192 for ~30 % more
+// peak RSS (bench/RESULTS.md). Memory handed back is dear to take again where the kernel runs in a VM that
+// reports free pages to its host: 2-5 s per GB faulted in again, against 0.03 s to write a GB (measured on the
+// Firecracker machines here), so do not call release_free_memory() inside the scope. On destruction the
+// defaults' thresholds come back and free memory is returned.
 class KeepFreedMemory {
  public:
   KeepFreedMemory();

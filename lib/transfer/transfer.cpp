@@ -145,16 +145,23 @@ class Runner {
       if (cells_[c].model == a || cells_[c].model == b) return true;
     return false;
   }
-  // Runs fn and adds its wall time to `term` (the plan's and the bench's per-term seconds).
+  // Runs fn and adds its wall time to `term` (the plan's and the bench's per-term seconds), and the process's
+  // system time and minor page faults over it (getrusage, about a microsecond a call): where memory handed
+  // back to the kernel is faulted in again, that cost lands in the system time of the term that faulted.
   template <class Fn>
   auto timed(const std::string& term, Fn&& fn) {
-    auto begin = std::chrono::steady_clock::now();
     struct Add {
-      std::map<std::string, double>& seconds;
+      Runner& runner;
       const std::string& term;
-      std::chrono::steady_clock::time_point begin;
-      ~Add() { seconds[term] += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count(); }
-    } add{term_seconds_, term, begin};
+      std::chrono::steady_clock::time_point begin = std::chrono::steady_clock::now();
+      runtime::ProcessUsage usage = runtime::process_usage();
+      ~Add() {
+        runner.term_seconds_[term] += std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+        const runtime::ProcessUsage end = runtime::process_usage();
+        runner.timing_.system_seconds_by_term[term] += end.system_seconds - usage.system_seconds;
+        runner.timing_.minor_faults_by_term[term] += double(end.minor_faults - usage.minor_faults);
+      }
+    } add{*this, term};
     return fn();
   }
   std::map<std::pair<size_t, size_t>, Selection> selections_;  // per model pair (a <= b), made once
@@ -650,9 +657,8 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   };
   std::map<size_t, Side> sides;
   // Bounded residency only where it pays: while the model pair's SAEs and centred fitting rows together stay
-  // under options_.bounded_residency_above_bytes (1 GB; the zoo: a few MB) they are all held, and freed memory is
-  // not returned between cell pairs. Making them again per cell pair cost 9 s of the default run's 78
-  // (bench/RESULTS.md). Same bits either way.
+  // under options_.bounded_residency_above_bytes (1 GB; the zoo: a few MB) they are all held. Making them again
+  // per cell pair cost 9 s of the default run's 78 (bench/RESULTS.md). Same bits either way.
   std::vector<size_t> involved = ma.cells;
   if (!same) involved.insert(involved.end(), mb.cells.begin(), mb.cells.end());
   double held_bytes = 0;
@@ -693,7 +699,6 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       return std::make_shared<const stats::CentredGram>(side.eval.index_select(0, cka_rows_device));
     });
     sides[c] = std::move(side);
-    if (bounded) runtime::release_free_memory();
   };
   for (size_t c : ma.cells) prepare(c, s.fit_a, s.eval_a);
   if (!same)
@@ -889,9 +894,6 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       });
       if (sources_.count(i)) pair(i, j, sym, i);
       if (i != j && sources_.count(j)) pair(j, i, sym, i);
-      // Within a cell pair the passes reuse the memory they free (runtime::KeepFreedMemory); between cell pairs
-      // it goes back, so that the heap's holes left by one cell pair's differently sized tensors do not add up.
-      if (bounded) runtime::release_free_memory();
     }
   eval_centred_i = fit_centred_i = torch::Tensor();
 
@@ -926,7 +928,6 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
       });
     }
   resident({});
-  runtime::release_free_memory();
 }
 
 // A partial result records its options so that merge can refuse partials made with different ones: the
@@ -1040,7 +1041,9 @@ Runner::Runner(const std::vector<std::pair<std::string, nlohmann::json>>& partia
 }
 
 void Runner::compute(const std::set<size_t>& sources) {
-  const runtime::KeepFreedMemory keep_freed_memory;  // the passes allocate and free the same big tensors
+  // The passes, cell pairs and model pairs allocate and free the same big tensors: the memory they free stays
+  // with the process for the whole step and is handed back once, at its end (runtime::KeepFreedMemory).
+  const runtime::KeepFreedMemory keep_freed_memory;
   sources_ = sources;
   build_global_docs();
   timed("selection", [&] {
@@ -1064,6 +1067,7 @@ void Runner::compute(const std::set<size_t>& sources) {
             options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, plan.total_seconds,
             plan.total_flops / 1e12, plan.gemm_gflops, plan.sae_gemm_gflops, plan.gathers, plan.peak_bytes / 1e9, terms(plan.seconds));
   const auto work_start = std::chrono::steady_clock::now();
+  const runtime::ProcessUsage usage_start = runtime::process_usage();
   {
     log::Progress progress("transfer pairs", int64_t(sources_.size() * n));
     for (size_t a = 0; a < models_.size(); ++a)
@@ -1077,6 +1081,10 @@ void Runner::compute(const std::set<size_t>& sources) {
     progress.finish();
   }
   const double work_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - work_start).count();
+  const runtime::ProcessUsage usage_end = runtime::process_usage();
+  timing_.user_seconds = usage_end.user_seconds - usage_start.user_seconds;
+  timing_.system_seconds = usage_end.system_seconds - usage_start.system_seconds;
+  timing_.minor_faults = double(usage_end.minor_faults - usage_start.minor_faults);
   double timed_seconds = 0;
   for (const auto& [term, seconds] : term_seconds_)
     if (plan.seconds.count(term)) timed_seconds += seconds;

@@ -157,6 +157,9 @@ void setup(strata::cli::Commands& commands) {
     // The peak RSS is the step's: the kernel's high-water mark is reset after the cells and SAEs are made
     // (writing 5 to clear_refs, Linux >= 4.0), so the bench's own set-up does not count.
     std::ofstream("/proc/self/clear_refs") << "5";
+    // The cells and SAEs just written (GBs at phase5_4's sizes) are flushed now, not by the kernel's writeback
+    // threads while the step measures its GEMM ceilings and runs.
+    ::sync();
     AnonymousPeak anonymous;
     auto result = strata::transfer::run_transfer(cells, options, a.seed, dir / "transfer");
     const double anonymous_gb = anonymous.stop_gb();
@@ -175,13 +178,19 @@ void setup(strata::cli::Commands& commands) {
                a.widths[0], a.widths[1], a.widths[0] * a.expansion, a.widths[1] * a.expansion, a.l0, a.fit_tokens,
                a.eval_tokens, a.permutations, a.cka_tokens, a.bootstrap, strata::runtime::threads(),
                options.device.str(), strata::runtime::to_string(strata::runtime::kernel_path(options.device)));
-    fmt::print("  {:<18} {:>10} {:>10}\n", "term", "measured s", "planned s");
+    // System time and minor faults per term: memory the allocator handed back to the kernel and faulted in again.
+    fmt::print("  {:<18} {:>10} {:>10} {:>9} {:>13}\n", "term", "measured s", "planned s", "system s", "minor faults");
+    auto at = [](const std::map<std::string, double>& by_term, const std::string& term, const char* format) {
+      return by_term.count(term) ? fmt::format(fmt::runtime(format), by_term.at(term)) : std::string();
+    };
     for (const auto& [term, seconds] : t.seconds_by_term)
-      fmt::print("  {:<18} {:>10.2f} {:>10}{}\n", term, seconds,
-                 t.estimated_by_term.count(term) ? fmt::format("{:.2f}", t.estimated_by_term.at(term)) : "",
+      fmt::print("  {:<18} {:>10.2f} {:>10} {:>9} {:>13}{}\n", term, seconds, at(t.estimated_by_term, term, "{:.2f}"),
+                 at(t.system_seconds_by_term, term, "{:.2f}"), at(t.minor_faults_by_term, term, "{:.0f}"),
                  term == "selection" ? "  (before the plan: not in the total)" : "");
     fmt::print("  total: {:.1f} s measured, {:.1f} s planned ({:+.0f} %)\n", t.measured_seconds, t.estimated_seconds,
                100.0 * (t.measured_seconds / t.estimated_seconds - 1));
+    fmt::print("  CPU over the work: {:.1f} s user, {:.1f} s system, {:.2f} M minor page faults\n", t.user_seconds,
+               t.system_seconds, t.minor_faults / 1e6);
     fmt::print("  {:.1f} GFLOP/s = {:.0f} % of the GEMM ceiling ({:.1f} GFLOP/s, same run)\n", gflops, 100 * fraction,
                t.gemm_gflops);
     fmt::print("  peak RSS {:.2f} GB, of which anonymous {:.2f} GB (sampled every 50 ms; the rest is mmap-ed stores and "
@@ -216,7 +225,12 @@ void setup(strata::cli::Commands& commands) {
                             {"planned_seconds", t.estimated_seconds},
                             {"model_pair_seconds", t.model_pair_seconds},
                             {"seconds_by_term", t.seconds_by_term},
-                            {"planned_seconds_by_term", t.estimated_by_term}};
+                            {"planned_seconds_by_term", t.estimated_by_term},
+                            {"system_seconds_by_term", t.system_seconds_by_term},
+                            {"minor_faults_by_term", t.minor_faults_by_term},
+                            {"user_seconds", t.user_seconds},
+                            {"system_seconds", t.system_seconds},
+                            {"minor_faults", t.minor_faults}};
       strata::atomic_write_text(a.json, out.dump(2) + "\n");
     }
     if (a.dir.empty()) fs::remove_all(dir);
