@@ -69,6 +69,24 @@ BOOST_AUTO_TEST_CASE(bench_transfer_writes_consistent_figures) {
 
   BOOST_TEST(j.at("peak_rss_gb").get<double>() > 0.0);
   BOOST_TEST(j.at("peak_anonymous_gb").get<double>() <= j.at("peak_rss_gb").get<double>());
+
+  // System time and minor faults per term are differences of the process's counters over the same disjoint
+  // intervals as the terms' wall time, all inside the work: every timed term has them, none is negative, and
+  // together they cannot exceed the counters' difference over the work.
+  BOOST_TEST(j.at("user_seconds").get<double>() > 0.0);
+  for (const char* usage : {"system_seconds_by_term", "minor_faults_by_term"}) {
+    const auto& per_term = j.at(usage);
+    double total = 0;
+    for (const auto& [term, seconds] : by_term.items())
+      if (term != "other") BOOST_TEST(per_term.contains(term), usage << ": " << term);
+    for (const auto& [term, value] : per_term.items()) {
+      BOOST_TEST(by_term.contains(term), usage << ": " << term);
+      BOOST_TEST(value.get<double>() >= 0.0, usage << ": " << term);
+      if (term != "selection") total += value.get<double>();
+    }
+    const double over_work = j.at(std::string(usage) == "system_seconds_by_term" ? "system_seconds" : "minor_faults");
+    BOOST_TEST(total <= over_work + 1e-9, usage << ": " << total << " > " << over_work);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(bench_transfer_rejects_an_l0_beyond_d_sae) {
