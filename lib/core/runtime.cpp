@@ -224,7 +224,8 @@ ProcessUsage process_usage() {
   rusage usage{};
   ::getrusage(RUSAGE_SELF, &usage);
   auto seconds = [](const timeval& t) { return double(t.tv_sec) + 1e-6 * double(t.tv_usec); };
-  return {seconds(usage.ru_utime), seconds(usage.ru_stime), int64_t(usage.ru_minflt)};
+  return {seconds(usage.ru_utime), seconds(usage.ru_stime), int64_t(usage.ru_minflt),
+          int64_t(usage.ru_maxrss) * 1024};  // Linux: ru_maxrss in kilobytes
 }
 
 namespace {

@@ -69,10 +69,11 @@ std::string build_id();
 // faults per call: call it once per batch, not per op.
 void release_free_memory();
 
-// The process's CPU time and minor page faults so far, all threads (getrusage(RUSAGE_SELF)).
+// The process's CPU time and minor page faults so far, all threads, and its peak RSS (the kernel's high-water
+// mark, which writing 5 to /proc/self/clear_refs resets) (getrusage(RUSAGE_SELF)).
 struct ProcessUsage {
   double user_seconds = 0, system_seconds = 0;
-  int64_t minor_faults = 0;
+  int64_t minor_faults = 0, peak_rss_bytes = 0;
 };
 ProcessUsage process_usage();
 

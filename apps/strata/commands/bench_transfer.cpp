@@ -4,7 +4,6 @@
 // as a fraction of the fp32 GEMM ceiling measured in the same run, peak RSS (and its anonymous part), and the extrapolation to
 // phase5_4's 400 pairs (4 models: 4 within-model and 6 cross-model model pairs), with the floor that extrapolation
 // has at 100 % of the ceiling.
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -33,12 +32,6 @@ struct BenchTransferArgs {
   std::string dir, json, device = "cpu";
   uint64_t seed = 1;
 };
-
-double peak_rss_gb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return double(usage.ru_maxrss) * 1024.0 / 1e9;  // Linux: kilobytes
-}
 
 // The peak of anonymous memory (RssAnon: the heap and anonymous mappings, without the page cache behind the
 // mmap-ed activation stores and SAE files, which the kernel can reclaim), sampled every 50 ms on a thread
@@ -164,7 +157,7 @@ void setup(strata::cli::Commands& commands) {
     auto result = strata::transfer::run_transfer(cells, options, a.seed, dir / "transfer");
     const double anonymous_gb = anonymous.stop_gb();
     const auto& t = result.timing;
-    const double rss = peak_rss_gb();
+    const double rss = double(strata::runtime::process_usage().peak_rss_bytes) / 1e9;
     // phase5_4: 4 models -> 4 within-model and 6 cross-model model pairs; here 2 within and 1 across.
     double within = 0, across = 0;
     for (const auto& [pair, seconds] : t.model_pair_seconds) {
