@@ -67,6 +67,44 @@ BOOST_AUTO_TEST_CASE(bench_transfer_writes_consistent_figures) {
              boost::test_tools::tolerance(1e-12));
   BOOST_TEST(j.at("phase5_4_hours_at_ceiling").get<double>() == hours * fraction, boost::test_tools::tolerance(1e-12));
 
+  // The floor at each precision's own ceiling: the plan's fp64 FLOPs at the fp64 ceiling measured by the bench, the
+  // rest at the fp32 ceiling, term by term.
+  const double fp64_tflop = j.at("fp64_tflop").get<double>(), floor_seconds = j.at("floor_seconds").get<double>();
+  BOOST_TEST(fp64_tflop > 0.0);  // maps, CKA, ridge and decoder run in fp64
+  BOOST_TEST(fp64_tflop < j.at("gemm_tflop").get<double>());  // the SAE passes' GEMMs do not
+  BOOST_TEST(j.at("fp64_gemm_gflops").get<double>() > 0.0);
+  double floor_sum = 0;
+  for (const auto& [term, seconds] : j.at("floor_seconds_by_term").items()) {
+    BOOST_TEST(by_term.contains(term), term);
+    BOOST_TEST(seconds.get<double>() >= 0.0, term);
+    floor_sum += seconds.get<double>();
+  }
+  BOOST_TEST(floor_sum == floor_seconds, boost::test_tools::tolerance(1e-9));
+  const double fp32_seconds = (j.at("gemm_tflop").get<double>() - fp64_tflop) * 1e12 / (j.at("gemm_gflops").get<double>() * 1e9);
+  BOOST_TEST(floor_seconds == fp32_seconds + fp64_tflop * 1e12 / (j.at("fp64_gemm_gflops").get<double>() * 1e9),
+             boost::test_tools::tolerance(1e-9));
+  BOOST_TEST(j.at("gemm_fraction_at_precision_ceilings").get<double>() ==
+                 j.at("gemm_tflop").get<double>() * 1e12 / floor_seconds / 1e9 / j.at("gemm_gflops").get<double>(),
+             boost::test_tools::tolerance(1e-12));
+  BOOST_TEST(j.at("phase5_4_hours_at_precision_ceilings").get<double>() == hours * floor_seconds / measured,
+             boost::test_tools::tolerance(1e-12));
+
+  // Issue 14's targets: at toy sizes none applies (1-2 are stated at phase5_4's sizes, 3 at L0 4000 with d_sae
+  // 20480), so none is called met or missed; each still carries this run's figure.
+  const auto& targets = j.at("targets");
+  BOOST_REQUIRE_EQUAL(targets.size(), 3u);
+  BOOST_TEST(targets.at("phase5_4_hours").at("value").get<double>() == hours);
+  BOOST_TEST(targets.at("gemm_fraction").at("value").get<double>() == fraction);
+  BOOST_TEST(targets.at("peak_rss_gb").at("value").get<double>() == j.at("peak_rss_gb").get<double>());
+  for (const auto& [key, target] : targets.items()) {
+    BOOST_TEST(!target.at("applies").get<bool>(), key);
+    BOOST_TEST(target.at("met").is_null(), key);
+  }
+  for (const char* line : {"targets (issue 14", "1. phase5_4 <= 1.5 h extrapolated", "2. >= 60 % of the GEMM ceiling",
+                           "3. peak RSS <= 12 GB", "4. the default run's transfer step"})
+    BOOST_TEST(out.find(line) != std::string::npos, line);
+  BOOST_TEST(out.find("does not apply") != std::string::npos);
+
   BOOST_TEST(j.at("peak_rss_gb").get<double>() > 0.0);
   BOOST_TEST(j.at("peak_anonymous_gb").get<double>() <= j.at("peak_rss_gb").get<double>());
 

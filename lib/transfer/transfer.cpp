@@ -103,6 +103,7 @@ struct Plan {
   double sae_gemm_gflops = 0;  // fp32 GEMM rate at the step's largest SAE shape (rows x d x d_sae)
   double peak_bytes = 0;  // largest model pair's resident data, latent codes excluded
   std::map<std::string, double> flops, seconds;
+  std::map<std::string, double> fp64_flops;  // the part of `flops` done in fp64 (maps, CKA, ridge, decoder, ...)
 };
 
 class Runner {
@@ -396,8 +397,11 @@ Plan Runner::plan_estimate() const {
     plan.flops[term] += flops;
     plan.seconds[term] += flops / (gflops * 1e9 * efficiency);
   };
+  // fp64 work (everything costed against the 512^3 ceiling but the permutation test's feature form, fp32): its
+  // FLOPs are also counted apart, for `bench transfer`'s floor at the fp64 ceiling.
   auto add = [&](const std::string& term, double flops, double efficiency) {
     add_at(term, flops, efficiency, plan.gemm_gflops);
+    plan.fp64_flops[term] += flops;
   };
   // Efficiencies (achieved fraction of the ceiling the term is costed against), calibrated on `strata bench
   // transfer` at widths 256 and 512 (bench/RESULTS.md) and on the default run. Against the 512^3 ceiling: fp64
@@ -521,7 +525,7 @@ Plan Runner::plan_estimate() const {
           add("cka_linear", 2 * n_eval * di * dj, kF64);
           if (boots > 0) add("cka_bootstrap", 2 * n_cka * n_cka * boots, kBootstrap);
           if (di * dj < stats::GramCka::feature_form_ratio(runtime::kernel_path(options_.device)) * n_cka)
-            add("cka_permutations", perms * 2 * n_cka * di * dj, kPermutationFeatures);
+            add_at("cka_permutations", perms * 2 * n_cka * di * dj, kPermutationFeatures, plan.gemm_gflops);
           else
             plan.gathers += perms * n_cka * n_cka / 2;
         }
@@ -1097,6 +1101,8 @@ void Runner::compute(const std::set<size_t>& sources) {
   timing_.flops = plan.total_flops;
   timing_.peak_bytes_estimate = plan.peak_bytes;
   timing_.estimated_by_term = plan.seconds;
+  timing_.flops_by_term = plan.flops;
+  timing_.fp64_flops_by_term = plan.fp64_flops;
   timing_.seconds_by_term = term_seconds_;
 }
 

@@ -42,6 +42,7 @@ struct TransferTiming {
   double flops = 0;                                    // counted by the plan (GEMM-equivalent work)
   double peak_bytes_estimate = 0;                      // the plan's peak memory (anonymous; see the plan line)
   std::map<std::string, double> estimated_by_term, seconds_by_term;
+  std::map<std::string, double> flops_by_term, fp64_flops_by_term;  // counted by the plan; the fp64 part of each
   // Per term, measured with the wall time: the process's system seconds and minor page faults (all threads).
   std::map<std::string, double> system_seconds_by_term, minor_faults_by_term;
   double user_seconds = 0, system_seconds = 0, minor_faults = 0;  // the process's, over the work
