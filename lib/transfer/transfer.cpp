@@ -536,9 +536,12 @@ Plan Runner::plan_estimate() const {
           const double mt = double(cells_[tgt].d_sae);
           sae_pass("sae_mapped", src, n_eval, true, true);
           sae_pass("sae_null", src, n_eval, true, false);
-          add("sae_mapped", 2 * n_eval * dt * ds, kF64);  // the map, applied in fp64
+          // The maps applied in fp64 and each Procrustes map's alpha (Z^T Z Q): within a model the map is the
+          // identity (a scaling, element-wise, no GEMM), so only the null map has them there.
+          const double procrustes_maps = a != b ? 2.0 : 1.0;
+          if (a != b) add("sae_mapped", 2 * n_eval * dt * ds, kF64);
           add("sae_null", 2 * n_eval * dt * ds, kF64);
-          add("maps", 2 * 2 * dt * dt * ds, kFit);
+          add("maps", procrustes_maps * 2 * dt * dt * ds, kFit);
           add("ridge", dt * dt * dt + 4 * dt * dt * ds, kFit);  // solve, and <W, A^T A W> from moments
           add("decoder", 2 * k * mt * ds + (a != b ? 2 * mt * dt * ds : 0.0), kF64);
           if (boots > 0) add("q_bootstrap", 3 * 2 * boots * n_docs * ds, kSmall);

@@ -120,10 +120,13 @@ std::vector<strata::transfer::Cell> make_cells(const BenchTransferArgs& a, const
 struct Floor {
   double fp64_gflops = 0, fp64_flops = 0, seconds = 0;
   std::map<std::string, double> seconds_by_term;
+  double gemm_fraction = 0;  // the counted FLOPs over the floor's time, as a fraction of the fp32 ceiling: the
+                             // most this FLOP mix can read
+  double phase5_4_hours = 0;  // the extrapolation at the floor: the run's hours scaled by floor / measured seconds
 };
 
 Floor floor_at_precision_ceilings(const strata::transfer::TransferTiming& t, const BenchTransferArgs& a,
-                                  const strata::transfer::TransferOptions& options) {
+                                  const strata::transfer::TransferOptions& options, double hours) {
   Floor floor;
   const int64_t d = std::max(a.widths[0], a.widths[1]);
   const int64_t rows = std::max<int64_t>(1, std::min(options.batch_size, a.eval_tokens));
@@ -136,6 +139,8 @@ Floor floor_at_precision_ceilings(const strata::transfer::TransferTiming& t, con
     floor.seconds += seconds;
     floor.fp64_flops += fp64;
   }
+  floor.gemm_fraction = t.flops / floor.seconds / 1e9 / t.gemm_gflops;
+  floor.phase5_4_hours = hours * floor.seconds / t.measured_seconds;
   return floor;
 }
 
@@ -184,18 +189,18 @@ std::vector<Target> issue14_targets(const BenchTransferArgs& a, const strata::tr
     target.detail = fmt::format(
         "1.5 h is {:.0f} s of this bench's {:.0f} s; at 100 % of each precision's ceiling the counted work takes "
         "{:.0f} s ({:.2f} h); furthest above their floors: {}",
-        budget, t.measured_seconds, floor.seconds, hours * floor.seconds / t.measured_seconds, over);
+        budget, t.measured_seconds, floor.seconds, floor.phase5_4_hours, over);
     targets.push_back(target);
   }
   {
     Target target{"gemm_fraction", 0.6, fraction, at_phase5_4, fraction >= 0.6};
-    const double best = t.flops / floor.seconds / 1e9 / t.gemm_gflops;
     target.line = fmt::format(
         "2. >= 60 % of the GEMM ceiling: {:.0f} %, {}{}", 100 * fraction, verdict(target), target.applies ? "" : not_here);
     target.detail = fmt::format(
         "{:.0f} % of the counted FLOPs are fp64, whose ceiling here is {:.2f} of the fp32 one: at 100 % of both "
         "ceilings this mix reads {:.0f} %, and the run reaches {:.0f} % of that",
-        100 * floor.fp64_flops / t.flops, floor.fp64_gflops / t.gemm_gflops, 100 * best, 100 * fraction / best);
+        100 * floor.fp64_flops / t.flops, floor.fp64_gflops / t.gemm_gflops, 100 * floor.gemm_fraction,
+        100 * fraction / floor.gemm_fraction);
     targets.push_back(target);
   }
   {
@@ -298,11 +303,10 @@ void setup(strata::cli::Commands& commands) {
     fmt::print("  at 100 % of the GEMM ceiling: {:.2f} h (a floor: fp64 GEMMs counted at the fp32 rate, element-wise "
                "work at none)\n",
                hours_at_ceiling);
-    const Floor floor = floor_at_precision_ceilings(t, a, options);
-    const double hours_at_precision_ceilings = hours * floor.seconds / t.measured_seconds;
+    const Floor floor = floor_at_precision_ceilings(t, a, options, hours);
     fmt::print("  at 100 % of the fp32 ceiling for fp32 work and of the fp64 ceiling ({:.1f} GFLOP/s, same run) for fp64 "
                "work ({:.0f} % of the FLOPs): {:.2f} h\n",
-               floor.fp64_gflops, 100 * floor.fp64_flops / t.flops, hours_at_precision_ceilings);
+               floor.fp64_gflops, 100 * floor.fp64_flops / t.flops, floor.phase5_4_hours);
     const std::vector<Target> targets = issue14_targets(a, t, floor, hours, fraction, rss);
     fmt::print("targets (issue 14, this machine):\n");
     for (const Target& target : targets)
@@ -340,8 +344,8 @@ void setup(strata::cli::Commands& commands) {
                             {"fp64_tflop", floor.fp64_flops / 1e12},
                             {"floor_seconds", floor.seconds},
                             {"floor_seconds_by_term", floor.seconds_by_term},
-                            {"phase5_4_hours_at_precision_ceilings", hours_at_precision_ceilings},
-                            {"gemm_fraction_at_precision_ceilings", t.flops / floor.seconds / 1e9 / t.gemm_gflops}};
+                            {"phase5_4_hours_at_precision_ceilings", floor.phase5_4_hours},
+                            {"gemm_fraction_at_precision_ceilings", floor.gemm_fraction}};
       nlohmann::json by_name = nlohmann::json::object();
       for (const Target& target : targets)
         by_name[target.key] = {{"target", target.bound},
