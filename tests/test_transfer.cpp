@@ -4,8 +4,10 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <optional>
 #include <sstream>
 
+#include "core/runtime.hpp"
 #include "io/activation_store.hpp"
 #include "io/safetensors.hpp"
 #include "sae/sae.hpp"
@@ -415,4 +417,33 @@ BOOST_AUTO_TEST_CASE(per_token_normalised_saes_reconstruct_with_their_input) {
   const double fvu_all = (residual / (x - x.mean(0)).pow(2).sum()).item<double>();
   BOOST_TEST_MESSAGE("layer_norm SAE: FVU on evaluation rows " << fvu << ", on all rows " << fvu_all);
   BOOST_CHECK_CLOSE(fvu, fvu_all, 25.0);
+}
+
+// The plan costs a non-TopK SAE's codes at the L0 its training recorded (cfg.json metrics.l0): sparse codes' MMAC
+// as token-by-token products on the native path (no GEMM FLOPs), where without a recorded L0 it is the dense
+// GEMM bound. A recorded L0 outside (0, d_sae] is not one.
+BOOST_AUTO_TEST_CASE(plan_costs_mmac_at_the_recorded_training_l0) {
+  const PlantedRun& run = planted_run();
+  transfer::TransferOptions options;
+  options.top_k = 8;
+  options.cka_permutations = 0;
+  options.cka_max_tokens = 128;
+  options.bootstrap = 0;
+  auto planned_mmac_flops = [&](const std::string& label, std::optional<double> l0) {
+    const auto dir = testing::fresh_dir("transfer_plan_l0_" + label);
+    std::vector<transfer::Cell> two = {run.data.cells[0], run.data.cells[3]};
+    for (transfer::Cell& cell : two) {
+      sae::Sae sae = sae::Sae::load(cell.sae_dir);
+      if (l0) sae.cfg["metrics"] = {{"l0", *l0}};
+      cell.sae_dir = dir / "saes" / cell.name;
+      sae.save(cell.sae_dir);
+    }
+    const auto timing = transfer::run_transfer(two, options, 7, dir / "transfer").timing;
+    return timing.flops_by_term.count("mmac") ? timing.flops_by_term.at("mmac") : 0.0;
+  };
+  const double unknown = planned_mmac_flops("unknown", std::nullopt);
+  BOOST_TEST(unknown > 0.0);  // dense GEMMs over every latent pair: a bound
+  BOOST_TEST(planned_mmac_flops("beyond_d_sae", 1e6) == unknown);
+  if (runtime::kernel_path(torch::Device(torch::kCPU)) == runtime::KernelPath::native)
+    BOOST_TEST(planned_mmac_flops("sparse", 1.0) == 0.0);  // 1 of 32 latents: density product 1e-3
 }

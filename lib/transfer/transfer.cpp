@@ -49,6 +49,10 @@ struct CellData {
   std::shared_ptr<const sae::Sae> sae, ceiling;
   int64_t d_sae = 0;
   int64_t topk = 0;  // k of a TopK SAE (its codes' L0 is known before any pass), else 0
+  // The L0 the plan expects of the SAE's codes (and of its random dictionary's, top-k at the same L0): k of a
+  // TopK SAE, else the held-out L0 its training recorded (cfg.json metrics.l0, strata-trained SAEs), else 0:
+  // unknown until its pass, and costed as dense codes (a bound).
+  double expected_l0 = 0;
   std::string architecture;
   double scale = 1.0;  // scaled = raw * scale, E||scaled||^2 = d on the fitting split
   // Bytes of the SAE when resident: W_enc and W_dec [dim x d_sae], b_enc and b_dec, fp32.
@@ -203,6 +207,12 @@ void Runner::load(const std::vector<Cell>& cells) {
       data.d_sae = sae.d_sae();
       data.architecture = sae.architecture;
       data.topk = sae.architecture == "topk" ? sae.k : 0;
+      data.expected_l0 = double(data.topk);
+      if (auto metrics = sae.cfg.find("metrics"); !data.topk && metrics != sae.cfg.end() && metrics->is_object())
+        if (auto l0 = metrics->find("l0"); l0 != metrics->end() && l0->is_number()) {
+          const double value = l0->get<double>();
+          if (std::isfinite(value) && value > 0 && value <= double(data.d_sae)) data.expected_l0 = value;
+        }
     }
     if (cell.ceiling_sae_dir) {
       sae::Sae ceiling = sae::Sae::load(*cell.ceiling_sae_dir);
@@ -455,7 +465,7 @@ Plan Runner::plan_estimate() const {
   // costed as dense GEMMs over all latents (a bound: dead latents drop out).
   auto mmac_cost = [&](const std::string& term, size_t i, size_t j, double n, double codings) {
     const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
-    const double ki = double(cells_[i].topk), kj = double(cells_[j].topk);
+    const double ki = cells_[i].expected_l0, kj = cells_[j].expected_l0;
     if (host_kernels && ki > 0 && kj > 0 && (ki / mi) * (kj / mj) < kMmacSparseProductBelow) {
       add_elementwise(term, codings * (n * ki * kj * kPerHostProduct + mi * mj * kPerHostCorrelation) / host_threads);
     } else if (ki > 0 && ki < kMmacSparseBelow * mi) {
@@ -466,9 +476,10 @@ Plan Runner::plan_estimate() const {
   };
   // An SAE pass over n rows of cell c (encoder GEMM; the decoder as a GEMM or, for TopK codes in their sparse
   // form (metrics.hpp kTopkSparseBelow), as k decoder-row gathers per token; the per-latent moments if asked).
-  // A random dictionary (no decoder) codes at the SAE's L0: TopK cells' k, other cells costed in dense form.
-  auto sae_pass = [&](const std::string& term, size_t c, double n, bool decode, bool moments) {
-    const double d = double(cells_[c].dim), m = double(cells_[c].d_sae), topk = double(cells_[c].topk);
+  // A random dictionary (no decoder) codes top-k at the SAE's L0 (`topk` = the expected L0, rounded as the pass
+  // rounds the measured one); where that L0 is unknown, in dense form.
+  auto sae_pass = [&](const std::string& term, size_t c, double n, bool decode, bool moments, double topk) {
+    const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
     const bool sparse = topk > 0 && topk < kTopkSparseBelow * m;
     add_sae(term, 2 * n * d * m, sparse ? kSaeSparseEncoder : kSaeGemm);
     if (decode) add_sae(term, sparse ? 2 * n * topk * d : 2 * n * d * m, sparse ? kGather : kSaeGemm);
@@ -494,8 +505,9 @@ Plan Runner::plan_estimate() const {
     for (size_t c : involved) {  // per cell, once per model pair
       const double d = double(cells_[c].dim);
       add_elementwise("residency", sae_bytes(c) * kPerSaeByte);
-      sae_pass("sae_own", c, n_eval, true, true);
-      sae_pass("sae_random", c, n_eval, false, true);
+      sae_pass("sae_own", c, n_eval, true, true, double(cells_[c].topk));
+      sae_pass("sae_random", c, n_eval, false, true,
+               cells_[c].expected_l0 > 0 ? std::max(1.0, std::round(cells_[c].expected_l0)) : 0.0);
       add("maps", 2 * n_fit * d * d, kFit);
       add("cka_linear", 2 * n_eval * d * d, kF64);
       add("cka_gram", 2 * n_cka * n_cka * d, kF64);
@@ -534,8 +546,8 @@ Plan Runner::plan_estimate() const {
           if (!sources_.count(src)) continue;
           const double ds = double(cells_[src].dim), dt = double(cells_[tgt].dim);
           const double mt = double(cells_[tgt].d_sae);
-          sae_pass("sae_mapped", src, n_eval, true, true);
-          sae_pass("sae_null", src, n_eval, true, false);
+          sae_pass("sae_mapped", src, n_eval, true, true, double(cells_[src].topk));
+          sae_pass("sae_null", src, n_eval, true, false, double(cells_[src].topk));
           // The maps applied in fp64 and each Procrustes map's alpha (Z^T Z Q): within a model the map is the
           // identity (a scaling, element-wise, no GEMM), so only the null map has them there.
           const double procrustes_maps = a != b ? 2.0 : 1.0;
@@ -552,7 +564,7 @@ Plan Runner::plan_estimate() const {
       for (size_t c : models_[a].cells)
         if (cells_[c].cell.ceiling_sae_dir && sources_.count(c)) {
           add_elementwise("residency", 2 * sae_bytes(c) * kPerSaeByte);
-          sae_pass("ceilings", c, n_eval, true, true);
+          sae_pass("ceilings", c, n_eval, true, true, double(cells_[c].topk));
           mmac_cost("ceilings", c, c, n_eval, 1);
         }
   }
@@ -567,7 +579,7 @@ Plan Runner::plan_estimate() const {
   // ~8 B for TopK codes in the sparse form); MMAC's two
   // dense blocks and a block's entries (~24 B each); a cell's preparation (the fitting rows' read, fp32, and
   // their fp64 copy scaled and centred in place: 12 B per element; the kept codes of a TopK SAE, 12 B per entry
-  // as produced + 8 B placed: non-TopK codes are not counted, their L0 is unknown before the pass).
+  // as produced + 8 B placed: codes at the expected L0; a non-TopK SAE without a recorded L0 is not counted).
   const int64_t mmac_block_bytes = int64_t(256) << 20;
   for (const auto& [pair, s] : selections_) {
     const auto [a, b] = pair;
@@ -579,11 +591,12 @@ Plan Runner::plan_estimate() const {
     for (size_t c = 0; c < cells_.size(); ++c) {
       if (cells_[c].model != a && cells_[c].model != b) continue;
       const double d = double(cells_[c].dim), m = double(cells_[c].d_sae), k = double(cells_[c].topk);
-      const double codes = n_eval * k * 8;  // own, and random at the same L0
+      const double l0 = cells_[c].expected_l0;
+      const double codes = n_eval * l0 * 8;  // own, and random at the same L0
       bytes += n_eval * d * 4 + 2 * d * d * 8 + n_cka * n_cka * 12 + (codes <= double(options_.spill_codes_above_bytes) ? 2 * codes : 0.0);
       widest_sae_bytes = std::max(widest_sae_bytes, cells_[c].sae_bytes());
       widest_d = std::max(widest_d, d);
-      const double block_entries = double(mmac_block_bytes) / (2 * 4 * n_eval) * n_eval * std::min(1.0, k / m);
+      const double block_entries = double(mmac_block_bytes) / (2 * 4 * n_eval) * n_eval * std::min(1.0, l0 / m);
       const bool sparse_pass = k > 0 && k < kTopkSparseBelow * m;
       const double pass = double(std::min<int64_t>(options_.batch_size, int64_t(n_eval))) * m * (sparse_pass ? 8 : 24);
       transient = std::max({transient, n_fit * d * 8, 20 * n_eval * d + pass,
@@ -1068,11 +1081,15 @@ void Runner::compute(const std::set<size_t>& sources) {
   log::info("transfer plan: {} cells, {} pairs ({} model pairs), up to {} fitting + {} evaluation tokens per model "
             "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.2f} TFLOP at GEMM "
             "ceilings {:.0f} GFLOP/s (512^3) and {:.0f} GFLOP/s (SAE shape); {:.2g} permutation-loop elements); peak "
-            "memory ~{:.2f} GB (a non-TopK SAE's kept codes, whose L0 only its pass tells, add up to 128 MB per "
-            "cell; larger ones are spilled to disk); by term (s): {}",
+            "memory ~{:.2f} GB{}; by term (s): {}",
             n, n * n, models_.size() * (models_.size() + 1) / 2, options_.max_fit_tokens, options_.max_eval_tokens,
             options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, plan.total_seconds,
-            plan.total_flops / 1e12, plan.gemm_gflops, plan.sae_gemm_gflops, plan.gathers, plan.peak_bytes / 1e9, terms(plan.seconds));
+            plan.total_flops / 1e12, plan.gemm_gflops, plan.sae_gemm_gflops, plan.gathers, plan.peak_bytes / 1e9,
+            std::any_of(cells_.begin(), cells_.end(), [](const CellData& c) { return c.expected_l0 <= 0; })
+                ? " (a non-TopK SAE without a recorded L0 has codes whose L0 only its pass tells: they add up to "
+                  "128 MB per cell, larger ones are spilled to disk, and their MMAC is costed as dense)"
+                : "",
+            terms(plan.seconds));
   const auto work_start = std::chrono::steady_clock::now();
   const runtime::ProcessUsage usage_start = runtime::process_usage();
   {
