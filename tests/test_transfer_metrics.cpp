@@ -1,10 +1,13 @@
-// The transfer metrics on tensors (transfer/metrics.hpp, transfer/maps.hpp) against their definitions.
+// The transfer metrics on tensors (transfer/metrics.hpp, transfer/maps.hpp) against their definitions, and the
+// row selection (transfer/selection.hpp) against what its header states.
 #define BOOST_TEST_MODULE transfer_metrics
 #include <boost/test/unit_test.hpp>
 
 #include <torch/torch.h>
 
 #include <cstdlib>
+#include <map>
+#include <set>
 #include <tuple>
 
 #include "core/scratch_file.hpp"
@@ -14,6 +17,7 @@
 #include "test_device.hpp"
 #include "transfer/maps.hpp"
 #include "transfer/metrics.hpp"
+#include "transfer/selection.hpp"
 
 using namespace strata;
 using namespace strata::transfer;
@@ -307,4 +311,105 @@ BOOST_AUTO_TEST_CASE(ridge_from_shared_products_equals_the_row_fit) {
   BOOST_CHECK_CLOSE(moments, rows, 1e-9);
   BOOST_CHECK_LT(rows, 0.999);  // not a trivial perfect fit
   BOOST_CHECK_GT(rows, 0.1);
+}
+
+namespace {
+
+// A model of `docs` documents with `tokens` tokens each; token t of doc d ends at byte `step` * (t + 1).
+ModelRows model_rows(const std::string& name, int64_t docs, int64_t tokens, int64_t step, int64_t first_doc = 0) {
+  torch::Tensor doc = torch::arange(first_doc, first_doc + docs, torch::kInt64).repeat_interleave(tokens);
+  torch::Tensor end = (torch::arange(tokens, torch::kInt64) + 1).mul(step).repeat({docs});
+  return {name, docs * tokens, doc, end};
+}
+
+std::vector<int64_t> values(const torch::Tensor& t) {
+  torch::Tensor c = t.contiguous();
+  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(selection_splits_and_caps_by_whole_documents_in_draw_order) {
+  const ModelRows a = model_rows("a", 40, 7, 3);
+  const DocumentDraws draws = draw_documents({&a}, 11, 0.75);
+  // A document's draws do not depend on which models were drawn with it (every job of a split run agrees).
+  const ModelRows other = model_rows("other", 30, 5, 2, 25);
+  const DocumentDraws together = draw_documents({&other, &a}, 11, 0.75);
+  for (const auto& [doc, draw] : draws) {
+    BOOST_TEST(together.at(doc).fit == draw.fit);
+    BOOST_TEST(together.at(doc).cap_order == draw.cap_order);
+  }
+  BOOST_TEST(together.size() == 55u);
+  const SequenceBootstrap boot = bootstrap_sequences(draws, 9, 11);
+  int64_t fit_docs = 0;
+  for (const auto& [doc, draw] : draws) fit_docs += draw.fit;
+  BOOST_TEST(fit_docs > 20);  // about 0.75 of 40
+  BOOST_TEST(fit_docs < 40);
+  BOOST_TEST(boot.documents() == 40 - fit_docs);
+  BOOST_TEST(boot.replicates() == 9);
+  // Each resample draws D documents with replacement.
+  BOOST_TEST(torch::allclose(boot.weights.sum(1), torch::full({9}, double(boot.documents()), torch::kFloat64)));
+
+  // Caps of 30 fitting and 17 evaluation tokens: 4 and 2 whole documents of 7.
+  const Selection s = select_rows(a, a, true, {false, 30, 17}, draws, boot);
+  BOOST_TEST(s.aligned == a.rows);
+  BOOST_TEST(values(s.fit_a) == values(s.fit_b));
+  BOOST_TEST(s.fit_a.numel() == 28);
+  BOOST_TEST(s.eval_a.numel() == 14);
+  BOOST_TEST(s.fit_sequences == 4);
+  BOOST_TEST(s.eval_sequences == 2);
+  auto docs_of = [&](const torch::Tensor& rows) {
+    std::set<int64_t> out;
+    for (int64_t r : values(rows)) out.insert(r / 7);
+    return out;
+  };
+  for (const auto& [rows, fit, count] : {std::tuple{s.fit_a, true, 4}, std::tuple{s.eval_a, false, 2}}) {
+    const std::set<int64_t> taken = docs_of(rows);
+    BOOST_TEST(int64_t(values(rows).size()) == 7 * count);  // whole documents
+    // The taken documents are the first of their split in increasing cap draw.
+    std::vector<std::pair<double, int64_t>> order;
+    for (const auto& [doc, draw] : draws)
+      if (draw.fit == fit) order.push_back({draw.cap_order, doc});
+    std::sort(order.begin(), order.end());
+    std::set<int64_t> first;
+    for (int i = 0; i < count; ++i) first.insert(order[i].second);
+    BOOST_TEST((taken == first));
+  }
+  // Each evaluation row's bootstrap column is its document's.
+  const std::vector<int64_t> eval_rows = values(s.eval_a), columns = values(s.eval_doc);
+  for (size_t i = 0; i < eval_rows.size(); ++i) BOOST_TEST(columns[i] == boot.column.at(eval_rows[i] / 7));
+  // A cap below one document still takes the first document whole.
+  const Selection tiny = select_rows(a, a, true, {false, 4, 4}, draws, boot);
+  BOOST_TEST(tiny.fit_a.numel() == 7);
+  BOOST_TEST(tiny.eval_a.numel() == 7);
+}
+
+BOOST_AUTO_TEST_CASE(selection_across_models_pairs_rows_that_end_at_the_same_byte) {
+  // Same 12 documents, tokens ending every 2 bytes in a and every 3 in b: they share the ends 6, 12 and 18.
+  const ModelRows a = model_rows("a", 12, 9, 2), b = model_rows("b", 12, 6, 3);
+  const DocumentDraws draws = draw_documents({&a, &b}, 5, 0.5);
+  const SequenceBootstrap boot = bootstrap_sequences(draws, 3, 5);
+  const Selection s = select_rows(a, b, false, {false, 1000, 1000}, draws, boot);
+  BOOST_TEST(s.aligned == 12 * 3);
+  BOOST_CHECK_CLOSE(s.retained_a, 36.0 / 108.0, 1e-12);
+  BOOST_CHECK_CLOSE(s.retained_b, 36.0 / 72.0, 1e-12);
+  BOOST_TEST(s.fit_a.numel() + s.eval_a.numel() == s.aligned);
+  for (const auto& [ra, rb] : {std::pair{s.fit_a, s.fit_b}, std::pair{s.eval_a, s.eval_b}}) {
+    const std::vector<int64_t> va = values(ra), vb = values(rb);
+    BOOST_TEST(va.size() == vb.size());
+    for (size_t i = 0; i < va.size(); ++i) {
+      BOOST_TEST(a.sequence[va[i]].item<int64_t>() == b.sequence[vb[i]].item<int64_t>());
+      BOOST_TEST(a.byte_end[va[i]].item<int64_t>() == b.byte_end[vb[i]].item<int64_t>());
+    }
+  }
+  // By position (--aligned) pairs row i with row i, whatever the byte ends say.
+  const ModelRows c = model_rows("c", 12, 9, 5);
+  const Selection p = select_rows(a, c, false, {true, 1000, 1000}, draws, boot);
+  BOOST_TEST(p.aligned == a.rows);
+  BOOST_TEST(values(p.fit_a) == values(p.fit_b));
+  // Models with no byte end in common: the error names both.
+  const ModelRows odd = model_rows("odd", 12, 9, 7);
+  const ModelRows none{"none", 12 * 9, odd.sequence, odd.byte_end + 1000};
+  testing::expect_error([&] { select_rows(a, none, false, {false, 1000, 1000}, draws, boot); },
+                        {"'a'", "'none'", "share no aligned tokens"});
 }

@@ -15,11 +15,11 @@
 
 #include <fmt/ranges.h>
 
-#include "core/bench.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
 #include "core/random.hpp"
+#include "core/runtime.hpp"
 #include "core/scratch_file.hpp"
 #include "io/activation_store.hpp"
 #include "io/safetensors.hpp"
@@ -27,9 +27,10 @@
 #include "stats/cka.hpp"
 #include "stats/correlation.hpp"
 #include "stats/linalg.hpp"
-#include "text/alignment.hpp"
 #include "transfer/maps.hpp"
 #include "transfer/metrics.hpp"
+#include "transfer/plan.hpp"
+#include "transfer/selection.hpp"
 
 namespace strata::transfer {
 namespace fs = std::filesystem;
@@ -55,29 +56,11 @@ struct CellData {
   double expected_l0 = 0;
   std::string architecture;
   double scale = 1.0;  // scaled = raw * scale, E||scaled||^2 = d on the fitting split
-  // Bytes of the SAE when resident: W_enc and W_dec [dim x d_sae], b_enc and b_dec, fp32.
-  double sae_bytes() const { return (2.0 * double(dim) * double(d_sae) + double(d_sae + dim)) * 4; }
+  double sae_bytes() const { return PlanCell{model, dim, d_sae}.sae_bytes(); }
 };
 
-struct DocumentDraw {
-  bool fit = false;        // in the map-fitting split
-  double cap_order = 0;    // caps take whole sequences in increasing order of this draw
-};
-
-struct ModelData {
-  std::string name;
+struct ModelData : ModelRows {
   std::vector<size_t> cells;
-  int64_t rows = 0;
-  torch::Tensor sequence;  // I64 [rows]: doc_id, or a pseudo-sequence id
-  torch::Tensor byte_end;  // I64 [rows] or undefined
-};
-
-// Aligned rows of one model pair, split into fitting and evaluation parts.
-struct Selection {
-  torch::Tensor fit_a, fit_b, eval_a, eval_b;  // I64 row ids
-  torch::Tensor eval_doc;                       // I64 [n_eval]: index into the global evaluation-doc list
-  int64_t aligned = 0, fit_sequences = 0, eval_sequences = 0;
-  double retained_a = 1, retained_b = 1;
 };
 
 std::string label_for(double q_excess, const TransferOptions& options) {
@@ -101,15 +84,6 @@ const std::vector<std::string> kMatrixMetrics = {
     "top_k_spearman", "top_k_spearman_p", "decoder_similarity", "cka", "cka_p", "map_r2", "mmac",
     "mmac_weighted", "mmac_random", "retained_fraction", "p_adjusted"};
 
-// The plan line's estimate: per term, FLOP and seconds.
-struct Plan {
-  double gemm_gflops = 0, seconds_per_gather = 0, gathers = 0, total_flops = 0, total_seconds = 0;
-  double sae_gemm_gflops = 0;  // fp32 GEMM rate at the step's largest SAE shape (rows x d x d_sae)
-  double peak_bytes = 0;  // largest model pair's resident data, latent codes excluded
-  std::map<std::string, double> flops, seconds;
-  std::map<std::string, double> fp64_flops;  // the part of `flops` done in fp64 (maps, CKA, ridge, decoder, ...)
-};
-
 class Runner {
  public:
   // Scratch files (spilled latent codes) go in scratch_dir, nameless (core/scratch_file.hpp).
@@ -129,8 +103,6 @@ class Runner {
  private:
   void load(const std::vector<Cell>& cells);
   void build_global_docs();
-  void draw_documents();
-  Selection select(size_t a, size_t b) const;
   // Rows are read on the host (the store) and moved to the device in one transfer per cell and split. The
   // store's pages are then dropped from resident memory: the step keeps its own copies.
   torch::Tensor read(const CellData& cell, const torch::Tensor& rows) const {
@@ -141,7 +113,7 @@ class Runner {
   torch::Tensor on_device(const torch::Tensor& t) const { return t.to(options_.device); }
   void compute_scales();
   void process_model_pair(size_t a, size_t b, log::Progress& progress);
-  Plan plan_estimate() const;
+  PlanInput plan_input() const;  // the sizes the plan line is counted from
   // Makes the SAEs of `cells` (and their ceiling SAEs if `ceilings`) resident and releases all others: at most
   // two cells' SAEs are held at a time.
   void resident(const std::vector<size_t>& cells, bool ceilings = false);
@@ -178,10 +150,9 @@ class Runner {
   fs::path scratch_dir_;
   std::vector<CellData> cells_;
   std::vector<ModelData> models_;
-  std::unordered_map<int64_t, DocumentDraw> documents_;  // every doc id of every model
-  std::map<int64_t, int64_t> eval_doc_index_;  // doc id -> column of boot_weights_
-  torch::Tensor boot_weights_;                 // fp64 [B, D_eval]
-  int64_t replicates_ = 0;                     // B
+  DocumentDraws documents_;     // every doc id of every model
+  SequenceBootstrap bootstrap_;  // over the evaluation documents
+  int64_t replicates_ = 0;       // the bootstrap's B (also known in merge mode, where bootstrap_ is not made)
   std::set<size_t> sources_;                   // cells whose pairs (as source) compute() makes
   std::map<std::string, nlohmann::json> pairs_;
   std::map<std::string, std::vector<double>> q_excess_boot_;
@@ -221,7 +192,7 @@ void Runner::load(const std::vector<Cell>& cells) {
              ceiling.d_in(), cell.store.string(), data.store.dim());
     }
     auto [it, inserted] = model_index.emplace(cell.model, models_.size());
-    if (inserted) models_.push_back(ModelData{cell.model, {}, 0, {}, {}});
+    if (inserted) models_.push_back(ModelData{{cell.model, 0, {}, {}}, {}});
     data.model = it->second;
     models_[data.model].cells.push_back(cells_.size());
     cells_.push_back(std::move(data));
@@ -256,102 +227,12 @@ void Runner::load(const std::vector<Cell>& cells) {
            model.name);
 }
 
-// Per-document draws, derived once per document (strata::derive costs ~1 us): the fitting/evaluation split
-// (u(seed, "transfer/split", doc) < fit_fraction) and the order in which caps take whole sequences.
-void Runner::draw_documents() {
-  for (const ModelData& model : models_) {
-    torch::Tensor unique = std::get<0>(torch::_unique(model.sequence));
-    const int64_t* ids = unique.data_ptr<int64_t>();
-    for (int64_t i = 0; i < unique.numel(); ++i) {
-      if (documents_.count(ids[i])) continue;
-      documents_[ids[i]] = {derive_unit(seed_, "transfer/split", ids[i]) < options_.fit_fraction,
-                            derive_unit(seed_, "transfer/cap", ids[i])};
-    }
-  }
-}
-
 void Runner::build_global_docs() {
-  draw_documents();
-  std::set<int64_t> eval_docs;
-  for (const auto& [doc, draw] : documents_)
-    if (!draw.fit) eval_docs.insert(doc);
-  int64_t column = 0;
-  for (int64_t doc : eval_docs) eval_doc_index_[doc] = column++;
-  const int64_t d = column, b = std::max<int64_t>(options_.bootstrap, 0);
-  boot_weights_ = torch::zeros({b, d}, torch::kFloat64);
-  replicates_ = b;
-  if (d == 0) return;
-  auto generator = generator_for(derive(seed_, "transfer/bootstrap"));
-  torch::Tensor draws = torch::randint(0, d, {b, d}, generator, torch::kInt64);
-  boot_weights_.scatter_add_(1, draws, torch::ones({b, d}, torch::kFloat64));
-}
-
-// Whole sequences, in the order of a seeded hash, until `cap` rows are reached.
-torch::Tensor cap_rows(const std::vector<int64_t>& rows, const std::vector<int64_t>& docs, int64_t cap,
-                       const std::unordered_map<int64_t, DocumentDraw>& draws) {
-  std::map<int64_t, std::vector<int64_t>> by_doc;
-  for (size_t i = 0; i < rows.size(); ++i) by_doc[docs[i]].push_back(int64_t(i));
-  std::vector<int64_t> order;
-  for (auto& [doc, _] : by_doc) order.push_back(doc);
-  std::sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
-    const double kx = draws.at(x).cap_order, ky = draws.at(y).cap_order;
-    return kx != ky ? kx < ky : x < y;
-  });
-  std::vector<int64_t> kept;
-  for (int64_t doc : order) {
-    const auto& members = by_doc[doc];
-    if (!kept.empty() && int64_t(kept.size() + members.size()) > cap) break;
-    kept.insert(kept.end(), members.begin(), members.end());
-    if (int64_t(kept.size()) >= cap) break;
-  }
-  std::sort(kept.begin(), kept.end());
-  return torch::tensor(kept, torch::kInt64);
-}
-
-Selection Runner::select(size_t a, size_t b) const {
-  const ModelData &ma = models_[a], &mb = models_[b];
-  Selection s;
-  torch::Tensor rows_a, rows_b;
-  if (a == b || options_.aligned_rows) {
-    rows_a = torch::arange(ma.rows, torch::kInt64);
-    rows_b = rows_a;
-  } else {
-    text::Alignment alignment = text::align_token_ends(ma.sequence, ma.byte_end, mb.sequence, mb.byte_end);
-    rows_a = alignment.rows_a;
-    rows_b = alignment.rows_b;
-    s.retained_a = alignment.retained_a;
-    s.retained_b = alignment.retained_b;
-  }
-  s.aligned = rows_a.numel();
-  if (s.aligned == 0) fail("transfer: models '{}' and '{}' share no aligned tokens", ma.name, mb.name);
-  torch::Tensor docs = ma.sequence.index_select(0, rows_a);
-  std::vector<int64_t> fit_rows, fit_docs, eval_rows, eval_docs;
-  const int64_t* dp = docs.data_ptr<int64_t>();
-  for (int64_t i = 0; i < s.aligned; ++i) {
-    bool fit = documents_.at(dp[i]).fit;
-    (fit ? fit_rows : eval_rows).push_back(i);
-    (fit ? fit_docs : eval_docs).push_back(dp[i]);
-  }
-  if (fit_rows.size() < 2 || eval_rows.size() < 2)
-    fail("transfer: models '{}' and '{}': too few sequences to split ({} fitting, {} evaluation tokens)", ma.name,
-         mb.name, fit_rows.size(), eval_rows.size());
-  torch::Tensor fit_pick = cap_rows(fit_rows, fit_docs, options_.max_fit_tokens, documents_);
-  torch::Tensor eval_pick = cap_rows(eval_rows, eval_docs, options_.max_eval_tokens, documents_);
-  torch::Tensor fit_idx = torch::tensor(fit_rows, torch::kInt64).index_select(0, fit_pick);
-  torch::Tensor eval_idx = torch::tensor(eval_rows, torch::kInt64).index_select(0, eval_pick);
-  s.fit_a = rows_a.index_select(0, fit_idx);
-  s.fit_b = rows_b.index_select(0, fit_idx);
-  s.eval_a = rows_a.index_select(0, eval_idx);
-  s.eval_b = rows_b.index_select(0, eval_idx);
-  torch::Tensor eval_doc_ids = docs.index_select(0, eval_idx);
-  std::vector<int64_t> columns(eval_doc_ids.numel());
-  const torch::Tensor eval_doc_column = eval_doc_ids.contiguous();
-  const int64_t* eval_doc = eval_doc_column.data_ptr<int64_t>();
-  for (int64_t i = 0; i < eval_doc_column.numel(); ++i) columns[i] = eval_doc_index_.at(eval_doc[i]);
-  s.eval_doc = torch::tensor(columns, torch::kInt64);
-  s.fit_sequences = std::get<0>(torch::_unique(docs.index_select(0, fit_idx))).numel();
-  s.eval_sequences = std::get<0>(torch::_unique(eval_doc_ids)).numel();
-  return s;
+  std::vector<const ModelRows*> rows;
+  for (const ModelData& model : models_) rows.push_back(&model);
+  documents_ = draw_documents(rows, seed_, options_.fit_fraction);
+  bootstrap_ = bootstrap_sequences(documents_, options_.bootstrap, seed_);
+  replicates_ = bootstrap_.replicates();
 }
 
 void Runner::compute_scales() {
@@ -366,248 +247,18 @@ void Runner::compute_scales() {
   }
 }
 
-Plan Runner::plan_estimate() const {
-  // Every term the step runs, counted from the exact selections (sizes per model pair) and timed with rates
-  // measured here: fp32 GEMM throughput (the ceiling every term is costed against) and the permutation
-  // loop's seconds per Gram element. `efficiency` folds in what a term does besides its GEMMs (ReLU/top-k,
-  // fp64 accumulation, index_add, SVD); calibrated on the default run and `strata bench transfer`.
-  Plan plan;
-  // On a GPU a 512^3 GEMM is launch-bound: the ceiling there is measured at 4096^3. The efficiencies below are
-  // calibrated on the CPU, so a device plan is a rough guide until calibrated there too.
-  const int64_t gemm_size = options_.device.is_cpu() ? 512 : 4096;
-  // The median of 15 (a 512^3 GEMM takes about a millisecond: 3 repeats read as low as half the ceiling when
-  // another process woke up, and every element-wise term is costed against this figure).
-  plan.gemm_gflops = bench::gemm_gflops(gemm_size, gemm_size, gemm_size, 15, options_.device);
-  {  // the permutation loop at the step's N (its Gram matrices leave the caches at N in the thousands)
-    int64_t n = 64;
-    for (const auto& [pair, s] : selections_)
-      n = std::max<int64_t>(n, std::min<int64_t>(s.eval_a.numel(), options_.cka_max_tokens));
-    torch::Tensor x = on_device(torch::randn({n, 8})), y = on_device(torch::randn({n, 8}));
-    stats::GramCka gram(x, y);
-    // At least two blocks of permutations per thread: the loop is parallel over blocks, as in the step.
-    const int64_t reps = std::max<int64_t>(2 * stats::native::kGramBlock * std::max(1, runtime::threads()),
-                                           int64_t(64.0 * 512.0 * 512.0 / double(n * n)));
-    double seconds = bench::median_seconds([&] { gram.permutation_test(reps, 1, stats::GramCka::Form::gram); }, 3);
-    plan.seconds_per_gather = seconds / (double(reps) * double(n) * double(n) / 2.0);
-  }
-  // The SAE passes' and dense MMAC's GEMMs are [rows x d] x [d x d_sae] and [d_sae x N] x [N x d_sae]: at real
-  // widths they run several times faster than a 512^3 GEMM, so they are costed against a second ceiling
-  // measured at the largest cell's SAE shape (one batch of rows), which tracks the width.
-  {
-    size_t widest = 0;
-    double n_rows = 0;
-    for (size_t c = 0; c < cells_.size(); ++c)
-      if (double(cells_[c].dim) * double(cells_[c].d_sae) > double(cells_[widest].dim) * double(cells_[widest].d_sae))
-        widest = c;
-    for (const auto& [pair, s] : selections_) n_rows = std::max(n_rows, double(s.eval_a.numel()));
-    const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(options_.batch_size, int64_t(n_rows)));
-    plan.sae_gemm_gflops = bench::gemm_gflops(rows, cells_[widest].dim, cells_[widest].d_sae, 3, options_.device);
-  }
-  auto add_at = [&](const std::string& term, double flops, double efficiency, double gflops) {
-    plan.flops[term] += flops;
-    plan.seconds[term] += flops / (gflops * 1e9 * efficiency);
-  };
-  // fp64 work (everything costed against the 512^3 ceiling but the permutation test's feature form, fp32): its
-  // FLOPs are also counted apart, for `bench transfer`'s floor at the fp64 ceiling.
-  auto add = [&](const std::string& term, double flops, double efficiency) {
-    add_at(term, flops, efficiency, plan.gemm_gflops);
-    plan.fp64_flops[term] += flops;
-  };
-  // Efficiencies (achieved fraction of the ceiling the term is costed against), calibrated on `strata bench
-  // transfer` at widths 256 and 512 (bench/RESULTS.md) and on the default run. Against the 512^3 ceiling: fp64
-  // GEMMs (kF64) and the maps' and ridge's fp64 work with its SVDs and solves (kFit). Against the SAE-shape
-  // ceiling: the encoder and dense decoder GEMMs (kSaeGemm), TopK decodes as k row gathers per token (kGather,
-  // memory-bound), dense MMAC as large GEMMs (kDenseMmac) and sparse MMAC as sparse x dense products.
-  // The permutation test's feature form (one fp32 GEMM per batch of permutations, with a gather of rows): about
-  // 250 GFLOP/s with its gather at (N, dx, dy) = (1024, 96, 64) and (2048, 256, 192) (test_stats
-  // cka_permutation_forms_agree_and_cost) against a 512^3 ceiling of 400-450 on that machine.
-  // The bootstrap's fp64 GEMMs [N, N] x [N, B]: 115 GFLOP/s on the default run (N 1024, B 200) and 168 on
-  // `bench transfer` at N 2048, B 1000, against a 512^3 ceiling of about 440.
-  constexpr double kF64 = 0.35, kFit = 0.25, kSvd = 0.05, kSmall = 0.1, kBootstrap = 0.3, kPermutationFeatures = 0.55;
-  // kSaeGemm includes the ReLU / top-k scan of the pre-activations of dense passes (a least-squares fit of 16
-  // measured SAE-pass terms gave 0.52 and no separate per-pre-activation cost). A TopK pass in the sparse form
-  // (top k of the pre-activations, then ReLU of those k) runs its encoder GEMM at kSaeSparseEncoder and pays
-  // kPerPreActivation (FLOP-equivalents at the 512^3 ceiling, ~0.9 ns) per pre-activation for the selection:
-  // fitted on the Zen 5 machine's own passes at (d, d_sae, n) = (256, 4096, 8192), (512, 8192, 8192) (0.090 and
-  // 0.28 s planned per pass against 0.098 and 0.284 measured) and (2048, 16384, 16384) (3.5 s against 3.0).
-  // kDenseMmac: measured at (d_sae, L0) = (16384 and 20480, 4000) on 16384 tokens (`bench transfer --widths 2048
-  // 2560 --expansion 8 --l0 4000 --layers 2`: 1180 s against 730 planned at 0.8): besides its GEMMs, each block of
-  // B is densified again for every block of A, from codes spilled to disk.
-  constexpr double kSaeGemm = 0.5, kSaeSparseEncoder = 0.8, kGather = 0.1, kDenseMmac = 0.5, kSparseMmac = 0.031;
-  constexpr double kPerPreActivation = 400;
-  // Sparse MMAC also builds the m_i x m_j correlation (fp64 centring, scaling, both maxima): FLOP-equivalents
-  // per latent pair at the 512^3 ceiling. With kSparseMmac, fitted on benches at (d_sae, L0) = (4096, 16) and
-  // (3072, 48); (8192, 32) is then planned at 43 s against 40.5 s measured. That is the tensor form (portable
-  // path); the host kernels fold each row of correlations into both maxima in one pass (kPerHostCorrelation)
-  // and, for two sparse code sets, sum the cross moments token by token (kPerHostProduct per product of a code
-  // of A and a code of B on the same token). Those two were fitted on `bench transfer` at (d_sae, L0) = (4096, 16),
-  // (4096, 192) and (8192, 32): about 2.1 ns per latent pair (two fp64 divisions, kept for the tensor form's bits)
-  // and 1.75 ns per product (memory-bound: B's codes of each token are read again for every code of A).
-  // Both were fitted on one thread (the host kernels' parallel loops then ran serially, see
-  // runtime::parallel_loop_threads) and are divided by the threads those loops run on.
-  constexpr double kPerCorrelation = 3600, kPerHostCorrelation = 820, kPerHostProduct = 680;
-  const bool host_kernels = runtime::kernel_path(options_.device) == runtime::KernelPath::native;
-  const double host_threads = host_kernels ? double(runtime::parallel_loop_threads()) : 1.0;
-  // An SAE pass's element-wise work, in FLOP-equivalents at the 512^3 ceiling (measured seconds per element
-  // times the ceiling, from the same fit): the selection and bookkeeping of each TopK code entry (sparse form);
-  // TopK codes in dense form (selection, scatter, per-latent sums) per element; ReLU / JumpReLU codes' per-latent
-  // sums per element (fitted on the default run's ReLU SAEs, which the benches do not exercise).
-  constexpr double kPerTopkEntry = 31000, kPerDenseTopkCode = 3400, kPerDenseCode = 400;
-  // Element-wise work costs time but is no FLOP of the GEMM fraction: only its seconds are counted.
-  auto add_elementwise = [&](const std::string& term, double flop_equivalents) {
-    plan.seconds[term] += flop_equivalents / (plan.gemm_gflops * 1e9);
-  };
-  auto add_sae = [&](const std::string& term, double flops, double efficiency) {
-    add_at(term, flops, efficiency, plan.sae_gemm_gflops);
-  };
-  // MMAC of `codings` code pairs of cells i and j over n tokens. TopK codes have a known density k / d_sae:
-  // below kMmacSparseBelow their cross moments are sparse x dense products (nnz x d_sae_j); other codes are
-  // costed as dense GEMMs over all latents (a bound: dead latents drop out).
-  auto mmac_cost = [&](const std::string& term, size_t i, size_t j, double n, double codings) {
-    const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
-    const double ki = cells_[i].expected_l0, kj = cells_[j].expected_l0;
-    if (host_kernels && ki > 0 && kj > 0 && (ki / mi) * (kj / mj) < kMmacSparseProductBelow) {
-      add_elementwise(term, codings * (n * ki * kj * kPerHostProduct + mi * mj * kPerHostCorrelation) / host_threads);
-    } else if (ki > 0 && ki < kMmacSparseBelow * mi) {
-      add_sae(term, codings * 2 * n * ki * mj, kSparseMmac);
-      add_elementwise(term, codings * mi * mj * (host_kernels ? kPerHostCorrelation / host_threads : kPerCorrelation));
-    } else
-      add_sae(term, codings * 2 * n * mi * mj, kDenseMmac);
-  };
-  // An SAE pass over n rows of cell c (encoder GEMM; the decoder as a GEMM or, for TopK codes in their sparse
-  // form (metrics.hpp kTopkSparseBelow), as k decoder-row gathers per token; the per-latent moments if asked).
-  // A random dictionary (no decoder) codes top-k at the SAE's L0 (`topk` = the expected L0, rounded as the pass
-  // rounds the measured one); where that L0 is unknown, in dense form.
-  auto sae_pass = [&](const std::string& term, size_t c, double n, bool decode, bool moments, double topk) {
-    const double d = double(cells_[c].dim), m = double(cells_[c].d_sae);
-    const bool sparse = topk > 0 && topk < kTopkSparseBelow * m;
-    add_sae(term, 2 * n * d * m, sparse ? kSaeSparseEncoder : kSaeGemm);
-    if (decode) add_sae(term, sparse ? 2 * n * topk * d : 2 * n * d * m, sparse ? kGather : kSaeGemm);
-    if (sparse) add_elementwise(term, n * m * kPerPreActivation + n * topk * kPerTopkEntry);
-    else if (topk > 0) add_elementwise(term, n * m * kPerDenseTopkCode);
-    else if (moments) add_elementwise(term, n * m * kPerDenseCode);
-  };
-  // What bounded residency costs: an SAE load (safetensors read into owned tensors, per byte; 11.5 s for 34
-  // loads of 270-420 MB on the bench above, about 1.3 ns per byte) each time a cell pair brings in a cell's SAE,
-  // and a cell's centred fitting rows made again from the store (gather, fp64, scale, centre: per element) for
-  // each cell pair that needs them.
-  constexpr double kPerSaeByte = 360, kPerFitElement = 700;
-  auto sae_bytes = [&](size_t c) { return cells_[c].sae_bytes(); };
-  const double perms = double(options_.cka_permutations), boots = double(replicates_);
-  const double k = double(options_.top_k);
-  for (const auto& [pair, s] : selections_) {
-    const auto [a, b] = pair;
-    if (!involves_sources(a, b)) continue;
-    const double n_fit = double(s.fit_a.numel()), n_eval = double(s.eval_a.numel());
-    const double n_cka = std::min(n_eval, double(options_.cka_max_tokens)), n_docs = double(boot_weights_.size(1));
-    std::vector<size_t> involved = models_[a].cells;
-    if (a != b) involved.insert(involved.end(), models_[b].cells.begin(), models_[b].cells.end());
-    for (size_t c : involved) {  // per cell, once per model pair
-      const double d = double(cells_[c].dim);
-      add_elementwise("residency", sae_bytes(c) * kPerSaeByte);
-      sae_pass("sae_own", c, n_eval, true, true, double(cells_[c].topk));
-      sae_pass("sae_random", c, n_eval, false, true,
-               cells_[c].expected_l0 > 0 ? std::max(1.0, std::round(cells_[c].expected_l0)) : 0.0);
-      add("maps", 2 * n_fit * d * d, kFit);
-      add("cka_linear", 2 * n_eval * d * d, kF64);
-      add("cka_gram", 2 * n_cka * n_cka * d, kF64);
-      // K w and (K o K) w, made when the cell meets another cell (a cell with itself has CKA 1, no bootstrap)
-      if (boots > 0 && involved.size() > 1) add("cka_bootstrap", 2 * 2 * n_cka * n_cka * boots, kBootstrap);
-    }
-    for (size_t i : models_[a].cells) {
-      bool i_loaded = false;
-      for (size_t j : models_[b].cells) {
-        if (a == b && j < i) continue;
-        if (!sources_.count(i) && !sources_.count(j)) continue;
-        const double di = double(cells_[i].dim), dj = double(cells_[j].dim);
-        if (!i_loaded) {
-          add_elementwise("residency", sae_bytes(i) * kPerSaeByte);
-          add_elementwise("maps", n_fit * di * kPerFitElement);
-          i_loaded = true;
-        }
-        if (j != i) {
-          add_elementwise("residency", sae_bytes(j) * kPerSaeByte);
-          add_elementwise("maps", n_fit * dj * kPerFitElement);
-        }
-        const double mi = double(cells_[i].d_sae), mj = double(cells_[j].d_sae);
-        mmac_cost("mmac", i, j, n_eval, 2);  // own and random codes
-        add("maps", (i == j ? 2.0 : 4.0) * n_fit * di * dj + (a != b ? 2.0 : 1.0) * 20 * di * dj * std::min(di, dj),
-            i == j ? kFit : kSvd + kFit);
-        if (i != j) {
-          add("cka_linear", 2 * n_eval * di * dj, kF64);
-          if (boots > 0) add("cka_bootstrap", 2 * n_cka * n_cka * boots, kBootstrap);
-          if (di * dj < stats::GramCka::feature_form_ratio(runtime::kernel_path(options_.device)) * n_cka)
-            add_at("cka_permutations", perms * 2 * n_cka * di * dj, kPermutationFeatures, plan.gemm_gflops);
-          else
-            plan.gathers += perms * n_cka * n_cka / 2;
-        }
-        for (int direction = 0; direction < (i == j ? 1 : 2); ++direction) {
-          const size_t src = direction ? j : i, tgt = direction ? i : j;
-          if (!sources_.count(src)) continue;
-          const double ds = double(cells_[src].dim), dt = double(cells_[tgt].dim);
-          const double mt = double(cells_[tgt].d_sae);
-          sae_pass("sae_mapped", src, n_eval, true, true, double(cells_[src].topk));
-          sae_pass("sae_null", src, n_eval, true, false, double(cells_[src].topk));
-          // The maps applied in fp64 and each Procrustes map's alpha (Z^T Z Q): within a model the map is the
-          // identity (a scaling, element-wise, no GEMM), so only the null map has them there.
-          const double procrustes_maps = a != b ? 2.0 : 1.0;
-          if (a != b) add("sae_mapped", 2 * n_eval * dt * ds, kF64);
-          add("sae_null", 2 * n_eval * dt * ds, kF64);
-          add("maps", procrustes_maps * 2 * dt * dt * ds, kFit);
-          add("ridge", dt * dt * dt + 4 * dt * dt * ds, kFit);  // solve, and <W, A^T A W> from moments
-          add("decoder", 2 * k * mt * ds + (a != b ? 2 * mt * dt * ds : 0.0), kF64);
-          if (boots > 0) add("q_bootstrap", 3 * 2 * boots * n_docs * ds, kSmall);
-        }
-      }
-    }
-    if (a == b)
-      for (size_t c : models_[a].cells)
-        if (cells_[c].cell.ceiling_sae_dir && sources_.count(c)) {
-          add_elementwise("residency", 2 * sae_bytes(c) * kPerSaeByte);
-          sae_pass("ceilings", c, n_eval, true, true, double(cells_[c].topk));
-          mmac_cost("ceilings", c, c, n_eval, 1);
-        }
-  }
-  plan.seconds["cka_permutations"] += plan.gathers * plan.seconds_per_gather;
-  // Peak memory (anonymous: the stores' pages are released after each read). Per model pair: every cell's
-  // resident data (fp32 evaluation rows, the fitting and evaluation Grams d^2 fp64, the centred N_cka^2 Gram fp64
-  // + fp32; codes under options_.spill_codes_above_bytes), one cell pair's state (two SAEs, both cells' centred fitting rows fp64,
-  // i's centred evaluation rows fp64 for CKA), and the largest transient of: the null's shuffled copy of
-  // fitting rows; a mapped SAE pass (the map's rows: fp64 scaled and centred, fp64 mapped, fp32 result, 20 B per
-  // element of n_eval d, and the pass's working set per
-  // [batch, d_sae] element: pre-activations and codes in fp32 and the moments' fp64 copy and square, 24 B, or
-  // ~8 B for TopK codes in the sparse form); MMAC's two
-  // dense blocks and a block's entries (~24 B each); a cell's preparation (the fitting rows' read, fp32, and
-  // their fp64 copy scaled and centred in place: 12 B per element; the kept codes of a TopK SAE, 12 B per entry
-  // as produced + 8 B placed: codes at the expected L0; a non-TopK SAE without a recorded L0 is not counted).
-  const int64_t mmac_block_bytes = int64_t(256) << 20;
-  for (const auto& [pair, s] : selections_) {
-    const auto [a, b] = pair;
-    if (!involves_sources(a, b)) continue;
-    const double n_fit = double(s.fit_a.numel()), n_eval = double(s.eval_a.numel());
-    const double n_cka = std::min(n_eval, double(options_.cka_max_tokens));
-    double bytes = double(boot_weights_.numel()) * 8 + 512.0 * (1 << 20);
-    double widest_sae_bytes = 0, widest_d = 0, transient = 0;
-    for (size_t c = 0; c < cells_.size(); ++c) {
-      if (cells_[c].model != a && cells_[c].model != b) continue;
-      const double d = double(cells_[c].dim), m = double(cells_[c].d_sae), k = double(cells_[c].topk);
-      const double l0 = cells_[c].expected_l0;
-      const double codes = n_eval * l0 * 8;  // own, and random at the same L0
-      bytes += n_eval * d * 4 + 2 * d * d * 8 + n_cka * n_cka * 12 + (codes <= double(options_.spill_codes_above_bytes) ? 2 * codes : 0.0);
-      widest_sae_bytes = std::max(widest_sae_bytes, cells_[c].sae_bytes());
-      widest_d = std::max(widest_d, d);
-      const double block_entries = double(mmac_block_bytes) / (2 * 4 * n_eval) * n_eval * std::min(1.0, l0 / m);
-      const bool sparse_pass = k > 0 && k < kTopkSparseBelow * m;
-      const double pass = double(std::min<int64_t>(options_.batch_size, int64_t(n_eval))) * m * (sparse_pass ? 8 : 24);
-      transient = std::max({transient, n_fit * d * 8, 20 * n_eval * d + pass,
-                            double(mmac_block_bytes) + 24 * block_entries, n_fit * d * 12, n_eval * k * 20});
-    }
-    bytes += 2 * widest_sae_bytes + 2 * n_fit * widest_d * 8 + n_eval * widest_d * 8 + transient;
-    plan.peak_bytes = std::max(plan.peak_bytes, bytes);
-  }
-  for (const auto& [term, seconds] : plan.seconds) plan.total_seconds += seconds;
-  for (const auto& [term, flops] : plan.flops) plan.total_flops += flops;
-  return plan;
+PlanInput Runner::plan_input() const {
+  PlanInput in;
+  for (const CellData& c : cells_)
+    in.cells.push_back({c.model, c.dim, c.d_sae, c.topk, c.expected_l0, bool(c.cell.ceiling_sae_dir)});
+  for (const ModelData& m : models_) in.model_cells.push_back(m.cells);
+  for (const auto& [pair, s] : selections_)
+    if (involves_sources(pair.first, pair.second))
+      in.model_pairs.push_back({pair.first, pair.second, s.fit_a.numel(), s.eval_a.numel()});
+  in.sources = sources_;
+  in.replicates = replicates_;
+  in.eval_documents = bootstrap_.documents();
+  return in;
 }
 
 void Runner::resident(const std::vector<size_t>& cells, bool ceilings) {
@@ -630,7 +281,7 @@ void Runner::resident(const std::vector<size_t>& cells, bool ceilings) {
 void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   const ModelData &ma = models_[a], &mb = models_[b];
   const Selection& s = selections_.at({a, b});
-  const int64_t n_docs = boot_weights_.size(1), batch = options_.batch_size;
+  const int64_t n_docs = bootstrap_.documents(), batch = options_.batch_size;
   const bool same = a == b;
   nlohmann::json info = {{"model_a", ma.name},
                          {"model_b", mb.name},
@@ -658,10 +309,10 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
                                .index({Slice(0, std::min(n_eval, options_.cka_max_tokens))})
                                .sort());
   }
-  torch::Tensor cka_weights = on_device(boot_weights_.index_select(1, s.eval_doc.index_select(0, cka_rows)));
+  torch::Tensor cka_weights = on_device(bootstrap_.weights.index_select(1, s.eval_doc.index_select(0, cka_rows)));
   // Index tensors are made on the host (selection, generators); the arithmetic reads device copies.
   const torch::Tensor eval_doc = on_device(s.eval_doc), cka_rows_device = on_device(cka_rows);
-  const torch::Tensor boot_weights = on_device(boot_weights_);
+  const torch::Tensor boot_weights = on_device(bootstrap_.weights);
 
   // Per cell, once for this model pair's rows: the scaled fitting rows' mean and Gram (the centred rows
   // themselves are made again where a cell pair needs them: fitting_rows below), the raw evaluation rows,
@@ -1050,7 +701,7 @@ Runner::Runner(const std::vector<std::pair<std::string, nlohmann::json>>& partia
     data.scale = c.at("scaling_factor").get<double>();
     if (!covered.count(data.cell.name)) missing.push_back(data.cell.name);
     auto [it, inserted] = model_index.emplace(data.cell.model, models_.size());
-    if (inserted) models_.push_back(ModelData{data.cell.model, {}, 0, {}, {}});
+    if (inserted) models_.push_back(ModelData{{data.cell.model, 0, {}, {}}, {}});
     data.model = it->second;
     models_[data.model].cells.push_back(cells_.size());
     cells_.push_back(std::move(data));
@@ -1068,11 +719,15 @@ void Runner::compute(const std::set<size_t>& sources) {
   build_global_docs();
   timed("selection", [&] {
     for (size_t a = 0; a < models_.size(); ++a)
-      for (size_t b = a; b < models_.size(); ++b) selections_.emplace(std::make_pair(a, b), select(a, b));
+      for (size_t b = a; b < models_.size(); ++b) selections_.emplace(std::make_pair(a, b),
+                            select_rows(models_[a], models_[b], a == b,
+                                        {options_.aligned_rows, options_.max_fit_tokens, options_.max_eval_tokens},
+                                        documents_, bootstrap_));
   });
   compute_scales();
   const size_t n = cells_.size();
-  const Plan plan = plan_estimate();
+  const PlanInput plan_in = plan_input();
+  const Plan plan = estimate_plan(plan_in, options_, measure_plan_rates(plan_in, options_));
   auto terms = [](const std::map<std::string, double>& seconds) {
     std::string out;
     for (const auto& [term, value] : seconds) out += fmt::format("{}{} {:.1f}", out.empty() ? "" : ", ", term, value);
