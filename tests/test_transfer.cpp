@@ -15,6 +15,7 @@
 #include "stats/correlation.hpp"
 #include "test_device.hpp"
 #include "test_helpers.hpp"
+#include "transfer/plan.hpp"
 #include "transfer/planted.hpp"
 #include "transfer/result.hpp"
 #include "transfer/transfer.hpp"
@@ -449,4 +450,51 @@ BOOST_AUTO_TEST_CASE(plan_costs_mmac_at_the_recorded_training_l0) {
   const double sparse = planned_mmac_flops("sparse", 1.0);
   if (runtime::kernel_path(torch::Device(torch::kCPU)) == runtime::KernelPath::native) BOOST_TEST(sparse == 0.0);
   else BOOST_TEST(sparse == unknown);
+}
+
+// The plan counts the work the step runs, no more: within a model the map is a scaling (no fp64 GEMM applies it,
+// only the null's Procrustes map), and SAEs are loaded and fitting rows made again per cell pair only under
+// bounded residency, when a model pair's SAEs and fitting rows together exceed the bound.
+BOOST_AUTO_TEST_CASE(plan_counts_maps_and_reloads_where_the_step_runs_them) {
+  transfer::PlanInput in;
+  // Two models of two cells each (widths 64 and 96), TopK SAEs of k 16.
+  in.cells = {{0, 64, 512, 16, 16, false}, {0, 64, 512, 16, 16, false}, {1, 96, 768, 16, 16, false},
+              {1, 96, 768, 16, 16, false}};
+  in.model_cells = {{0, 1}, {2, 3}};
+  in.sources = {0, 1, 2, 3};
+  in.replicates = 10;
+  in.eval_documents = 50;
+  transfer::TransferOptions options;
+  const transfer::PlanRates rates{100, 100, 1e-9};
+  auto fp64 = [](const transfer::Plan& plan, const std::string& term) {
+    return plan.fp64_flops.count(term) ? plan.fp64_flops.at(term) : 0.0;
+  };
+  in.model_pairs = {{0, 0, 4096, 2048}};
+  const transfer::Plan within = transfer::estimate_plan(in, options, rates);
+  BOOST_TEST(fp64(within, "sae_mapped") == 0.0);
+  BOOST_TEST(fp64(within, "sae_null") > 0.0);
+  in.model_pairs = {{0, 1, 4096, 2048}};
+  const transfer::Plan across = transfer::estimate_plan(in, options, rates);
+  BOOST_TEST(fp64(across, "sae_mapped") == fp64(across, "sae_null"));  // each direction: one map applied
+  BOOST_TEST(fp64(across, "sae_mapped") > 0.0);
+
+  in.model_pairs = {{0, 0, 4096, 2048}, {0, 1, 4096, 2048}, {1, 1, 4096, 2048}};
+  const std::vector<size_t> all = {0, 1, 2, 3};
+  BOOST_TEST(transfer::held_bytes(in.cells, all, 4096) ==
+             2 * (4096.0 * 64 * 8 + in.cells[0].sae_bytes()) + 2 * (4096.0 * 96 * 8 + in.cells[2].sae_bytes()));
+  const transfer::Plan held = transfer::estimate_plan(in, options, rates);  // under the default bound (1 GB)
+  // Held whole, each cell's SAE is loaded once per model pair it is in: 8 loads.
+  double loads = 0;
+  for (const auto& pair : in.model_pairs)
+    for (size_t c : all)
+      if (in.cells[c].model == pair.a || in.cells[c].model == pair.b) loads += in.cells[c].sae_bytes();
+  const double per_byte = held.seconds.at("residency") / loads;
+  BOOST_TEST(per_byte > 0.0);
+  options.bounded_residency_above_bytes = 0;
+  const transfer::Plan bounded = transfer::estimate_plan(in, options, rates);
+  BOOST_TEST(bounded.seconds.at("residency") > held.seconds.at("residency") * 1.5);  // loads again per cell pair
+  BOOST_TEST(bounded.seconds.at("maps") > held.seconds.at("maps"));  // fitting rows made again
+  BOOST_TEST(bounded.flops.at("maps") == held.flops.at("maps"));    // the same GEMMs
+  // Memory: one cell pair's SAEs and fitting rows under the bound, every cell's without it.
+  BOOST_TEST(bounded.peak_bytes < held.peak_bytes);
 }

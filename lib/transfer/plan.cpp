@@ -13,6 +13,12 @@
 
 namespace strata::transfer {
 
+double held_bytes(const std::vector<PlanCell>& cells, const std::vector<size_t>& involved, int64_t n_fit) {
+  double bytes = 0;
+  for (size_t c : involved) bytes += double(n_fit) * double(cells[c].dim) * 8 + cells[c].sae_bytes();
+  return bytes;
+}
+
 PlanRates measure_plan_rates(const PlanInput& in, const TransferOptions& options) {
   PlanRates plan;
   // On a GPU a 512^3 GEMM is launch-bound: the ceiling there is measured at 4096^3. The efficiencies below are
@@ -138,10 +144,11 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
     else if (topk > 0) add_elementwise(term, n * m * kPerDenseTopkCode);
     else if (moments) add_elementwise(term, n * m * kPerDenseCode);
   };
-  // What bounded residency costs: an SAE load (safetensors read into owned tensors, per byte; 11.5 s for 34
-  // loads of 270-420 MB on the bench above, about 1.3 ns per byte) each time a cell pair brings in a cell's SAE,
-  // and a cell's centred fitting rows made again from the store (gather, fp64, scale, centre: per element) for
-  // each cell pair that needs them.
+  // An SAE load (safetensors read into owned tensors, per byte; 11.5 s for 34 loads of 270-420 MB on the bench
+  // above, about 1.3 ns per byte): once per cell and model pair, and under bounded residency each time a cell
+  // pair brings in a cell's SAE, which then also makes the cell's centred fitting rows again from the store
+  // (gather, fp64, scale, centre: per element). A model pair held whole (held_bytes under the bound: the zoo's)
+  // does neither.
   constexpr double kPerSaeByte = 360, kPerFitElement = 700;
   auto sae_bytes = [&](size_t c) { return in.cells[c].sae_bytes(); };
   const double perms = double(options.cka_permutations), boots = double(in.replicates);
@@ -152,6 +159,7 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
     const double n_cka = std::min(n_eval, double(options.cka_max_tokens)), n_docs = double(in.eval_documents);
     std::vector<size_t> involved = in.model_cells[a];
     if (a != b) involved.insert(involved.end(), in.model_cells[b].begin(), in.model_cells[b].end());
+    const bool bounded = held_bytes(in.cells, involved, pair.n_fit) > double(options.bounded_residency_above_bytes);
     for (size_t c : involved) {  // per cell, once per model pair
       const double d = double(in.cells[c].dim);
       add_elementwise("residency", sae_bytes(c) * kPerSaeByte);
@@ -170,12 +178,12 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
         if (a == b && j < i) continue;
         if (!in.sources.count(i) && !in.sources.count(j)) continue;
         const double di = double(in.cells[i].dim), dj = double(in.cells[j].dim);
-        if (!i_loaded) {
+        if (bounded && !i_loaded) {
           add_elementwise("residency", sae_bytes(i) * kPerSaeByte);
           add_elementwise("maps", n_fit * di * kPerFitElement);
           i_loaded = true;
         }
-        if (j != i) {
+        if (bounded && j != i) {
           add_elementwise("residency", sae_bytes(j) * kPerSaeByte);
           add_elementwise("maps", n_fit * dj * kPerFitElement);
         }
@@ -221,8 +229,9 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
   plan.seconds["cka_permutations"] += plan.gathers * plan.seconds_per_gather;
   // Peak memory (anonymous: the stores' pages are released after each read). Per model pair: every cell's
   // resident data (fp32 evaluation rows, the fitting and evaluation Grams d^2 fp64, the centred N_cka^2 Gram fp64
-  // + fp32; codes under options.spill_codes_above_bytes), one cell pair's state (two SAEs, both cells' centred fitting rows fp64,
-  // i's centred evaluation rows fp64 for CKA), and the largest transient of: the null's shuffled copy of
+  // + fp32; codes under options.spill_codes_above_bytes), what it holds of SAEs and centred fitting rows (fp64):
+  // one cell pair's under bounded residency, else every cell's (held_bytes), i's centred evaluation rows fp64
+  // for CKA, and the largest transient of: the null's shuffled copy of
   // fitting rows; a mapped SAE pass (the map's rows: fp64 scaled and centred, fp64 mapped, fp32 result, 20 B per
   // element of n_eval d, and the pass's working set per
   // [batch, d_sae] element: pre-activations and codes in fp32 and the moments' fp64 copy and square, 24 B, or
@@ -237,8 +246,10 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
     const double n_cka = std::min(n_eval, double(options.cka_max_tokens));
     double bytes = double(in.replicates) * double(in.eval_documents) * 8 + 512.0 * (1 << 20);
     double widest_sae_bytes = 0, widest_d = 0, transient = 0;
+    std::vector<size_t> involved;
     for (size_t c = 0; c < in.cells.size(); ++c) {
       if (in.cells[c].model != a && in.cells[c].model != b) continue;
+      involved.push_back(c);
       const double d = double(in.cells[c].dim), m = double(in.cells[c].d_sae), k = double(in.cells[c].topk);
       const double l0 = in.cells[c].expected_l0;
       const double codes = n_eval * l0 * 8;  // own, and random at the same L0
@@ -251,7 +262,9 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
       transient = std::max({transient, n_fit * d * 8, 20 * n_eval * d + pass,
                             double(mmac_block_bytes) + 24 * block_entries, n_fit * d * 12, n_eval * k * 20});
     }
-    bytes += 2 * widest_sae_bytes + 2 * n_fit * widest_d * 8 + n_eval * widest_d * 8 + transient;
+    const double held = held_bytes(in.cells, involved, pair.n_fit);
+    const bool bounded = held > double(options.bounded_residency_above_bytes);
+    bytes += (bounded ? 2 * widest_sae_bytes + 2 * n_fit * widest_d * 8 : held) + n_eval * widest_d * 8 + transient;
     plan.peak_bytes = std::max(plan.peak_bytes, bytes);
   }
   for (const auto& [term, seconds] : plan.seconds) plan.total_seconds += seconds;

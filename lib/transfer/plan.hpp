@@ -42,6 +42,11 @@ struct PlanInput {
   int64_t replicates = 0, eval_documents = 0;    // the bootstrap's B and D (transfer/selection.hpp)
 };
 
+// What the step holds of one model pair when it holds all of it: every involved cell's SAE and centred fitting
+// rows (fp64, n_fit x dim). Above options.bounded_residency_above_bytes the step holds one cell pair's at a time
+// (bounded residency): it loads SAEs again and makes fitting rows again per cell pair.
+double held_bytes(const std::vector<PlanCell>& cells, const std::vector<size_t>& involved, int64_t n_fit);
+
 // Rates measured on options.device: the fp32 GEMM ceilings (GFLOP/s) at 512^3 (4096^3 on a GPU) and at one
 // batch of rows through the widest SAE, and the permutation loop's seconds per Gram element at the step's N.
 struct PlanRates {

@@ -56,7 +56,6 @@ struct CellData {
   double expected_l0 = 0;
   std::string architecture;
   double scale = 1.0;  // scaled = raw * scale, E||scaled||^2 = d on the fitting split
-  double sae_bytes() const { return PlanCell{model, dim, d_sae}.sae_bytes(); }
 };
 
 struct ModelData : ModelRows {
@@ -113,6 +112,7 @@ class Runner {
   torch::Tensor on_device(const torch::Tensor& t) const { return t.to(options_.device); }
   void compute_scales();
   void process_model_pair(size_t a, size_t b, log::Progress& progress);
+  std::vector<PlanCell> plan_cells() const;
   PlanInput plan_input() const;  // the sizes the plan line is counted from
   // Makes the SAEs of `cells` (and their ceiling SAEs if `ceilings`) resident and releases all others: at most
   // two cells' SAEs are held at a time.
@@ -247,10 +247,15 @@ void Runner::compute_scales() {
   }
 }
 
+std::vector<PlanCell> Runner::plan_cells() const {
+  std::vector<PlanCell> out;
+  for (const CellData& c : cells_) out.push_back({c.model, c.dim, c.d_sae, c.topk, c.expected_l0, bool(c.cell.ceiling_sae_dir)});
+  return out;
+}
+
 PlanInput Runner::plan_input() const {
   PlanInput in;
-  for (const CellData& c : cells_)
-    in.cells.push_back({c.model, c.dim, c.d_sae, c.topk, c.expected_l0, bool(c.cell.ceiling_sae_dir)});
+  in.cells = plan_cells();
   for (const ModelData& m : models_) in.model_cells.push_back(m.cells);
   for (const auto& [pair, s] : selections_)
     if (involves_sources(pair.first, pair.second))
@@ -332,10 +337,8 @@ void Runner::process_model_pair(size_t a, size_t b, log::Progress& progress) {
   // per cell pair cost 9 s of the default run's 78 (bench/RESULTS.md). Same bits either way.
   std::vector<size_t> involved = ma.cells;
   if (!same) involved.insert(involved.end(), mb.cells.begin(), mb.cells.end());
-  double held_bytes = 0;
-  for (size_t c : involved)
-    held_bytes += double(s.fit_a.numel()) * double(cells_[c].dim) * 8 + cells_[c].sae_bytes();
-  const bool bounded = held_bytes > double(options_.bounded_residency_above_bytes);
+  const bool bounded =
+      held_bytes(plan_cells(), involved, s.fit_a.numel()) > double(options_.bounded_residency_above_bytes);
   auto prepare = [&](size_t c, const torch::Tensor& fit_rows_ids, const torch::Tensor& eval_rows) {
     Side side;
     const CellData& cell = cells_[c];
