@@ -48,9 +48,10 @@ struct PlanInput {
 double held_bytes(const std::vector<PlanCell>& cells, const std::vector<size_t>& involved, int64_t n_fit);
 
 // Rates measured on options.device: the fp32 GEMM ceilings (GFLOP/s) at 512^3 (4096^3 on a GPU) and at one
-// batch of rows through the widest SAE, and the permutation loop's seconds per Gram element at the step's N.
+// batch of rows through the widest SAE, the permutation loop's seconds per Gram element at the step's N, and
+// the fp64 GEMM ceiling at 512^3 (0: not measured, taken as 0.40 of the fp32 one).
 struct PlanRates {
-  double gemm_gflops = 0, sae_gemm_gflops = 0, seconds_per_gather = 0;
+  double gemm_gflops = 0, sae_gemm_gflops = 0, seconds_per_gather = 0, fp64_gemm_gflops = 0;
 };
 PlanRates measure_plan_rates(const PlanInput& in, const TransferOptions& options);
 
@@ -60,6 +61,7 @@ PlanRates measure_plan_rates(const PlanInput& in, const TransferOptions& options
 struct Plan {
   double gemm_gflops = 0, seconds_per_gather = 0, gathers = 0, total_flops = 0, total_seconds = 0;
   double sae_gemm_gflops = 0;  // fp32 GEMM rate at the step's largest SAE shape (rows x d x d_sae)
+  double fp64_gemm_gflops = 0;  // fp64 GEMM rate at 512^3, which fp64 work is costed against
   double peak_bytes = 0;       // largest model pair's resident data (anonymous memory)
   std::map<std::string, double> flops, seconds;
   std::map<std::string, double> fp64_flops;  // the part of `flops` done in fp64 (maps, CKA, ridge, decoder, ...)

@@ -738,11 +738,11 @@ void Runner::compute(const std::set<size_t>& sources) {
   };
   log::info("transfer plan: {} cells, {} pairs ({} model pairs), up to {} fitting + {} evaluation tokens per model "
             "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.2f} TFLOP at GEMM "
-            "ceilings {:.0f} GFLOP/s (512^3) and {:.0f} GFLOP/s (SAE shape); {:.2g} permutation-loop elements); peak "
-            "memory ~{:.2f} GB{}; by term (s): {}",
+            "ceilings {:.0f} GFLOP/s (512^3) and {:.0f} GFLOP/s (SAE shape), fp64 {:.0f} GFLOP/s; {:.2g} permutation-loop "
+            "elements); peak memory ~{:.2f} GB{}; by term (s): {}",
             n, n * n, models_.size() * (models_.size() + 1) / 2, options_.max_fit_tokens, options_.max_eval_tokens,
             options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, plan.total_seconds,
-            plan.total_flops / 1e12, plan.gemm_gflops, plan.sae_gemm_gflops, plan.gathers, plan.peak_bytes / 1e9,
+            plan.total_flops / 1e12, plan.gemm_gflops, plan.sae_gemm_gflops, plan.fp64_gemm_gflops, plan.gathers, plan.peak_bytes / 1e9,
             std::any_of(cells_.begin(), cells_.end(), [](const CellData& c) { return c.expected_l0 <= 0; })
                 ? " (a non-TopK SAE without a recorded L0 has codes whose L0 only its pass tells: they add up to "
                   "128 MB per cell, larger ones are spilled to disk, and their MMAC is costed as dense)"
