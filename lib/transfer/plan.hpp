@@ -1,9 +1,10 @@
 // The transfer step's plan line: every term the step runs, counted from the model pairs' selected sizes, and
-// timed with rates measured in the same process (fp32 GEMM ceilings at 512^3 and at the widest SAE's shape,
-// the CKA permutation loop's seconds per Gram element). Per term, an efficiency (the achieved fraction of the
-// ceiling the term is costed against) folds in what it does besides its GEMMs; element-wise work is counted in
-// FLOP-equivalents at the 512^3 ceiling. Both were calibrated on `strata bench transfer` and the default run
-// (bench/RESULTS.md), on AVX-512 CPUs: on the AVX2 one measured there the plan reads about 30 % high.
+// timed with rates measured in the same process (fp32 GEMM ceilings at 512^3 and at the widest SAE's shape, the
+// fp64 ceiling at 512^3, the CKA permutation loop's seconds per Gram element). Per term, an efficiency (the
+// achieved fraction of the ceiling the term is costed against) folds in what it does besides its GEMMs;
+// element-wise work is counted in FLOP-equivalents at the fp32 512^3 ceiling. Both were calibrated on `strata
+// bench transfer` and the default run (bench/RESULTS.md) on AVX-512 CPUs: on the AVX2 one measured there the
+// plan reads 19-28 % high.
 // The step prints the plan before its work and the measured time after it; `strata bench transfer` prints
 // both per term.
 #pragma once
