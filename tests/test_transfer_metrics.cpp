@@ -412,4 +412,7 @@ BOOST_AUTO_TEST_CASE(selection_across_models_pairs_rows_that_end_at_the_same_byt
   const ModelRows none{"none", 12 * 9, odd.sequence, odd.byte_end + 1000};
   testing::expect_error([&] { select_rows(a, none, false, {false, 1000, 1000}, draws, boot); },
                         {"'a'", "'none'", "share no aligned tokens"});
+  // Pairing by position needs the same rows on both sides.
+  testing::expect_error([&] { select_rows(a, b, false, {true, 1000, 1000}, draws, boot); },
+                        {"'a' (108 rows)", "'b' (72 rows)", "pair rows by position"});
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/bench.hpp"
+#include "core/error.hpp"
 #include "core/runtime.hpp"
 #include "stats/cka.hpp"
 #include "stats/cka_native.hpp"
@@ -20,6 +21,7 @@ double held_bytes(const std::vector<PlanCell>& cells, const std::vector<size_t>&
 }
 
 PlanRates measure_plan_rates(const PlanInput& in, const TransferOptions& options) {
+  if (in.cells.empty()) fail("transfer plan: no cells to measure rates for");
   PlanRates plan;
   // On a GPU a 512^3 GEMM is launch-bound: the ceiling there is measured at 4096^3. The efficiencies below are
   // calibrated on the CPU, so a device plan is a rough guide until calibrated there too.

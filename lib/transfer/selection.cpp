@@ -65,6 +65,10 @@ torch::Tensor cap_rows(const std::vector<int64_t>& rows, const std::vector<int64
 
 Selection select_rows(const ModelRows& a, const ModelRows& b, bool within, const SelectionLimits& limits,
                       const DocumentDraws& draws, const SequenceBootstrap& bootstrap) {
+  if ((within || limits.by_position) && a.rows != b.rows)
+    fail("transfer: models '{}' ({} rows) and '{}' ({} rows) pair rows by position but hold different row counts; "
+         "only stores of the same tokens in the same order pair by position",
+         a.name, a.rows, b.name, b.rows);
   Selection s;
   torch::Tensor rows_a, rows_b;
   if (within || limits.by_position) {

@@ -739,7 +739,8 @@ void Runner::compute(const std::set<size_t>& sources) {
   log::info("transfer plan: {} cells, {} pairs ({} model pairs), up to {} fitting + {} evaluation tokens per model "
             "pair, {} CKA permutations at N<={}, {} bootstrap resamples; estimated {:.0f} s ({:.2f} TFLOP at GEMM "
             "ceilings {:.0f} GFLOP/s (512^3) and {:.0f} GFLOP/s (SAE shape), fp64 {:.0f} GFLOP/s; {:.2g} permutation-loop "
-            "elements); peak memory ~{:.2f} GB{}; by term (s): {}",
+            "elements); peak memory ~{:.2f} GB in live tensors (the process's peak RSS has measured 0.9-1.6x this: freed "
+            "memory is kept for reuse, bench/RESULTS.md){}; by term (s): {}",
             n, n * n, models_.size() * (models_.size() + 1) / 2, options_.max_fit_tokens, options_.max_eval_tokens,
             options_.cka_permutations, options_.cka_max_tokens, options_.bootstrap, plan.total_seconds,
             plan.total_flops / 1e12, plan.gemm_gflops, plan.sae_gemm_gflops, plan.fp64_gemm_gflops, plan.gathers, plan.peak_bytes / 1e9,
