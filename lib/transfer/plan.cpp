@@ -64,9 +64,10 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
   plan.sae_gemm_gflops = rates.sae_gemm_gflops;
   plan.seconds_per_gather = rates.seconds_per_gather;
   // The efficiencies of fp64 work below were fitted against the fp32 512^3 ceiling on the Intel machine, where
-  // fp64 GEMMs ran at 0.40 of the fp32 rate (bench/RESULTS.md, eighth session); they are costed against the fp64
-  // ceiling measured here, at that ratio (0.45-0.50 on the AVX2 EPYC, where fp32 terms alone set the rate left
-  // the maps planned 1.8x high). Without a measured fp64 rate, the fitted ratio stands.
+  // fp64 GEMMs ran at 0.40 of the fp32 rate (bench/RESULTS.md, eighth session). They are converted at that ratio
+  // and costed against the fp64 ceiling measured here: on the AVX2 EPYC fp64 runs at 0.45-0.55 of fp32, and
+  // costed against the fp32 ceiling its maps were planned 1.8x high. Without a measured fp64 rate, the fitted
+  // ratio stands.
   constexpr double kFp64RatioWhereFitted = 0.40;
   plan.fp64_gemm_gflops = rates.fp64_gemm_gflops > 0 ? rates.fp64_gemm_gflops : kFp64RatioWhereFitted * rates.gemm_gflops;
   auto add_at = [&](const std::string& term, double flops, double efficiency, double gflops) {
