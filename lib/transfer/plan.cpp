@@ -164,13 +164,21 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
   auto sae_bytes = [&](size_t c) { return in.cells[c].sae_bytes(); };
   const double perms = double(options.cka_permutations), boots = double(in.replicates);
   const double k = double(options.top_k);
+  // A model pair's cells (a's, then b's), and whether the step holds them one cell pair at a time.
+  auto involved_in = [&](const PlanModelPair& pair) {
+    std::vector<size_t> cells = in.model_cells[pair.a];
+    if (pair.a != pair.b) cells.insert(cells.end(), in.model_cells[pair.b].begin(), in.model_cells[pair.b].end());
+    return cells;
+  };
+  auto bounded_residency = [&](const PlanModelPair& pair, const std::vector<size_t>& involved) {
+    return held_bytes(in.cells, involved, pair.n_fit) > double(options.bounded_residency_above_bytes);
+  };
   for (const PlanModelPair& pair : in.model_pairs) {
     const size_t a = pair.a, b = pair.b;
     const double n_fit = double(pair.n_fit), n_eval = double(pair.n_eval);
     const double n_cka = std::min(n_eval, double(options.cka_max_tokens)), n_docs = double(in.eval_documents);
-    std::vector<size_t> involved = in.model_cells[a];
-    if (a != b) involved.insert(involved.end(), in.model_cells[b].begin(), in.model_cells[b].end());
-    const bool bounded = held_bytes(in.cells, involved, pair.n_fit) > double(options.bounded_residency_above_bytes);
+    const std::vector<size_t> involved = involved_in(pair);
+    const bool bounded = bounded_residency(pair, involved);
     for (size_t c : involved) {  // per cell, once per model pair
       const double d = double(in.cells[c].dim);
       add_elementwise("residency", sae_bytes(c) * kPerSaeByte);
@@ -252,15 +260,12 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
   // as produced + 8 B placed: codes at the expected L0; a non-TopK SAE without a recorded L0 is not counted).
   const int64_t mmac_block_bytes = int64_t(256) << 20;
   for (const PlanModelPair& pair : in.model_pairs) {
-    const size_t a = pair.a, b = pair.b;
     const double n_fit = double(pair.n_fit), n_eval = double(pair.n_eval);
     const double n_cka = std::min(n_eval, double(options.cka_max_tokens));
     double bytes = double(in.replicates) * double(in.eval_documents) * 8 + 512.0 * (1 << 20);
     double widest_sae_bytes = 0, widest_d = 0, transient = 0;
-    std::vector<size_t> involved;
-    for (size_t c = 0; c < in.cells.size(); ++c) {
-      if (in.cells[c].model != a && in.cells[c].model != b) continue;
-      involved.push_back(c);
+    const std::vector<size_t> involved = involved_in(pair);
+    for (size_t c : involved) {
       const double d = double(in.cells[c].dim), m = double(in.cells[c].d_sae), k = double(in.cells[c].topk);
       const double l0 = in.cells[c].expected_l0;
       const double codes = n_eval * l0 * 8;  // own, and random at the same L0
@@ -273,9 +278,9 @@ Plan estimate_plan(const PlanInput& in, const TransferOptions& options, const Pl
       transient = std::max({transient, n_fit * d * 8, 20 * n_eval * d + pass,
                             double(mmac_block_bytes) + 24 * block_entries, n_fit * d * 12, n_eval * k * 20});
     }
-    const double held = held_bytes(in.cells, involved, pair.n_fit);
-    const bool bounded = held > double(options.bounded_residency_above_bytes);
-    bytes += (bounded ? 2 * widest_sae_bytes + 2 * n_fit * widest_d * 8 : held) + n_eval * widest_d * 8 + transient;
+    bytes += (bounded_residency(pair, involved) ? 2 * widest_sae_bytes + 2 * n_fit * widest_d * 8
+                                                : held_bytes(in.cells, involved, pair.n_fit)) +
+             n_eval * widest_d * 8 + transient;
     plan.peak_bytes = std::max(plan.peak_bytes, bytes);
   }
   for (const auto& [term, seconds] : plan.seconds) plan.total_seconds += seconds;
